@@ -1,0 +1,1 @@
+"""engines part of rvrt-deploy (see README, architecture)."""

@@ -1,0 +1,1 @@
+"""export part of rvrt-deploy (see README, architecture)."""

@@ -1,0 +1,1 @@
+"""plugins part of rvrt-deploy (see README, architecture)."""

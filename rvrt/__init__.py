@@ -1,0 +1,1 @@
+"""RVRT in plain PyTorch: the reference model of rvrt-deploy."""

@@ -1,0 +1,1 @@
+"""validate part of rvrt-deploy (see README, architecture)."""
