@@ -1,0 +1,149 @@
+"""Tiled inference, as the official ``test_video`` / ``test_clip`` do it, over any driver.
+
+Temporal windows of ``window`` frames overlap by ``window_overlap`` frames and are averaged
+where they overlap. Spatial tiles of ``tile`` px overlap by ``tile_overlap`` px; inner tile
+borders are discarded (``overlap // 2`` output pixels on each inner side, as officially) and
+what remains is averaged. Frames smaller than a tile are mirror-padded up to it, so every
+backend, fixed-shape or not, sees the same tile and computes the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .config import RVRTConfig
+
+RestoreFn = Callable[[torch.Tensor], torch.Tensor]
+"""(n, t, cin, tile, tile) -> (n, t, 3, tile*s, tile*s): a driver over some backend."""
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """window: frames per temporal window (0 = whole video); tile: spatial tile in input px
+    (0 = whole frame); batch: spatial tiles per backend call."""
+
+    window: int = 0
+    tile: int = 0
+    window_overlap: int = 2
+    tile_overlap: int = 20
+    batch: int = 1
+
+    def check(self, config: RVRTConfig) -> None:
+        """Raise ValueError naming the argument that a model of ``config`` cannot serve."""
+        if self.window < 0 or (self.window and self.window % config.clip_size):
+            raise ValueError(f"temporal window must be 0 (whole video) or a positive multiple of the clip size "
+                             f"{config.clip_size}, got {self.window}")
+        if self.window and not 0 <= self.window_overlap < self.window:
+            raise ValueError(f"temporal overlap must be in [0, window={self.window}), got {self.window_overlap}")
+        if self.tile < 0 or self.tile % 8:
+            raise ValueError(f"tile must be 0 (whole frame) or a positive multiple of 8 (the attention window), "
+                             f"got {self.tile}")
+        if self.tile and self.tile < config.min_tile:
+            raise ValueError(f"tile {self.tile} is too small for this model: SpyNet needs at least "
+                             f"{config.min_tile} input px (multiples of 8), see FACTS")
+        if self.tile and not 0 <= self.tile_overlap < self.tile:
+            raise ValueError(f"tile overlap must be in [0, tile={self.tile}), got {self.tile_overlap}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles covering [0, length): official stride, last tile flush with the end."""
+    if length <= tile:
+        return [0]
+    return list(range(0, length - tile, tile - overlap)) + [length - tile]
+
+
+def mirror_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Extend (..., h, w) to (..., height, width) by mirroring the last rows/columns (edge included),
+    the official whole-frame padding; repeated while the mirror is shorter than the gap."""
+    while x.shape[-2] < height:
+        x = torch.cat([x, x[..., -min(height - x.shape[-2], x.shape[-2]):, :].flip(-2)], -2)
+    while x.shape[-1] < width:
+        x = torch.cat([x, x[..., -min(width - x.shape[-1], x.shape[-1]):].flip(-1)], -1)
+    return x
+
+
+def restore_frames_spatially(restore: RestoreFn, lq: torch.Tensor, scale: int, tiling: Tiling,
+                             min_size: int) -> torch.Tensor:
+    """One temporal window: lq (n, t, cin, H, W) -> (n, t, 3, H*s, W*s), tile by tile."""
+    n, t, _, height, width = lq.shape
+    tile_h = tile_w = tiling.tile
+    if not tile_h:
+        # Whole frame: padded to the attention window (8) and to what SpyNet needs.
+        tile_h = max(-(-height // 8) * 8, min_size)
+        tile_w = max(-(-width // 8) * 8, min_size)
+    padded = mirror_pad(lq, max(height, tile_h), max(width, tile_w))
+    ys = tile_starts(padded.shape[-2], tile_h, tiling.tile_overlap)
+    xs = tile_starts(padded.shape[-1], tile_w, tiling.tile_overlap)
+    out = torch.zeros(n, t, 3, padded.shape[-2] * scale, padded.shape[-1] * scale)
+    weight = torch.zeros(1, 1, 1, padded.shape[-2] * scale, padded.shape[-1] * scale)
+    keep = tile_border_weights(ys, xs, tile_h * scale, tile_w * scale, tiling.tile_overlap)
+
+    jobs = [(v, iy, ix) for v in range(n) for iy in range(len(ys)) for ix in range(len(xs))]
+    for first in range(0, len(jobs), tiling.batch):
+        group = jobs[first:first + tiling.batch]
+        batch = torch.cat([padded[v:v + 1, :, :, ys[iy]:ys[iy] + tile_h, xs[ix]:xs[ix] + tile_w]
+                           for v, iy, ix in group])
+        restored = restore(batch).detach().to("cpu", torch.float32)
+        for (v, iy, ix), patch in zip(group, restored):
+            mask = keep[iy][ix]
+            region = (..., slice(ys[iy] * scale, (ys[iy] + tile_h) * scale),
+                      slice(xs[ix] * scale, (xs[ix] + tile_w) * scale))
+            out[v][region] += patch * mask
+            if v == 0:
+                weight[0, 0][region] += mask
+    return (out / weight)[..., :height * scale, :width * scale]
+
+
+def tile_border_weights(ys: list[int], xs: list[int], tile_h: int, tile_w: int, overlap: int) -> list[list]:
+    """Per tile, a (tile_h, tile_w) 0/1 mask that drops the borders shared with a neighbour:
+    the official code zeroes ceil(overlap/2) px at the end and floor(overlap/2) px at the start
+    of each inner side, in output pixels."""
+    def axis_mask(count: int, index: int, size: int) -> torch.Tensor:
+        mask = torch.ones(size)
+        if overlap and index < count - 1:
+            mask[size - (overlap + 1) // 2:] = 0
+        if overlap and index > 0:
+            mask[:overlap // 2] = 0
+        return mask
+
+    return [[axis_mask(len(ys), iy, tile_h)[:, None] * axis_mask(len(xs), ix, tile_w)[None, :]
+             for ix in range(len(xs))] for iy in range(len(ys))]
+
+
+def iter_restored(restore: RestoreFn, read: Callable[[int, int], torch.Tensor], num_frames: int, scale: int,
+                  tiling: Tiling, min_size: int) -> Iterator[torch.Tensor]:
+    """Stream restored frames in order, each (n, 3, H*s, W*s), as temporal windows complete.
+
+    read(start, stop) returns input frames [start, stop) as (n, stop-start, cin, H, W). Only
+    the frames of the current and the next window are held, so memory does not grow with
+    the length of the video.
+    """
+    window = tiling.window or num_frames
+    starts = tile_starts(num_frames, window, tiling.window_overlap)
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    emitted = 0
+    for k, start in enumerate(starts):
+        stop = min(start + window, num_frames)
+        restored = restore_frames_spatially(restore, read(start, stop), scale, tiling, min_size)
+        for offset in range(stop - start):
+            index = start + offset
+            sums[index] = sums[index] + restored[:, offset] if index in sums else restored[:, offset]
+            counts[index] = counts.get(index, 0) + 1
+        final = starts[k + 1] if k + 1 < len(starts) else num_frames
+        while emitted < final:
+            yield sums.pop(emitted) / counts.pop(emitted)
+            emitted += 1
+
+
+def restore_tiled(restore: RestoreFn, lq: torch.Tensor, config: RVRTConfig, tiling: Tiling) -> torch.Tensor:
+    """Restore a whole sequence held in memory: lq (n, t, cin, H, W) -> (n, t, 3, H*s, W*s)."""
+    tiling.check(config)
+    frames = iter_restored(restore, lambda start, stop: lq[:, start:stop], lq.shape[1], config.upscale, tiling,
+                           config.min_tile)
+    return torch.stack(list(frames), 1)

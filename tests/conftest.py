@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny-width models of the three architectures with random weights."""
+
+import pytest
+import torch
+
+from rvrt import build_model, get_task
+
+torch.set_num_threads(2)
+
+KIND_TASKS = {"sr": "sr", "deblur": "deblur-dvd", "denoise": "denoise"}
+# Smallest valid inputs per kind: SR needs >= 40 px, deblur/denoise >= 136 px (SpyNet at 1/4).
+KIND_SIZES = {"sr": 48, "deblur": 144, "denoise": 144}
+
+
+def tiny_model(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    task = get_task(KIND_TASKS[kind])
+    model = build_model(task.id, random_weights=True, config=task.config.tiny())
+    # The official init zeroes the offset head; random offsets make alignment non-trivial.
+    with torch.no_grad():
+        for align in model.deform_align.values():
+            align.conv_offset[-1].weight.normal_(0, 0.02)
+    return model
+
+
+@pytest.fixture(scope="session", params=list(KIND_TASKS))
+def kind_model(request):
+    """(kind, tiny eval model) for each architecture."""
+    return request.param, tiny_model(request.param)
+
+
+def random_clip(kind: str, frames: int, height: int | None = None, width: int | None = None, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    size = KIND_SIZES[kind]
+    channels = 4 if kind == "denoise" else 3
+    return torch.rand(1, frames, channels, height or size, width or size, generator=gen)
