@@ -162,3 +162,71 @@ def _script_gda(opset_version: int):
         return op.Reshape(attended, op.Shape(q))
 
     return GuidedDeformAttention
+
+
+_RVRT_OPSET = values.Opset(DOMAIN, DOMAIN_VERSION)
+
+
+def translate_guided_deform_attn(q, kv, offset, kernel_h: int, kernel_w: int, padding: int, heads: int, groups: int,
+                                 clip: int):
+    """Translation of ``torch.ops.rvrt.guided_deform_attn.default`` for the dynamo exporter.
+
+    Emits one ``rvrt::GuidedDeformAttention`` node; :func:`register_gda_schema` must have run
+    before the export (the exporter reads the schema to bind inputs and attributes).
+    """
+    return _RVRT_OPSET.GuidedDeformAttention(q, kv, offset, kernel_h=kernel_h, kernel_w=kernel_w, padding=padding,
+                                             heads=heads, groups=groups, clip=clip)
+
+
+GDA_TRANSLATION_TABLE = {torch.ops.rvrt.guided_deform_attn.default: translate_guided_deform_attn}
+
+
+def default_opset_version(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise ValueError("model imports no default ONNX opset")
+
+
+def attach_gda_function(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Add the GDA local function (matching the model's default opset) and the ``rvrt`` import, in place.
+
+    Idempotent: a GDA function already present is replaced.
+    """
+    function = gda_function(default_opset_version(model))
+    kept = [f for f in model.functions if (f.domain, f.name) != (DOMAIN, OP_TYPE)]
+    del model.functions[:]
+    model.functions.extend(kept + [function])
+    if not any(entry.domain == DOMAIN for entry in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return model
+
+
+def export_with_gda(module: torch.nn.Module, args: tuple, path: str | os.PathLike, *,
+                    opset: int = DEFAULT_OPSET, input_names: list[str] | None = None,
+                    output_names: list[str] | None = None, dynamic_shapes=None,
+                    external_data: bool | None = None) -> onnx.ModelProto:
+    """Export ``module(*args)`` to ``path`` with each GDA call as one ``rvrt::GuidedDeformAttention`` node.
+
+    Attaches the GDA function, checks the model (``full_check``) and stores inferred shapes.
+    ``external_data``: None stores weights in ``<path>.data`` only when the model exceeds 1.5 GB.
+    Returns the saved model (with weights in memory).
+    """
+    register_gda_schema()
+    program = torch.onnx.export(module, args, dynamo=True, verbose=False, opset_version=opset, input_names=input_names,
+                                output_names=output_names, dynamic_shapes=dynamic_shapes,
+                                custom_translation_table=GDA_TRANSLATION_TABLE)
+    model = attach_gda_function(program.model_proto)
+    if external_data is None:
+        external_data = model.ByteSize() > EXTERNAL_DATA_THRESHOLD_BYTES
+    path = Path(path)
+    if external_data:
+        # The in-memory checker cannot hold > 2 GB protos: check and infer through the file.
+        onnx.save_model(model, path, save_as_external_data=True, location=path.name + ".data")
+        onnx.checker.check_model(path, full_check=True)
+        onnx.shape_inference.infer_shapes_path(path, path, check_type=True, strict_mode=True)
+        return onnx.load_model(path)
+    onnx.checker.check_model(model, full_check=True)
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.save_model(model, path)
+    return model
