@@ -1,0 +1,312 @@
+// Guided deformable attention (shared/GDA.md): the per-element math shared by the CUDA kernel
+// (gda_kernel.cu) and the CPU twin (gda_cpu.cpp). Everything the two compute lives here, so the
+// CPU tests against the PyTorch reference also check the arithmetic the GPU runs; only the
+// thread mapping and memory types differ.
+//
+// Layouts (all contiguous, NCHW-style, as the ONNX node and TensorRT's linear format give them):
+//   q      (frames, 1, C, H, W)            frames = batch * clip
+//   kv     (batch, clip, 2C, H, W)         seen here as (frames, 2C, H, W)
+//   offset (frames, clip * G * K * 2, H, W) as (clip, G, K, (dy, dx))
+//   out    like q
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#include <cuda_fp16.h>
+#define RVRT_GDA_HD __host__ __device__ __forceinline__
+#else
+#define RVRT_GDA_HD inline
+#endif
+
+#if defined(__CUDA_ARCH__)
+#define RVRT_GDA_UNROLL _Pragma("unroll")
+#else
+#define RVRT_GDA_UNROLL
+#endif
+
+namespace rvrt
+{
+namespace gda
+{
+
+// Query and accumulator rows live in per-thread arrays (registers on the GPU) whose size must be
+// a compile-time constant; the kernel is instantiated for these capacities and a head dimension
+// picks the smallest one that fits.
+constexpr int32_t kMaxHeadDim = 128;
+
+RVRT_GDA_HD int32_t headDimCapacity(int32_t headDim)
+{
+    return headDim <= 8 ? 8 : headDim <= 16 ? 16 : headDim <= 32 ? 32 : headDim <= 64 ? 64 : 128;
+}
+
+struct GdaShape
+{
+    int32_t frames;
+    int32_t clip;
+    int32_t channels;
+    int32_t height;
+    int32_t width;
+    int32_t kernelH;
+    int32_t kernelW;
+    int32_t padding;
+    int32_t heads;
+    int32_t groups;
+
+    RVRT_GDA_HD int32_t points() const
+    {
+        return kernelH * kernelW;
+    }
+    RVRT_GDA_HD int32_t headDim() const
+    {
+        return channels / heads;
+    }
+    RVRT_GDA_HD int32_t groupChannels() const
+    {
+        return 2 * channels / groups;
+    }
+    RVRT_GDA_HD int64_t plane() const
+    {
+        return static_cast<int64_t>(height) * width;
+    }
+    RVRT_GDA_HD int32_t offsetChannels() const
+    {
+        return clip * groups * points() * 2;
+    }
+};
+
+// Returns nullptr when the shape is computable, else why not. Host only: callers turn the
+// message into a return code (TensorRT glue, C API of the twin), never an exception.
+inline char const* validateShape(GdaShape const& s)
+{
+    if (s.frames <= 0 || s.clip <= 0 || s.channels <= 0 || s.height <= 0 || s.width <= 0)
+        return "frames, clip, channels, height and width must be positive";
+    if (s.frames % s.clip != 0)
+        return "the number of query frames must be a multiple of clip";
+    if (s.kernelH <= 0 || s.kernelW <= 0 || s.padding < 0)
+        return "kernel_h and kernel_w must be positive and padding non-negative";
+    if (s.heads <= 0 || s.channels % s.heads != 0)
+        return "heads must be positive and divide the channel count C";
+    if (s.groups <= 0 || (2 * s.channels) % s.groups != 0)
+        return "groups must be positive and divide the kv channel count 2C";
+    if (s.headDim() > kMaxHeadDim)
+        return "head dimension C / heads exceeds 128";
+    return nullptr;
+}
+
+// Query frame b of a clip looks at kv frame (n + t) % clip of its own clip, t = b % clip.
+RVRT_GDA_HD int32_t kvFrameIndex(int32_t b, int32_t n, int32_t clip)
+{
+    return (b / clip) * clip + (n + b) % clip;
+}
+
+// Channel of the offset tensor holding component (0 = dy, 1 = dx) of kernel point k, group g,
+// sampled frame n.
+RVRT_GDA_HD int32_t offsetChannel(int32_t n, int32_t g, int32_t k, int32_t component, int32_t groups, int32_t points)
+{
+    return ((n * groups + g) * points + k) * 2 + component;
+}
+
+RVRT_GDA_HD int32_t min32(int32_t a, int32_t b)
+{
+    return a < b ? a : b;
+}
+
+RVRT_GDA_HD float loadAsFloat(float v)
+{
+    return v;
+}
+RVRT_GDA_HD void storeFromFloat(float* dst, float v)
+{
+    *dst = v;
+}
+#ifdef __CUDACC__
+RVRT_GDA_HD float loadAsFloat(__half v)
+{
+    return __half2float(v);
+}
+RVRT_GDA_HD void storeFromFloat(__half* dst, float v)
+{
+    *dst = __float2half_rn(v);
+}
+#endif
+
+// The four corners of a bilinear sample. A corner outside the image gets weight 0 and pixel 0,
+// so sampling reads valid memory unconditionally instead of branching per corner.
+struct BilinearTap
+{
+    int64_t pixel[4];
+    float weight[4];
+};
+
+RVRT_GDA_HD BilinearTap bilinearTap(float y, float x, int32_t height, int32_t width)
+{
+    BilinearTap tap;
+    for (int32_t i = 0; i < 4; ++i)
+    {
+        tap.pixel[i] = 0;
+        tap.weight[i] = 0.f;
+    }
+    // Also rejects NaN, and keeps floor() of huge offsets from overflowing the int conversion.
+    if (!(y > -1.f && y < static_cast<float>(height) && x > -1.f && x < static_cast<float>(width)))
+        return tap;
+    float const fy = floorf(y);
+    float const fx = floorf(x);
+    int32_t const y0 = static_cast<int32_t>(fy);
+    int32_t const x0 = static_cast<int32_t>(fx);
+    float const ly = y - fy;
+    float const lx = x - fx;
+    float const wy[2] = {1.f - ly, ly};
+    float const wx[2] = {1.f - lx, lx};
+    for (int32_t i = 0; i < 2; ++i)
+    {
+        for (int32_t j = 0; j < 2; ++j)
+        {
+            int32_t const yy = y0 + i;
+            int32_t const xx = x0 + j;
+            if (yy >= 0 && yy < height && xx >= 0 && xx < width)
+            {
+                tap.pixel[2 * i + j] = static_cast<int64_t>(yy) * width + xx;
+                tap.weight[2 * i + j] = wy[i] * wx[j];
+            }
+        }
+    }
+    return tap;
+}
+
+template <typename T>
+RVRT_GDA_HD float sampleBilinear(T const* channelPlane, BilinearTap const& tap)
+{
+    float value = 0.f;
+    for (int32_t i = 0; i < 4; ++i)
+        value += tap.weight[i] * loadAsFloat(channelPlane[tap.pixel[i]]);
+    return value;
+}
+
+// Online softmax (running maximum and denominator): lets one pass over the clip * K sampled
+// points produce the weighted sum without storing logits. Each push returns how much to scale
+// what was accumulated so far and the weight of the new point.
+struct OnlineSoftmax
+{
+    float maxLogit;
+    float denominator;
+};
+
+struct SoftmaxStep
+{
+    float rescale;
+    float weight;
+};
+
+RVRT_GDA_HD OnlineSoftmax onlineSoftmaxStart()
+{
+    return OnlineSoftmax{-INFINITY, 0.f};
+}
+
+RVRT_GDA_HD SoftmaxStep onlineSoftmaxPush(OnlineSoftmax& state, float logit)
+{
+    float const newMax = fmaxf(state.maxLogit, logit);
+    SoftmaxStep step{expf(state.maxLogit - newMax), expf(logit - newMax)};
+    state.denominator = state.denominator * step.rescale + step.weight;
+    state.maxLogit = newMax;
+    return step;
+}
+
+// Bilinear tap of kernel point k, group g, sampled frame n for the output pixel whose offsets
+// start at offsetPixel (already advanced to query frame b and pixel (y, x)).
+template <typename T>
+RVRT_GDA_HD BilinearTap groupTap(GdaShape const& s, T const* offsetPixel, int32_t n, int32_t g, int32_t k,
+    float baseY, float baseX)
+{
+    int32_t const points = s.points();
+    int64_t const plane = s.plane();
+    float const dy = loadAsFloat(offsetPixel[offsetChannel(n, g, k, 0, s.groups, points) * plane]);
+    float const dx = loadAsFloat(offsetPixel[offsetChannel(n, g, k, 1, s.groups, points) * plane]);
+    return bilinearTap(baseY + dy, baseX + dx, s.height, s.width);
+}
+
+// The whole GDA output of one (query frame b, head, pixel): kCapacity >= head dimension.
+// Keys and values of a point are sampled, scored and accumulated before the next point, so
+// nothing proportional to clip * K is ever stored.
+template <int32_t kCapacity, typename T>
+RVRT_GDA_HD void gdaOutputPixelHead(GdaShape const& s, T const* q, T const* kv, T const* offset, T* out, int32_t b,
+    int32_t head, int32_t y, int32_t x)
+{
+    int32_t const headDim = s.headDim();
+    int32_t const groupChannels = s.groupChannels();
+    int32_t const points = s.points();
+    int64_t const plane = s.plane();
+    int64_t const pixel = static_cast<int64_t>(y) * s.width + x;
+    int64_t const firstChannel = static_cast<int64_t>(b) * s.channels + static_cast<int64_t>(head) * headDim;
+
+    float query[kCapacity];
+    float accumulated[kCapacity];
+    float const scale = 1.f / sqrtf(static_cast<float>(headDim));
+    RVRT_GDA_UNROLL
+    for (int32_t c = 0; c < kCapacity; ++c)
+    {
+        query[c] = c < headDim ? loadAsFloat(q[(firstChannel + c) * plane + pixel]) * scale : 0.f;
+        accumulated[c] = 0.f;
+    }
+
+    T const* offsetPixel = offset + static_cast<int64_t>(b) * s.offsetChannels() * plane + pixel;
+    OnlineSoftmax softmax = onlineSoftmaxStart();
+    for (int32_t n = 0; n < s.clip; ++n)
+    {
+        T const* frame = kv + static_cast<int64_t>(kvFrameIndex(b, n, s.clip)) * 2 * s.channels * plane;
+        for (int32_t k = 0; k < points; ++k)
+        {
+            float const baseY = static_cast<float>(y - s.padding + k / s.kernelW);
+            float const baseX = static_cast<float>(x - s.padding + k % s.kernelW);
+
+            // A head's channels usually sit in one group: walk them in runs of equal group so the
+            // offsets are read and the tap computed once per run, outside the unrolled loops.
+            float logit = 0.f;
+            int32_t const keyBase = head * headDim;
+            for (int32_t runStart = 0; runStart < headDim;)
+            {
+                int32_t const g = (keyBase + runStart) / groupChannels;
+                int32_t const runEnd = min32(headDim, (g + 1) * groupChannels - keyBase);
+                BilinearTap const tap = groupTap(s, offsetPixel, n, g, k, baseY, baseX);
+                RVRT_GDA_UNROLL
+                for (int32_t c = 0; c < kCapacity; ++c)
+                {
+                    if (c >= runStart && c < runEnd)
+                        logit += query[c] * sampleBilinear(frame + (keyBase + c) * plane, tap);
+                }
+                runStart = runEnd;
+            }
+
+            SoftmaxStep const step = onlineSoftmaxPush(softmax, logit);
+            RVRT_GDA_UNROLL
+            for (int32_t c = 0; c < kCapacity; ++c)
+                accumulated[c] *= step.rescale;
+            int32_t const valueBase = s.channels + head * headDim;
+            for (int32_t runStart = 0; runStart < headDim;)
+            {
+                int32_t const g = (valueBase + runStart) / groupChannels;
+                int32_t const runEnd = min32(headDim, (g + 1) * groupChannels - valueBase);
+                BilinearTap const tap = groupTap(s, offsetPixel, n, g, k, baseY, baseX);
+                RVRT_GDA_UNROLL
+                for (int32_t c = 0; c < kCapacity; ++c)
+                {
+                    if (c >= runStart && c < runEnd)
+                        accumulated[c] += step.weight * sampleBilinear(frame + (valueBase + c) * plane, tap);
+                }
+                runStart = runEnd;
+            }
+        }
+    }
+
+    float const normalizer = 1.f / softmax.denominator;
+    RVRT_GDA_UNROLL
+    for (int32_t c = 0; c < kCapacity; ++c)
+    {
+        if (c < headDim)
+            storeFromFloat(&out[(firstChannel + c) * plane + pixel], accumulated[c] * normalizer);
+    }
+}
+
+} // namespace gda
+} // namespace rvrt
