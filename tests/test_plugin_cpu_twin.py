@@ -21,7 +21,7 @@ CASES = [
     (2, 2, 48, 7, 9, 2, 12, (3, 3)),     # head dim 24 as in the SR models, 12 groups
     (1, 2, 64, 6, 4, 2, 16, (3, 3)),     # head dim 32 as in deblur/denoise
     (1, 1, 12, 4, 6, 1, 6, (3, 3)),      # one head spanning three key groups
-    (1, 2, 128, 3, 4, 1, 4, (3, 3)),     # the largest supported head dim
+    (1, 2, 128, 3, 4, 2, 4, (3, 3)),     # the largest supported head dim, 64
     (1, 2, 20, 1, 1, 4, 10, (5, 3)),     # 1x1 image: every sample but the centre is outside
 ]
 
@@ -91,7 +91,7 @@ def test_samples_on_the_image_border():
 @pytest.mark.parametrize("channels,heads,groups,message", [
     (12, 5, 6, "heads must be positive and divide"),
     (12, 3, 5, "groups must be positive and divide"),
-    (258, 2, 6, "head dimension C / heads exceeds 128"),
+    (130, 2, 10, "head dimension C / heads exceeds 64"),
 ])
 def test_twin_reports_unsupported_shapes(channels, heads, groups, message):
     q = torch.zeros(2, 1, channels, 2, 2)

@@ -40,8 +40,7 @@ extern "C" int32_t rvrt_gda_cpu_forward_f32(float const* q, float const* kv, flo
     case 8: forwardAllPixels<8>(s, q, kv, offset, out); break;
     case 16: forwardAllPixels<16>(s, q, kv, offset, out); break;
     case 32: forwardAllPixels<32>(s, q, kv, offset, out); break;
-    case 64: forwardAllPixels<64>(s, q, kv, offset, out); break;
-    default: forwardAllPixels<128>(s, q, kv, offset, out); break;
+    default: forwardAllPixels<64>(s, q, kv, offset, out); break;
     }
     return 0;
 }

@@ -34,11 +34,11 @@ namespace gda
 // Query and accumulator rows live in per-thread arrays (registers on the GPU) whose size must be
 // a compile-time constant; the kernel is instantiated for these capacities and a head dimension
 // picks the smallest one that fits.
-constexpr int32_t kMaxHeadDim = 128;
+constexpr int32_t kMaxHeadDim = 64;
 
 RVRT_GDA_HD int32_t headDimCapacity(int32_t headDim)
 {
-    return headDim <= 8 ? 8 : headDim <= 16 ? 16 : headDim <= 32 ? 32 : headDim <= 64 ? 64 : 128;
+    return headDim <= 8 ? 8 : headDim <= 16 ? 16 : headDim <= 32 ? 32 : 64;
 }
 
 struct GdaShape
@@ -82,6 +82,8 @@ inline char const* validateShape(GdaShape const& s)
 {
     if (s.frames <= 0 || s.clip <= 0 || s.channels <= 0 || s.height <= 0 || s.width <= 0)
         return "frames, clip, channels, height and width must be positive";
+    if (s.plane() > INT32_MAX)
+        return "H * W must fit in 32 bits";
     if (s.frames % s.clip != 0)
         return "the number of query frames must be a multiple of clip";
     if (s.kernelH <= 0 || s.kernelW <= 0 || s.padding < 0)
@@ -91,7 +93,7 @@ inline char const* validateShape(GdaShape const& s)
     if (s.groups <= 0 || (2 * s.channels) % s.groups != 0)
         return "groups must be positive and divide the kv channel count 2C";
     if (s.headDim() > kMaxHeadDim)
-        return "head dimension C / heads exceeds 128";
+        return "head dimension C / heads exceeds 64";
     return nullptr;
 }
 
@@ -133,10 +135,11 @@ RVRT_GDA_HD void storeFromFloat(__half* dst, float v)
 #endif
 
 // The four corners of a bilinear sample. A corner outside the image gets weight 0 and pixel 0,
-// so sampling reads valid memory unconditionally instead of branching per corner.
+// so sampling reads valid memory unconditionally instead of branching per corner. Pixel indices
+// are 32-bit (validateShape bounds H * W) to halve the registers the kernel spends on them.
 struct BilinearTap
 {
-    int64_t pixel[4];
+    int32_t pixel[4];
     float weight[4];
 };
 
@@ -167,7 +170,7 @@ RVRT_GDA_HD BilinearTap bilinearTap(float y, float x, int32_t height, int32_t wi
             int32_t const xx = x0 + j;
             if (yy >= 0 && yy < height && xx >= 0 && xx < width)
             {
-                tap.pixel[2 * i + j] = static_cast<int64_t>(yy) * width + xx;
+                tap.pixel[2 * i + j] = yy * width + xx;
                 tap.weight[2 * i + j] = wy[i] * wx[j];
             }
         }
@@ -269,11 +272,15 @@ RVRT_GDA_HD void gdaOutputPixelHead(GdaShape const& s, T const* q, T const* kv, 
                 int32_t const g = (keyBase + runStart) / groupChannels;
                 int32_t const runEnd = min32(headDim, (g + 1) * groupChannels - keyBase);
                 BilinearTap const tap = groupTap(s, offsetPixel, n, g, k, baseY, baseX);
+                T const* channelPlane = frame + (keyBase + runStart) * plane;
                 RVRT_GDA_UNROLL
                 for (int32_t c = 0; c < kCapacity; ++c)
                 {
                     if (c >= runStart && c < runEnd)
-                        logit += query[c] * sampleBilinear(frame + (keyBase + c) * plane, tap);
+                    {
+                        logit += query[c] * sampleBilinear(channelPlane, tap);
+                        channelPlane += plane;
+                    }
                 }
                 runStart = runEnd;
             }
@@ -288,11 +295,15 @@ RVRT_GDA_HD void gdaOutputPixelHead(GdaShape const& s, T const* q, T const* kv, 
                 int32_t const g = (valueBase + runStart) / groupChannels;
                 int32_t const runEnd = min32(headDim, (g + 1) * groupChannels - valueBase);
                 BilinearTap const tap = groupTap(s, offsetPixel, n, g, k, baseY, baseX);
+                T const* channelPlane = frame + (valueBase + runStart) * plane;
                 RVRT_GDA_UNROLL
                 for (int32_t c = 0; c < kCapacity; ++c)
                 {
                     if (c >= runStart && c < runEnd)
-                        accumulated[c] += step.weight * sampleBilinear(frame + (valueBase + c) * plane, tap);
+                    {
+                        accumulated[c] += step.weight * sampleBilinear(channelPlane, tap);
+                        channelPlane += plane;
+                    }
                 }
                 runStart = runEnd;
             }
