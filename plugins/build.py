@@ -27,8 +27,8 @@ from pathlib import Path
 
 GDA_SOURCE_DIR = Path(__file__).resolve().parent / "gda"
 CPU_TWIN_SOURCES = ("gda_math.h", "gda_cpu.cpp")
-PLUGIN_SOURCES = ("CMakeLists.txt", "gda_math.h", "gda_kernel.cu", "gda_kernel.h", "gda_plugin.h", "gda_plugin.cpp",
-                  "gda_autoregister.cpp")
+PLUGIN_SOURCES = ("CMakeLists.txt", "gda_math.h", "gda_cpu.cpp", "gda_kernel.cu", "gda_kernel.h", "gda_plugin.h",
+                  "gda_plugin.cpp", "gda_library_entry.cpp", "gda_autoregister.cpp")
 DEFAULT_CUDA_ARCHITECTURES = "75;80;86;89;90"
 PLUGIN_LIBRARY_NAME = "librvrt_gda_plugin.so"
 AUTOREGISTER_LIBRARY_NAME = "librvrt_gda_plugin_autoregister.so"
