@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,10 +45,13 @@ def window_reverse(windows: torch.Tensor, window: tuple[int, int, int], b: int, 
 
 
 @functools.lru_cache(maxsize=32)
-def shifted_window_mask(d: int, h: int, w: int, window: tuple, shift: tuple) -> torch.Tensor:
+def shifted_window_mask(d: int, h: int, w: int, window: tuple, shift: tuple) -> np.ndarray:
     """Attention mask (num_windows, N, N): -100 between tokens from different regions of the
-    cyclically shifted (D, H, W) volume, 0 within a region. Depends on shapes only."""
-    region = torch.zeros((1, d, h, w, 1))
+    cyclically shifted (D, H, W) volume, 0 within a region. Depends on shapes only.
+
+    Cached as numpy, not as a tensor: a tensor made while an exporter traces would be a fake
+    tensor, and a cached one would leak into later eager calls."""
+    region = np.zeros((1, d, h, w, 1), dtype=np.float32)
     label = 0
     slices = [(slice(-win), slice(-win, -sh), slice(-sh, None)) for win, sh in zip(window, shift)]
     for sd in slices[0]:
@@ -55,9 +59,9 @@ def shifted_window_mask(d: int, h: int, w: int, window: tuple, shift: tuple) -> 
             for sw in slices[2]:
                 region[:, sd, sh_, sw, :] = label
                 label += 1
-    labels = window_partition(region, window).squeeze(-1)
-    diff = labels.unsqueeze(1) - labels.unsqueeze(2)
-    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
+    labels = window_partition(torch.from_numpy(region), window).squeeze(-1).numpy()
+    diff = labels[:, None, :] - labels[:, :, None]
+    return np.where(diff != 0, np.float32(-100.0), np.float32(0.0))
 
 
 def relative_position_index(window: tuple[int, int, int]) -> torch.Tensor:
@@ -149,7 +153,7 @@ class STG(nn.Module):
         _, _, d, h, w = x.shape
         window, shift = effective_window((d, h, w), self.window_size, self.shift_size)
         padded = tuple(-(-s // win) * win for s, win in zip((d, h, w), window))
-        mask = shifted_window_mask(*padded, window, shift).to(x.device, x.dtype)
+        mask = torch.as_tensor(shifted_window_mask(*padded, window, shift), device=x.device, dtype=x.dtype)
         x = x.permute(0, 2, 3, 4, 1)
         for block in self.blocks:
             x = block(x, mask)

@@ -1,0 +1,55 @@
+"""ONNX Runtime backend: the exported stage graphs, as Polygraphy ONNX Runtime runners."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+from polygraphy.backend.onnxrt import OnnxrtRunner
+
+from rvrt_export.manifest import read_manifest, require_validated
+
+from .runner_stages import RunnerStages
+
+
+class SessionFromPath:
+    """Lazy loader of an ONNX Runtime session with the options this project runs with:
+    full graph optimisation, ``threads`` intra-op threads (None: ORT's default, all cores),
+    sequential execution (the graphs are chains; parallel execution only adds overhead)."""
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+        self.path = str(path)
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.threads = threads
+
+    def __call__(self) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        return ort.InferenceSession(self.path, sess_options=options, providers=self.providers)
+
+
+def default_providers(device: str = "cpu") -> list[str]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError(f"device {device!r} asked for, but this onnxruntime has no CUDA execution provider "
+                           f"(install onnxruntime-gpu)")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def onnxruntime_stages(export_dir: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+                       allow_unvalidated: bool = False) -> RunnerStages:
+    """Stages of an ``rvrt-export onnx`` directory on ONNX Runtime (refuses unvalidated exports)."""
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    require_validated(manifest, export_dir, allow_unvalidated)
+    providers = default_providers(device)
+    runners = {name: OnnxrtRunner(SessionFromPath(export_dir / stage["file"], providers, threads), name=name)
+               for name, stage in manifest["stages"].items()}
+    stages = {name: ([i["name"] for i in stage["inputs"]], list(stage["outputs"]))
+              for name, stage in manifest["stages"].items()}
+    return RunnerStages(runners, stages, manifest["clip_size"])

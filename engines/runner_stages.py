@@ -1,0 +1,60 @@
+"""Stages served by Polygraphy runners: one runner per stage graph, fed by the graphs' names.
+
+The same class serves ONNX Runtime sessions and TensorRT engines; the recurrent driver
+(:func:`rvrt.run_recurrent`) cannot tell them from eager stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from rvrt.model import BRANCHES
+
+
+class RunnerStages:
+    """Implements :class:`rvrt.driver.Stages` over ``runners`` (stage name -> Polygraphy runner).
+
+    stages: stage name -> (input names, output names), from the export manifest. Use as a
+    context manager: runners are activated (sessions/engines created) once on entry and
+    reused for every tile and window.
+    """
+
+    def __init__(self, runners: dict, stages: dict[str, tuple[list[str], list[str]]], clip_size: int):
+        required = ("extract", "flow", "reconstruct", *BRANCHES, *(f"{b}_first" for b in BRANCHES))
+        missing = [name for name in required if name not in runners]
+        if missing:
+            raise ValueError(f"no runner for stage(s) {', '.join(missing)}")
+        self.runners = runners
+        self.stages = stages
+        self.clip_size = clip_size
+        self._active = contextlib.ExitStack()
+
+    def __enter__(self):
+        for runner in self.runners.values():
+            self._active.enter_context(runner)
+        return self
+
+    def __exit__(self, *exc):
+        self._active.close()
+
+    def _run(self, stage: str, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        input_names, output_names = self.stages[stage]
+        feed = {name: tensor.contiguous() for name, tensor in zip(input_names, tensors, strict=True)}
+        outputs = self.runners[stage].infer(feed)
+        return tuple(outputs[name] for name in output_names)
+
+    def extract(self, lq):
+        return self._run("extract", [lq])[0]
+
+    def flow(self, pair):
+        return self._run("flow", [pair])[0]
+
+    def propagate(self, branch, features, key=None, prop=None, flows=()):
+        if key is None:
+            return self._run(f"{branch}_first", list(features))
+        return self._run(branch, [*features, key, prop, *flows])
+
+    def reconstruct(self, lq, features):
+        return self._run("reconstruct", [lq, *features])[0]

@@ -1,0 +1,114 @@
+"""ONNX export per stage, GDA as one custom node, and the ONNX Runtime backend against eager."""
+
+import json
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import random_clip, tiny_model
+from rvrt import BRANCHES, EagerStages, Tiling, get_task, restore_tiled, run_recurrent
+from rvrt_engines.backends import Backend, load_backend
+from rvrt_engines.onnxrt import onnxruntime_stages
+from rvrt_export.cli import main as export_cli
+from rvrt_export.manifest import ArtifactError, read_manifest
+from rvrt_export.onnx_export import export_onnx
+
+TILES = {"sr": 48, "denoise": 144}
+
+
+@pytest.fixture(scope="module", params=list(TILES))
+def exported(request, tmp_path_factory):
+    """(kind, eager model, export dir): tiny models exported once per module."""
+    kind = request.param
+    model = tiny_model(kind)
+    task = get_task({"sr": "sr", "denoise": "denoise"}[kind])
+    checkpoint = tmp_path_factory.mktemp("ckpt") / "weights.pth"
+    torch.save({"params": model.state_dict()}, checkpoint)
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    export_onnx(model, task, TILES[kind], out, batch=2 if kind == "sr" else 1, checkpoint=checkpoint)
+    return kind, model, out
+
+
+def test_manifest_records_what_was_exported(exported):
+    kind, model, out = exported
+    manifest = read_manifest(out)
+    assert manifest["task"] == get_task("sr" if kind == "sr" else "denoise").id
+    assert manifest["tile"] == TILES[kind] and manifest["clip_size"] == 2 and manifest["opset"] == 20
+    assert manifest["scale"] == (4 if kind == "sr" else 1) and manifest["dtype"] == "float32"
+    assert len(manifest["checkpoint"]["sha256"]) == 64
+    assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime"}
+    names = {"extract", "flow", "reconstruct"} | set(BRANCHES) | {f"{b}_first" for b in BRANCHES}
+    assert set(manifest["stages"]) == names
+    assert all((out / stage["file"]).is_file() for stage in manifest["stages"].values())
+    batch = manifest["batch"]
+    assert manifest["stages"]["extract"]["inputs"] == [
+        {"name": "lq", "shape": [batch, 2, 4 if kind == "denoise" else 3] + [TILES[kind]] * 2}]
+    assert manifest["validation"]["passed"] is True
+
+
+def test_every_stage_matches_eager_in_onnxruntime(exported):
+    """Recorded right after export, on random inputs: float32, expect ~1e-5."""
+    _, _, out = exported
+    for name, record in read_manifest(out)["validation"]["stages"].items():
+        assert record["passed"] and record["max_abs"] < 1e-4, (name, record)
+
+
+def test_gda_is_one_custom_node_per_propagation_step(exported):
+    _, _, out = exported
+    for name in read_manifest(out)["stages"]:
+        model = onnx.load(str(out / f"{name}.onnx"))
+        gda = [n for n in model.graph.node if n.op_type == "GuidedDeformAttention"]
+        if name in BRANCHES:
+            assert len(gda) == 1
+            node = gda[0]
+            assert node.domain == "rvrt"
+            attrs = {a.name: a.i for a in node.attribute}
+            assert attrs == {"kernel_h": 3, "kernel_w": 3, "padding": 1, "heads": 12, "groups": 12, "clip": 2}
+            assert [(f.domain, f.name) for f in model.functions] == [("rvrt", "GuidedDeformAttention")]
+        else:
+            assert not gda
+
+
+def test_tiled_pipeline_on_onnxruntime_equals_eager(exported):
+    kind, model, out = exported
+    tile = TILES[kind]
+    lq = random_clip(kind, 7, height=tile + 20, width=tile + 12)
+    tiling = Tiling(window=4, tile=tile, window_overlap=2, tile_overlap=16, batch=read_manifest(out)["batch"])
+    with torch.no_grad():
+        eager = restore_tiled(model, lq, model.config, tiling)
+    backend = load_backend(out)
+    with backend:
+        served = restore_tiled(backend.restore, lq, backend.config, tiling)
+    assert served.shape == eager.shape
+    assert (served - eager).abs().max().item() < 1e-4
+
+
+def test_unvalidated_exports_are_refused(exported, tmp_path):
+    _, _, out = exported
+    manifest = read_manifest(out)
+    manifest["validation"]["passed"] = False
+    manifest["validation"]["stages"]["flow"]["passed"] = False
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for item in out.iterdir():
+        (copy / item.name).write_bytes(item.read_bytes())
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="refusing to serve .*validation failed for flow.*--allow-unvalidated"):
+        onnxruntime_stages(copy)
+    assert onnxruntime_stages(copy, allow_unvalidated=True) is not None
+
+
+def test_export_refuses_impossible_tiles_and_missing_weights(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(export_cli, ["onnx", "--task", "sr", "--tile", "64", "-o", str(tmp_path / "a")])
+    assert result.exit_code != 0 and "no weights: pass --checkpoint 001_RVRT_videosr_bi_REDS_30frames.pth" in result.output
+    result = runner.invoke(export_cli, ["onnx", "--task", "sr", "--tile", "64", "--checkpoint",
+                                        str(tmp_path / "missing.pth"), "-o", str(tmp_path / "b")])
+    assert result.exit_code != 0 and "does not exist" in result.output
+    for tile, task in ((36, "sr"), (44, "sr"), (128, "deblur-dvd")):
+        result = runner.invoke(export_cli, ["onnx", "--task", task, "--tile", str(tile), "--random-weights", "--tiny",
+                                            "-o", str(tmp_path / f"t{tile}")])
+        assert result.exit_code != 0 and f"tile {tile} impossible for task" in result.output
+    assert not any(p.name.startswith("t") for p in tmp_path.iterdir())
