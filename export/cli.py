@@ -14,7 +14,11 @@ from rvrt import build_model, get_task
 @click.group()
 def main():
     """Export RVRT stage graphs for fast inference."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    project_log = logging.getLogger("rvrt_export")
+    project_log.addHandler(handler)
+    project_log.setLevel(logging.INFO)
 
 
 @main.command("onnx")

@@ -34,3 +34,26 @@ def random_clip(kind: str, frames: int, height: int | None = None, width: int | 
     size = KIND_SIZES[kind]
     channels = 4 if kind == "denoise" else 3
     return torch.rand(1, frames, channels, height or size, width or size, generator=gen)
+
+
+_EXPORTS = {}
+EXPORT_TILES = {"sr": 48, "denoise": 144}
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """kind -> (eager model, checkpoint path, ONNX export dir): exported once per session."""
+    from rvrt_export.onnx_export import export_onnx
+
+    def make(kind: str):
+        if kind not in _EXPORTS:
+            model = tiny_model(kind)
+            task = get_task(KIND_TASKS[kind])
+            checkpoint = tmp_path_factory.mktemp("ckpt") / "weights.pth"
+            torch.save({"params": model.state_dict()}, checkpoint)
+            out = tmp_path_factory.mktemp("export") / "onnx"
+            export_onnx(model, task, EXPORT_TILES[kind], out, batch=2 if kind == "sr" else 1, checkpoint=checkpoint)
+            _EXPORTS[kind] = (model, checkpoint, out)
+        return _EXPORTS[kind]
+
+    return make

@@ -7,28 +7,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import random_clip, tiny_model
-from rvrt import BRANCHES, EagerStages, Tiling, get_task, restore_tiled, run_recurrent
-from rvrt_engines.backends import Backend, load_backend
+from conftest import random_clip
+from rvrt import BRANCHES, Tiling, get_task, restore_tiled
+from rvrt_engines.backends import load_backend
 from rvrt_engines.onnxrt import onnxruntime_stages
 from rvrt_export.cli import main as export_cli
 from rvrt_export.manifest import ArtifactError, read_manifest
-from rvrt_export.onnx_export import export_onnx
 
-TILES = {"sr": 48, "denoise": 144}
+from conftest import EXPORT_TILES as TILES
 
 
 @pytest.fixture(scope="module", params=list(TILES))
-def exported(request, tmp_path_factory):
-    """(kind, eager model, export dir): tiny models exported once per module."""
-    kind = request.param
-    model = tiny_model(kind)
-    task = get_task({"sr": "sr", "denoise": "denoise"}[kind])
-    checkpoint = tmp_path_factory.mktemp("ckpt") / "weights.pth"
-    torch.save({"params": model.state_dict()}, checkpoint)
-    out = tmp_path_factory.mktemp("export") / "onnx"
-    export_onnx(model, task, TILES[kind], out, batch=2 if kind == "sr" else 1, checkpoint=checkpoint)
-    return kind, model, out
+def exported(request, tiny_export):
+    """(kind, eager model, export dir)."""
+    model, _, out = tiny_export(request.param)
+    return request.param, model, out
 
 
 def test_manifest_records_what_was_exported(exported):
