@@ -7,6 +7,7 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from .manifest import FORMAT_VERSION, ArtifactError, sha256_of, write_manifest
 from .stages import StageSpec, stage_specs
 
 log = logging.getLogger(__name__)
+# The exporter warns on every export that torchvision's ops are not registered: we use none.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 # float32 graphs against eager float32: differences are reordered sums (~1e-6 seen on
 # features of magnitude ~1); 1e-3 leaves room for long reductions while any wrong op,
@@ -32,7 +35,9 @@ def export_stage(model: RVRT, spec: StageSpec, path: Path, opset: int) -> None:
     """Trace one stage with torch.onnx (dynamo) to ``path``; GDA becomes one custom node."""
     module = spec.module(model).eval()
     args = spec.example_inputs(torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Dynamo notes that it traces through the shape-only window-mask cache: intended.
+        warnings.filterwarnings("ignore", message=".*lru_cache.*")
         gda_onnx.export_with_gda(module, args, path, opset=opset, input_names=spec.input_names,
                                  output_names=list(spec.outputs))
 
