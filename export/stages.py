@@ -19,22 +19,16 @@ RAW_FLOW_NAMES = ("flow_n01", "flow_n12", "flow_n23")
 UPDATED_FLOW_NAMES = ("flow_n1", "flow_n2")
 
 
-class ExtractStage(nn.Module):
-    def __init__(self, model: RVRT):
+class SingleInputStage(nn.Module):
+    """A stage that maps one tensor to one tensor: ``extract`` or ``flow``."""
+
+    def __init__(self, model: RVRT, method: str):
         super().__init__()
         self.model = model
+        self.method = method
 
-    def forward(self, lq):
-        return self.model.extract(lq)
-
-
-class FlowStage(nn.Module):
-    def __init__(self, model: RVRT):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pair):
-        return self.model.flow(pair)
+    def forward(self, x):
+        return getattr(self.model, self.method)(x)
 
 
 class PropagateStage(nn.Module):
@@ -78,10 +72,8 @@ class StageSpec:
         return [name for name, _ in self.inputs]
 
     def module(self, model: RVRT) -> nn.Module:
-        if self.name == "extract":
-            return ExtractStage(model)
-        if self.name == "flow":
-            return FlowStage(model)
+        if self.name in ("extract", "flow"):
+            return SingleInputStage(model, self.name)
         if self.name == "reconstruct":
             return ReconstructStage(model)
         branch = self.name.removesuffix("_first")
