@@ -10,7 +10,7 @@ import torch
 
 from rvrt import EagerStages, RVRTConfig, Task, build_model, get_task, run_recurrent
 from rvrt.config import TASKS
-from rvrt_export.manifest import MANIFEST, ArtifactError, read_manifest
+from rvrt_export.manifest import ArtifactError, read_manifest
 
 
 @dataclass
@@ -58,9 +58,9 @@ def config_from_manifest(manifest: dict) -> RVRTConfig:
 def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoint: str | os.PathLike | None = None,
                  random_weights: bool = False, device: str = "cpu", threads: int | None = None,
                  allow_unvalidated: bool = False) -> Backend:
-    """MODEL may be an ``rvrt-export onnx`` directory (ONNX Runtime), an engine directory or
-    ``.plan`` (TensorRT), an official ``.pth`` checkpoint, or a task name (eager PyTorch, with
-    ``checkpoint`` or ``random_weights``)."""
+    """MODEL may be an ``rvrt-export onnx`` directory (ONNX Runtime), an official ``.pth``
+    checkpoint, or a task name (eager PyTorch, with ``checkpoint`` or ``random_weights``).
+    TensorRT engine directories and ``.plan`` files are recognised and refused with a message."""
     path = Path(model)
     if path.is_dir():
         manifest = read_manifest(path)
@@ -68,15 +68,12 @@ def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoin
         if task and get_task(task).id != spec.id:
             raise ArtifactError(f"{path} was exported for task {spec.short!r} ({spec.id}), not {task!r}")
         if "engine" in manifest:
-            from .tensorrt import tensorrt_stages
-            stages = tensorrt_stages(path, allow_unvalidated=allow_unvalidated)
-            name = "tensorrt"
-        else:
-            from .onnxrt import onnxruntime_stages
-            stages = onnxruntime_stages(path, device=device, threads=threads, allow_unvalidated=allow_unvalidated)
-            name = "onnxruntime"
-        return Backend(name, spec, config_from_manifest(manifest), stages, manifest["tile"], manifest["batch"],
-                       "cpu", {"manifest": manifest})
+            raise ArtifactError(f"{path} holds TensorRT engines; this version of rvrt-deploy serves ONNX exports "
+                                f"and eager PyTorch only (the TensorRT backend is not written yet)")
+        from .onnxrt import onnxruntime_stages
+        stages = onnxruntime_stages(path, device=device, threads=threads, allow_unvalidated=allow_unvalidated)
+        return Backend("onnxruntime", spec, config_from_manifest(manifest), stages, manifest["tile"],
+                       manifest["batch"], "cpu", {"manifest": manifest})
     if path.suffix in (".plan", ".engine"):
         raise ArtifactError(f"{path}: pass the engine directory made by 'rvrt-export trt' (it holds the manifest "
                             f"that says which task, tile and precision the engines were built for)")
@@ -92,8 +89,5 @@ def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoin
     net = build_model(spec.id, checkpoint, random_weights=random_weights).to(device)
     return Backend("pytorch", spec, net.config, EagerStages(net), device=device)
 
-
-def is_export_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / MANIFEST).is_file()
 
 

@@ -48,7 +48,7 @@ def advance(bar: tqdm, done: int, total: int) -> None:
 def main(model, source, output, task, checkpoint, random_weights, sigma, window, window_overlap, tile, tile_overlap,
          batch, device, threads, codec, crf, lossless, overwrite, allow_unvalidated, quiet):
     """Restore SOURCE (video file or folder of frames) with MODEL: an export directory (ONNX
-    Runtime), an engine directory (TensorRT), an official checkpoint or a task name (PyTorch)."""
+    Runtime), an official checkpoint or a task name (PyTorch)."""
     try:
         backend = load_backend(model, task=task, checkpoint=checkpoint, random_weights=random_weights,
                                device=device, threads=threads, allow_unvalidated=allow_unvalidated)
