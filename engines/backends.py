@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +28,6 @@ class Backend:
     tile: int | None = None
     batch: int | None = None
     device: str = "cpu"
-    details: dict = field(default_factory=dict)
 
     def __enter__(self):
         enter = getattr(self.stages, "__enter__", None)
@@ -73,7 +72,7 @@ def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoin
         from .onnxrt import onnxruntime_stages
         stages = onnxruntime_stages(path, device=device, threads=threads, allow_unvalidated=allow_unvalidated)
         return Backend("onnxruntime", spec, config_from_manifest(manifest), stages, manifest["tile"],
-                       manifest["batch"], "cpu", {"manifest": manifest})
+                       manifest["batch"])
     if path.suffix in (".plan", ".engine"):
         raise ArtifactError(f"{path}: pass the engine directory made by 'rvrt-export trt' (it holds the manifest "
                             f"that says which task, tile and precision the engines were built for)")
