@@ -38,6 +38,8 @@ def export_stage(model: RVRT, spec: StageSpec, path: Path, opset: int) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         # Dynamo notes that it traces through the shape-only window-mask cache: intended.
         warnings.filterwarnings("ignore", message=".*lru_cache.*")
+        # torch's own pytree code warns about its own deprecated LeafSpec check on every export.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
         gda_onnx.export_with_gda(module, args, path, opset=opset, input_names=spec.input_names,
                                  output_names=list(spec.outputs))
 
