@@ -11,6 +11,7 @@ import torch
 from rvrt import EagerStages, RVRTConfig, Task, build_model, get_task, run_recurrent
 from rvrt.config import TASKS
 from rvrt_export.manifest import ArtifactError, read_manifest
+from rvrt_export.reference import config_from_manifest
 
 
 @dataclass
@@ -49,17 +50,12 @@ class Backend:
             return run_recurrent(self.stages, lq.to(self.device))[:count].cpu()
 
 
-def config_from_manifest(manifest: dict) -> RVRTConfig:
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
-    return RVRTConfig(**values)
-
-
 def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoint: str | os.PathLike | None = None,
                  random_weights: bool = False, device: str = "cpu", threads: int | None = None,
                  allow_unvalidated: bool = False) -> Backend:
-    """MODEL may be an ``rvrt-export onnx`` directory (ONNX Runtime), an official ``.pth``
-    checkpoint, or a task name (eager PyTorch, with ``checkpoint`` or ``random_weights``).
-    TensorRT engine directories and ``.plan`` files are recognised and refused with a message."""
+    """MODEL may be an ``rvrt-export onnx`` directory (ONNX Runtime), an ``rvrt-export trt``
+    directory (TensorRT; fails with the reason where TensorRT or a GPU is missing), an official
+    ``.pth`` checkpoint, or a task name (eager PyTorch, with ``checkpoint`` or ``random_weights``)."""
     path = Path(model)
     if path.is_dir():
         manifest = read_manifest(path)
@@ -67,8 +63,10 @@ def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoin
         if task and get_task(task).id != spec.id:
             raise ArtifactError(f"{path} was exported for task {spec.short!r} ({spec.id}), not {task!r}")
         if "engine" in manifest:
-            raise ArtifactError(f"{path} holds TensorRT engines; this version of rvrt-deploy serves ONNX exports "
-                                f"and eager PyTorch only (the TensorRT backend is not written yet)")
+            from .tensorrt import tensorrt_stages
+            stages = tensorrt_stages(path, allow_unvalidated=allow_unvalidated)
+            return Backend("tensorrt", spec, config_from_manifest(manifest), stages, manifest["tile"],
+                           manifest["batch"], device="cuda")
         from .onnxrt import onnxruntime_stages
         stages = onnxruntime_stages(path, device=device, threads=threads, allow_unvalidated=allow_unvalidated)
         return Backend("onnxruntime", spec, config_from_manifest(manifest), stages, manifest["tile"],

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
 from rvrt import EagerStages, build_model, get_task
 
@@ -57,14 +56,14 @@ def main(task, checkpoint, tiny, frames, tile, workdir):
     if checkpoint is None:
         click.secho("no checkpoint: random weights (seed 0). The outputs are not restorations; the demo then "
                     "shows speed and that both backends compute the same function.", fg="yellow")
-    torch.manual_seed(0)
+    seed = None if checkpoint else 0
     model = build_model(spec.id, checkpoint, random_weights=checkpoint is None,
-                        config=spec.config.tiny() if tiny else None)
+                        config=spec.config.tiny() if tiny else None, seed=seed)
     export_dir = workdir / f"onnx-{name}"
     if not export_dir.exists():
         from rvrt_export.onnx_export import export_onnx
         start = time.perf_counter()
-        manifest = export_onnx(model, spec, tile, export_dir, checkpoint=checkpoint)
+        manifest = export_onnx(model, spec, tile, export_dir, checkpoint=checkpoint, random_seed=seed)
         worst = max(s["max_abs"] for s in manifest["validation"]["stages"].values())
         click.echo(f"exported {len(manifest['stages'])} stage graphs to {export_dir} in "
                    f"{time.perf_counter() - start:.0f} s (largest stage error vs eager: {worst:.1e})")

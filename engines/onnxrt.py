@@ -27,6 +27,9 @@ class SessionFromPath:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Warnings only: float16 graphs make the CPU provider report every node it cannot
+        # constant-fold in float16, dozens of lines that say nothing about the result.
+        options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = self.threads
         return ort.InferenceSession(self.path, sess_options=options, providers=self.providers)

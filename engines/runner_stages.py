@@ -18,10 +18,12 @@ class RunnerStages:
 
     stages: stage name -> (input names, output names), from the export manifest. Use as a
     context manager: runners are activated (sessions/engines created) once on entry and
-    reused for every tile and window.
+    reused for every tile and window. infer_options: keyword arguments of every ``infer``
+    call (TensorRT: keep outputs on the device).
     """
 
-    def __init__(self, runners: dict, stages: dict[str, tuple[list[str], list[str]]], clip_size: int):
+    def __init__(self, runners: dict, stages: dict[str, tuple[list[str], list[str]]], clip_size: int,
+                 infer_options: dict | None = None):
         required = ("extract", "flow", "reconstruct", *BRANCHES, *(f"{b}_first" for b in BRANCHES))
         missing = [name for name in required if name not in runners]
         if missing:
@@ -29,6 +31,7 @@ class RunnerStages:
         self.runners = runners
         self.stages = stages
         self.clip_size = clip_size
+        self.infer_options = infer_options or {}
         self._active = contextlib.ExitStack()
 
     def __enter__(self):
@@ -42,7 +45,7 @@ class RunnerStages:
     def _run(self, stage: str, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         input_names, output_names = self.stages[stage]
         feed = {name: tensor.contiguous() for name, tensor in zip(input_names, tensors, strict=True)}
-        outputs = self.runners[stage].infer(feed)
+        outputs = self.runners[stage].infer(feed, **self.infer_options)
         return tuple(outputs[name] for name in output_names)
 
     def extract(self, lq):

@@ -69,15 +69,19 @@ def check_state_dict(model: RVRT, state: dict[str, torch.Tensor], task: Task, so
 
 
 def build_model(task: str, checkpoint: str | os.PathLike | None = None, *, random_weights: bool = False,
-                config: RVRTConfig | None = None) -> RVRT:
+                config: RVRTConfig | None = None, seed: int | None = None) -> RVRT:
     """An eval-mode RVRT for ``task`` (official id or short name, see :data:`rvrt.config.TASKS`).
 
     checkpoint: an official ``.pth`` file, loaded strictly. Without one, ``random_weights=True``
     must be passed explicitly (tests and demos). ``config`` overrides the task's architecture
-    (e.g. ``task.config.tiny()`` in tests).
+    (e.g. ``task.config.tiny()`` in tests). ``seed`` makes random weights reproducible (an
+    export records it, so its validation can rebuild the same eager model).
     """
     spec = get_task(task)
-    model = RVRT(config or spec.config)
+    with torch.random.fork_rng(enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = RVRT(config or spec.config)
     if checkpoint is None:
         if not random_weights:
             raise ValueError(f"no checkpoint given for task {spec.short!r}: pass the official {spec.id}.pth "

@@ -1,0 +1,164 @@
+"""Mixed-precision stage graphs: float16 tensors with measured float32 islands.
+
+TensorRT 11 builds every network strongly typed: precision comes from the ONNX graph, not
+from a builder flag (shared/FACTS.md). ``export_fp16`` turns a validated float32 export into
+such graphs with onnxruntime's float16 converter, keeping float32 where measured error says
+it is needed (:class:`PrecisionPolicy`), and validates each graph against the eager float32
+stage in ONNX Runtime before anything is written under the final name.
+
+What the CPU check measures: ONNX Runtime's CPU provider has few float16 kernels, so it casts
+around each float16 node and computes in float32. Every float16 tensor is still stored
+rounded to float16, which is where most of the error comes from; float16 accumulation inside
+a kernel (TensorRT's fp16 tactics) is not covered, which is why engines are validated again
+after they are built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+from onnxruntime.transformers import float16
+
+from rvrt.model import RVRT
+
+from .manifest import ArtifactError, read_manifest, require_validated, sha256_of, write_manifest
+from .onnx_export import validate_stage
+from .stages import StageSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrecisionPolicy:
+    """What stays float32 in a float16 graph.
+
+    fp32_ops: op types kept float32. TensorRT itself warns that LayerNormalization overflows
+        in float16 (its mean of squares), and ONNX Runtime's CPU check cannot show that.
+    fp32_stages: stages kept float32 entirely. SpyNet refines flow coarse to fine, adding
+        upsampled flow (in pixels) level by level.
+    flow_path: keep float32 everything computed from the flow inputs of a propagation step
+        (flow composition, sampling grids, the deformable offsets): these are positions of
+        up to tens of pixels, where float16 has a resolution of 1/64 to 1/32 px. Measured on
+        the tiny SR model: the ``*_1`` steps (which output the composed flows) differ from
+        eager by 0.079 with the flow path in float16, 0.0035 with it in float32.
+    """
+
+    fp32_ops: tuple[str, ...] = ("LayerNormalization",)
+    fp32_stages: tuple[str, ...] = ("flow",)
+    flow_path: bool = True
+
+    def fp32_nodes(self, graph: onnx.GraphProto) -> list[str]:
+        """Names of the nodes of a propagation-step graph that compute positions from flows."""
+        if not self.flow_path:
+            return []
+        from_flow = {tensor.name for tensor in graph.input if tensor.name.startswith("flow")}
+        names = []
+        for node in graph.node:
+            # GDA takes the offsets in the graph's float16 like its other inputs (one type T).
+            if node.op_type == "GuidedDeformAttention" or not any(name in from_flow for name in node.input):
+                continue
+            names.append(node.name)
+            # A feature map sampled at flow positions is a feature, not a position.
+            if node.op_type == "GridSample" and node.input[0] not in from_flow:
+                continue
+            from_flow.update(node.output)
+        return names
+
+
+def _drop_float16_round_trips(graph: onnx.GraphProto) -> int:
+    """Let float32 islands talk to each other in float32.
+
+    The converter casts every float32 node's output to float16 and back to float32 for the
+    next float32 node (and every graph input likewise), which rounds the island's values to
+    float16 anyway. Feeding each such float32 cast from the round trip's source keeps them
+    float32; casts left without consumers are removed. Returns the number of round trips.
+    """
+    producers = {output: node for node in graph.node for output in node.output}
+
+    def target(node: onnx.NodeProto) -> int:
+        return next(attr.i for attr in node.attribute if attr.name == "to")
+
+    dropped = 0
+    for node in graph.node:
+        if node.op_type != "Cast" or target(node) != TensorProto.FLOAT:
+            continue
+        source = producers.get(node.input[0])
+        if source is not None and source.op_type == "Cast" and target(source) == TensorProto.FLOAT16:
+            node.input[0] = source.input[0]
+            dropped += 1
+    consumed = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    kept = [node for node in graph.node if node.op_type != "Cast" or any(out in consumed for out in node.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return dropped
+
+
+def to_mixed_precision(model: onnx.ModelProto, stage: str, policy: PrecisionPolicy) -> onnx.ModelProto:
+    """The float16 version of one stage graph; inputs and outputs stay float32, so the runner
+    feeds every precision alike. ``model`` is converted in place."""
+    if stage in policy.fp32_stages:
+        return model
+    converted = float16.convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *policy.fp32_ops],
+        node_block_list=policy.fp32_nodes(model.graph))
+    _drop_float16_round_trips(converted.graph)
+    return converted
+
+
+def spec_of(name: str, stage: dict) -> StageSpec:
+    return StageSpec(name, tuple((i["name"], tuple(i["shape"])) for i in stage["inputs"]), tuple(stage["outputs"]))
+
+
+def export_fp16(model: RVRT, source_dir: str | Path, out_dir: str | Path,
+                policy: PrecisionPolicy = PrecisionPolicy(), strict: bool = True) -> dict:
+    """Convert a validated float32 export to mixed-precision graphs in ``out_dir`` (assembled
+    under a temporary name, renamed when complete); returns the manifest.
+
+    model: the eager float32 network the export was made from (the reference).
+    strict: a stage over tolerance raises, naming it; with False the directory is written with
+    a failing validation record (which the runners refuse), for a report to show.
+    """
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    source = read_manifest(source_dir)
+    require_validated(source, source_dir)
+    if source["dtype"] != "float32":
+        raise ArtifactError(f"{source_dir} holds {source['dtype']} graphs; convert a float32 export")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new directory or remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        stages, validation = {}, {}
+        for name, stage in source["stages"].items():
+            path = staging / stage["file"]
+            graph = onnx.load(str(source_dir / stage["file"]))
+            onnx.save(to_mixed_precision(graph, name, policy), str(path))
+            record = validate_stage(model, spec_of(name, stage), path, precision="float16")
+            validation[name] = record
+            stages[name] = {**stage, "bytes": path.stat().st_size}
+            log.info("%s: %.1f MB, max abs error %.2e (peak %.2g)", name, path.stat().st_size / 1e6,
+                     record["max_abs"], record["reference_peak"])
+            if strict and not record["passed"]:
+                raise ArtifactError(f"stage {name!r}: the float16 graph differs from eager PyTorch by "
+                                    f"{record['max_abs']:.3g} (tolerance {record['tolerance']:.3g}); keep more of "
+                                    f"it float32 (PrecisionPolicy)")
+        manifest = {**source, "dtype": "float16", "io_dtype": "float32", "stages": stages,
+                    "precision_policy": dataclasses.asdict(policy),
+                    "source": {"dir": str(source_dir.resolve()), "manifest_sha256": sha256_of(source_dir / "manifest.json")},
+                    "validation": {"backend": "onnxruntime-cpu", "reference": "eager PyTorch float32",
+                                   "passed": all(r["passed"] for r in validation.values()),
+                                   "stages": validation}}
+        write_manifest(staging, manifest)
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
