@@ -1,0 +1,38 @@
+"""``rvrt-validate``: accuracy parity report of an export or engine directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rvrt_export.cli import reference_for, with_reference_options
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@with_reference_options
+@click.option("--frames", type=int, default=6, show_default=True, help="Frames of the generated clip.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Report directory (report.json, report.md, PNGs).")
+def main(model_dir, checkpoint, random_weights, frames, out_dir):
+    """Hold every backend and precision of MODEL_DIR (an 'rvrt-export onnx' or 'rvrt-export trt'
+    directory) against eager PyTorch float32, per stage and on a restored clip."""
+    from .report import validate
+
+    try:
+        model = reference_for(model_dir, checkpoint, random_weights)
+        report = validate(model, model_dir, out_dir, frames=frames)
+    except (ValueError, FileExistsError) as err:
+        raise click.ClickException(str(err)) from None
+    for candidate in report["candidates"]:
+        if candidate["status"] == "skipped":
+            click.echo(f"{candidate['label']:>22}: skipped ({candidate['skipped']})")
+        else:
+            e2e = candidate["end_to_end"]
+            psnr = "identical" if e2e["psnr_db"] is None else f"{e2e['psnr_db']:.1f} dB"
+            click.echo(f"{candidate['label']:>22}: {candidate['status']} (frames max abs {e2e['max_abs']:.2e}, "
+                       f"PSNR {psnr}, SSIM {e2e['ssim']:.5f})")
+    click.echo(f"verdict: {report['verdict']}; report: {out_dir / 'report.md'}")
+    if report["verdict"] != "pass":
+        raise SystemExit(1)

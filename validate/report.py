@@ -1,0 +1,201 @@
+"""Accuracy parity of every backend and precision against eager PyTorch float32.
+
+For an export or engine directory, :func:`validate` measures each candidate (ONNX Runtime
+float32, the float16 graphs on ONNX Runtime, TensorRT float32/float16) twice:
+
+- per stage: the candidate's graph or engine against the eager stage on random inputs, the
+  same measurement export and engine builds make (:func:`rvrt_export.accuracy.compare_stage`);
+- end to end: a generated clip restored through the tiled recurrent runner by the candidate
+  and by the eager model, compared frame by frame (max/mean abs error, PSNR, SSIM).
+
+A candidate that cannot run here (no TensorRT, no GPU, no engines) is reported as skipped
+with the reason; only what ran can pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from rvrt import Tiling, get_task, restore_tiled
+from rvrt.model import RVRT
+from rvrt_engines.backends import load_backend
+from rvrt_engines.restore import frame_to_tensor
+from rvrt_engines.synthetic import degrade, moving_photo_frames
+from rvrt_engines.tensorrt import tensorrt_unavailable
+from rvrt_export.accuracy import FLOAT16_RELATIVE_TOLERANCE, FLOAT32_TOLERANCE, compare_stage
+from rvrt_export.fp16 import export_fp16, spec_of
+from rvrt_export.manifest import read_manifest
+
+from . import images
+
+# Whole restored frames in [0, 1] against eager float32. float32: the per-stage tolerance
+# (frames are a stage's output too). float16: 40 dB is an RMS difference of 1 % of the range
+# (2.5 of 255 levels), well below what a viewer notices, while a broken stage falls to 20-30 dB.
+END_TO_END_FLOAT32_MAX_ABS = FLOAT32_TOLERANCE
+END_TO_END_FLOAT16_MIN_PSNR_DB = 40.0
+SIGMA = 20.0
+CROP = 128
+
+
+@dataclass
+class Candidate:
+    """One runtime and precision to hold against eager: ``directory`` holds what it runs."""
+
+    label: str
+    runtime: str
+    precision: str
+    directory: Path | None = None
+    skipped: str | None = None
+
+
+def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> list[Candidate]:
+    """What can be measured for ``model_dir``, and what cannot (with the reason)."""
+    trt_reason = tensorrt_unavailable()
+    if "engine" in manifest:
+        precision = manifest["dtype"]
+        graphs = Path(manifest["onnx_dir"])
+        graphs = graphs if graphs.is_absolute() else model_dir / graphs
+        return [Candidate(f"onnxruntime {precision}", "onnxruntime", precision,
+                          graphs if (graphs / "manifest.json").exists() else None,
+                          None if (graphs / "manifest.json").exists() else f"the engines' ONNX graphs ({graphs}) are gone"),
+                Candidate(f"tensorrt {precision}", "tensorrt", precision, model_dir, trt_reason)]
+    no_engines = trt_reason or (f"{model_dir} is an ONNX export: build engines with 'rvrt-export trt' and "
+                                f"validate that directory")
+    found = [Candidate(f"onnxruntime {manifest['dtype']}", "onnxruntime", manifest["dtype"], model_dir)]
+    if manifest["dtype"] == "float32":
+        fp16_dir = scratch / "onnx-fp16"
+        export_fp16(model, model_dir, fp16_dir, strict=False)
+        found.append(Candidate("onnxruntime float16", "onnxruntime", "float16", fp16_dir))
+    found += [Candidate(f"tensorrt {precision}", "tensorrt", precision, None, no_engines)
+              for precision in ("float32", "float16")]
+    return found
+
+
+def generated_clip(task_kind: str, frames: int, size: int, scale: int) -> torch.Tensor:
+    """(1, frames, cin, size, size) degraded pan over a bundled photograph, in [0, 1]."""
+    clean = moving_photo_frames(frames, size * scale, size * scale)
+    degraded = degrade(clean, task_kind, sigma=SIGMA)
+    to_tensor = frame_to_tensor(SIGMA if task_kind == "denoise" else None)
+    return torch.stack([to_tensor(frame) for frame in degraded])[None]
+
+
+def stage_records(model: RVRT, manifest: dict, backend, precision: str) -> dict:
+    with backend:
+        return {name: compare_stage(model, spec_of(name, stage),
+                                    lambda feed, name=name: backend.stages.runners[name].infer(dict(feed)), precision)
+                for name, stage in manifest["stages"].items()}
+
+
+def frame_metrics(reference: np.ndarray, restored: np.ndarray, precision: str) -> dict:
+    """(T, 3, H, W) in [0, 1], both clipped as a video writer would."""
+    reference, restored = np.clip(reference, 0, 1), np.clip(restored, 0, 1)
+    error = np.abs(restored - reference)
+    psnr = [peak_signal_noise_ratio(r, o, data_range=1.0) for r, o in zip(reference, restored)]
+    ssim = [structural_similarity(r, o, data_range=1.0, channel_axis=0) for r, o in zip(reference, restored)]
+    finite = [p for p in psnr if math.isfinite(p)]
+    record = {"max_abs": float(error.max()), "mean_abs": float(error.mean()),
+              "psnr_db": float(min(finite)) if finite else None, "identical_frames": len(psnr) - len(finite),
+              "ssim": float(min(ssim))}
+    if precision == "float32":
+        record["tolerance"] = f"max_abs <= {END_TO_END_FLOAT32_MAX_ABS:g}"
+        record["passed"] = bool(record["max_abs"] <= END_TO_END_FLOAT32_MAX_ABS)
+    else:
+        record["tolerance"] = f"psnr_db >= {END_TO_END_FLOAT16_MIN_PSNR_DB:g}"
+        record["passed"] = bool(record["psnr_db"] is None or record["psnr_db"] >= END_TO_END_FLOAT16_MIN_PSNR_DB)
+    return record
+
+
+def pictures(lq: np.ndarray, reference: np.ndarray, restored: np.ndarray, scale: int, stem: str,
+             out_dir: Path) -> dict:
+    """The frame with the largest error: a crop (input | eager | candidate | error) and its
+    whole-frame heat map. Returns file names and the heat map's full-scale error."""
+    error = np.abs(np.clip(restored, 0, 1) - np.clip(reference, 0, 1)).mean(axis=1)
+    frame = int(np.argmax(error.reshape(len(error), -1).max(axis=1)))
+    scale_value = float(error[frame].max())
+    heat = images.heat_map(error[frame], scale_value)
+    top, left, h, w = images.crop_box(error[frame], CROP)
+    window = (slice(top, top + h), slice(left, left + w))
+    upsampled = np.repeat(np.repeat(lq[frame, :3], scale, axis=1), scale, axis=2)
+    panels = [images.to_uint8(image)[window] for image in (upsampled, reference[frame], restored[frame])]
+    images.save_png(images.side_by_side(panels + [heat[window]]), out_dir / f"{stem}-crop.png")
+    images.save_png(heat, out_dir / f"{stem}-heatmap.png")
+    return {"frame": frame, "crop": f"{stem}-crop.png", "crop_box": [top, left, h, w],
+            "heatmap": f"{stem}-heatmap.png", "heatmap_full_scale": scale_value}
+
+
+
+def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: int = 6) -> dict:
+    """Measure every candidate of ``model_dir`` against ``model`` (eager float32); write
+    ``report.json``, ``report.md`` and the PNGs to ``out_dir`` (complete or not at all)."""
+    from .render import render_markdown, write_json
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    manifest = read_manifest(model_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new directory or remove it")
+    if frames < 2:
+        raise ValueError(f"--frames must be at least 2 (one clip), got {frames}")
+    task = get_task(manifest["task"])
+    tile, scale = manifest["tile"], manifest["scale"]
+    size = tile + tile // 2
+    tiling = Tiling(window=0, tile=tile, tile_overlap=min(20, tile // 4), batch=manifest["batch"])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    scratch = Path(tempfile.mkdtemp(prefix="rvrt-validate-"))
+    try:
+        lq = generated_clip(task.kind, frames, size, scale)
+        with torch.no_grad():
+            reference = restore_tiled(model, lq, model.config, tiling)[0].numpy()
+        results = []
+        for candidate in candidates(model_dir, manifest, scratch, model):
+            record = {**dataclasses.asdict(candidate), "directory": str(candidate.directory or "")}
+            if candidate.skipped:
+                record["status"] = "skipped"
+                results.append(record)
+                continue
+            backend = load_backend(candidate.directory, allow_unvalidated=True)
+            record["stages"] = stage_records(model, read_manifest(candidate.directory), backend, candidate.precision)
+            with backend:
+                restored = restore_tiled(backend.restore, lq, backend.config, tiling)[0].numpy()
+            record["end_to_end"] = frame_metrics(reference, restored, candidate.precision)
+            record["images"] = pictures(lq[0].numpy(), reference, restored, scale,
+                                        candidate.label.replace(" ", "-"), staging)
+            passed = record["end_to_end"]["passed"] and all(s["passed"] for s in record["stages"].values())
+            record["status"] = "pass" if passed else "fail"
+            results.append(record)
+        ran = [r for r in results if r["status"] != "skipped"]
+        report = {
+            "model_dir": str(model_dir.resolve()), "task": task.id, "tile": tile, "batch": manifest["batch"],
+            "weights": manifest["checkpoint"], "reference": "eager PyTorch float32, same tiling",
+            "clip": {"frames": frames, "input_size": [size, size], "output_size": [size * scale] * 2,
+                     "content": f"pan over a bundled photograph, degraded for {task.kind}",
+                     "tiling": dataclasses.asdict(tiling)},
+            "tolerances": {"stage_float32_max_abs": FLOAT32_TOLERANCE,
+                           "stage_float16_max_abs_relative_to_peak": FLOAT16_RELATIVE_TOLERANCE,
+                           "end_to_end_float32_max_abs": END_TO_END_FLOAT32_MAX_ABS,
+                           "end_to_end_float16_min_psnr_db": END_TO_END_FLOAT16_MIN_PSNR_DB},
+            "candidates": results,
+            "summary": {"passed": sum(r["status"] == "pass" for r in results),
+                        "failed": sum(r["status"] == "fail" for r in results),
+                        "skipped": sum(r["status"] == "skipped" for r in results)},
+            "verdict": ("fail" if any(r["status"] == "fail" for r in ran) else "pass" if ran else "nothing ran"),
+        }
+        write_json(report, staging / "report.json")
+        (staging / "report.md").write_text(render_markdown(report))
+        with contextlib.suppress(FileNotFoundError):
+            out_dir.rmdir()
+        staging.rename(out_dir)
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
