@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
@@ -16,12 +17,18 @@ from .runner_stages import RunnerStages
 class SessionFromPath:
     """Lazy loader of an ONNX Runtime session with the options this project runs with:
     full graph optimisation, ``threads`` intra-op threads (None: ORT's default, all cores),
-    sequential execution (the graphs are chains; parallel execution only adds overhead)."""
+    sequential execution (the graphs are chains; parallel execution only adds overhead).
 
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+    emulate_float16: run a mixed-precision graph as :func:`rvrt_export.fp16.float16_emulation`
+    (float16 storage, float32 arithmetic), which is what a CPU can tell of float16 accuracy.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None,
+                 emulate_float16: bool = False):
         self.path = str(path)
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
+        self.emulate_float16 = emulate_float16
 
     def __call__(self) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -32,7 +39,12 @@ class SessionFromPath:
         options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = self.threads
-        return ort.InferenceSession(self.path, sess_options=options, providers=self.providers)
+        model = self.path
+        if self.emulate_float16:
+            from rvrt_export.fp16 import float16_emulation
+
+            model = float16_emulation(onnx.load(self.path)).SerializeToString()
+        return ort.InferenceSession(model, sess_options=options, providers=self.providers)
 
 
 def default_providers(device: str = "cpu") -> list[str]:
@@ -51,7 +63,8 @@ def onnxruntime_stages(export_dir: str | os.PathLike, device: str = "cpu", threa
     manifest = read_manifest(export_dir)
     require_validated(manifest, export_dir, allow_unvalidated)
     providers = default_providers(device)
-    runners = {name: OnnxrtRunner(SessionFromPath(export_dir / stage["file"], providers, threads), name=name)
+    emulate = manifest["dtype"] == "float16" and device == "cpu"
+    runners = {name: OnnxrtRunner(SessionFromPath(export_dir / stage["file"], providers, threads, emulate), name=name)
                for name, stage in manifest["stages"].items()}
     stages = {name: ([i["name"] for i in stage["inputs"]], list(stage["outputs"]))
               for name, stage in manifest["stages"].items()}

@@ -39,10 +39,11 @@ def export_stage(model: RVRT, spec: StageSpec, path: Path, opset: int) -> None:
 
 
 def validate_stage(model: RVRT, spec: StageSpec, path: Path, precision: str = "float32") -> dict:
-    """Run the graph in ONNX Runtime on fresh random inputs against the eager stage."""
+    """Run the graph in ONNX Runtime on fresh random inputs against the eager stage (float16
+    graphs as float16 storage with float32 arithmetic, see ``SessionFromPath``)."""
     from rvrt_engines.onnxrt import SessionFromPath
 
-    session = SessionFromPath(path)()
+    session = SessionFromPath(path, emulate_float16=precision == "float16")()
     outputs = list(spec.outputs)
     return compare_stage(model, spec, lambda feed: dict(zip(outputs, session.run(outputs, dict(feed)))), precision)
 

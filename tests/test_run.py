@@ -1,6 +1,5 @@
 """rvrt-run end to end on synthetic but realistic videos: moving photographs, degraded per task."""
 
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from rvrt_engines.cli import main as run_cli
 from rvrt_engines.restore import restore_video
 from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
 from rvrt_engines.video_io import VideoInputError, open_frames
-from rvrt_export.manifest import ArtifactError
 
 
 def eager_backend(kind, model):
@@ -194,14 +192,3 @@ def test_memory_does_not_grow_with_video_length(tmp_path):
                               str(tmp_path / f"out{count}.mkv")], capture_output=True, text=True, check=True)
         peaks[count] = int(out.stdout.split()[-1])
     assert peaks[160] <= 1.10 * peaks[40], peaks
-
-
-def test_tensorrt_engine_directories_are_refused_clearly(tiny_export, tmp_path):
-    _, _, export_dir = tiny_export("sr")
-    manifest = json.loads((export_dir / "manifest.json").read_text())
-    manifest["engine"] = {"precision": "fp16"}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="holds TensorRT engines; .* ONNX exports and eager PyTorch only"):
-        load_backend(tmp_path)
-    with pytest.raises(ArtifactError, match="pass the engine directory"):
-        load_backend(tmp_path / "stage.plan")

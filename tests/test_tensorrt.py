@@ -1,0 +1,81 @@
+"""TensorRT build and backend: clean refusals where TensorRT or a GPU is missing (everywhere),
+and real engines against eager PyTorch where they exist (marked gpu, skipped with the reason)."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import random_clip
+from rvrt import Tiling, restore_tiled
+from rvrt_engines.backends import load_backend
+from rvrt_engines.cli import main as run_cli
+from rvrt_engines.tensorrt import TensorRTUnavailable, tensorrt_unavailable
+from rvrt_export.cli import main as export_cli
+from rvrt_export.manifest import ArtifactError, read_manifest
+
+REASON = tensorrt_unavailable()
+without_tensorrt = pytest.mark.skipif(REASON is None, reason="TensorRT and a GPU are present here")
+
+
+@without_tensorrt
+def test_trt_export_says_what_is_missing_and_writes_nothing(tiny_export, tmp_path):
+    _, checkpoint, export_dir = tiny_export("sr")
+    for extra in ([], ["--fp16"]):
+        result = CliRunner().invoke(export_cli, ["trt", str(export_dir), *extra, "--checkpoint", str(checkpoint),
+                                                 "-o", str(tmp_path / "engines")])
+        assert result.exit_code == 1
+        assert "cannot build TensorRT engines here" in result.output and REASON in result.output
+        assert "ONNX Runtime" in result.output
+        assert not (tmp_path / "engines").exists() and not list(tmp_path.iterdir())
+
+
+@without_tensorrt
+def test_engine_directory_is_refused_with_the_reason(tiny_export, tmp_path):
+    _, _, export_dir = tiny_export("sr")
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    manifest["engine"] = {"precision": "float16"}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TensorRTUnavailable, match="TensorRT Python bindings not importable|no CUDA GPU"):
+        load_backend(tmp_path)
+    result = CliRunner().invoke(run_cli, [str(tmp_path), str(tmp_path / "in.mp4"), "-o", str(tmp_path / "out.mp4")])
+    assert result.exit_code == 1 and REASON in result.output
+    with pytest.raises(ArtifactError, match="pass the engine directory"):
+        load_backend(tmp_path / "stage.plan")
+
+
+@pytest.fixture(scope="module", params=["float32", "float16"])
+def engines(request, tiny_export, tmp_path_factory):
+    from rvrt_export.trt_build import build_engines
+
+    model, _, export_dir = tiny_export("sr")
+    out = tmp_path_factory.mktemp("engines") / request.param
+    build_engines(model, export_dir, out, fp16=request.param == "float16")
+    return model, out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(REASON is not None, reason=f"TensorRT engines cannot run here: {REASON}")
+def test_engines_are_validated_and_described(engines):
+    _, out = engines
+    manifest = read_manifest(out)
+    assert manifest["validation"]["passed"] and manifest["validation"]["backend"] == "tensorrt"
+    assert set(manifest["engine"]) >= {"tensorrt", "gpu", "compute_capability", "precision", "plugin"}
+    assert all((out / stage["plan"]).is_file() for stage in manifest["stages"].values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(REASON is not None, reason=f"TensorRT engines cannot run here: {REASON}")
+def test_engines_serve_the_runner_like_eager(engines):
+    model, out = engines
+    manifest = read_manifest(out)
+    tile = manifest["tile"]
+    lq = random_clip("sr", 6, height=tile + 16, width=tile + 8)
+    tiling = Tiling(window=4, tile=tile, window_overlap=2, tile_overlap=16, batch=manifest["batch"])
+    with torch.no_grad():
+        eager = restore_tiled(model, lq, model.config, tiling)
+    with load_backend(out) as backend:
+        served = restore_tiled(backend.restore, lq, backend.config, tiling)
+    error = (served.clamp(0, 1) - eager.clamp(0, 1)).abs().max().item()
+    assert error < (1e-3 if manifest["dtype"] == "float32" else 2e-2)

@@ -1,0 +1,117 @@
+"""rvrt-validate: parity reports that measure what ran, fail what is wrong and skip, with the
+reason, what cannot run here."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+from PIL import Image
+
+from rvrt_engines.tensorrt import tensorrt_unavailable
+from rvrt_export.manifest import read_manifest, sha256_of, write_manifest
+from rvrt_validate.cli import main as validate_cli
+from rvrt_validate.report import validate
+
+
+@pytest.fixture(scope="module")
+def sr_report(tiny_export, tmp_path_factory):
+    model, checkpoint, export_dir = tiny_export("sr")
+    out = tmp_path_factory.mktemp("report") / "sr"
+    result = CliRunner().invoke(validate_cli, [str(export_dir), "--checkpoint", str(checkpoint), "--frames", "4",
+                                               "-o", str(out)])
+    return result, out
+
+
+def test_report_covers_onnxruntime_both_precisions(sr_report):
+    result, out = sr_report
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    by_label = {c["label"]: c for c in report["candidates"]}
+    assert report["verdict"] == "pass" and report["summary"]["passed"] == 2
+    for label, precision in (("onnxruntime float32", "float32"), ("onnxruntime float16", "float16")):
+        candidate = by_label[label]
+        assert candidate["status"] == "pass" and candidate["precision"] == precision
+        assert len(candidate["stages"]) == 11 and all(s["passed"] for s in candidate["stages"].values())
+        e2e = candidate["end_to_end"]
+        assert set(e2e) >= {"max_abs", "mean_abs", "psnr_db", "ssim", "passed"}
+    assert by_label["onnxruntime float32"]["end_to_end"]["max_abs"] < 1e-4
+    assert by_label["onnxruntime float16"]["end_to_end"]["psnr_db"] > 60
+    assert report["clip"]["output_size"] == [288, 288]
+
+
+def test_tensorrt_is_skipped_with_the_reason_never_passed(sr_report):
+    _, out = sr_report
+    report = json.loads((out / "report.json").read_text())
+    tensorrt = [c for c in report["candidates"] if c["runtime"] == "tensorrt"]
+    assert [c["precision"] for c in tensorrt] == ["float32", "float16"]
+    for candidate in tensorrt:
+        assert candidate["status"] == "skipped" and "stages" not in candidate and "end_to_end" not in candidate
+        assert candidate["skipped"] == (tensorrt_unavailable() or candidate["skipped"])
+        assert "TensorRT" in candidate["skipped"] or "rvrt-export trt" in candidate["skipped"]
+    markdown = (out / "report.md").read_text()
+    assert "| tensorrt float16 | skipped |" in markdown and "not counted as passing" in markdown
+
+
+def test_pictures_are_written_and_linked(sr_report):
+    _, out = sr_report
+    report = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    for candidate in report["candidates"]:
+        if candidate["status"] == "skipped":
+            continue
+        pictures = candidate["images"]
+        crop = Image.open(out / pictures["crop"])
+        heat = Image.open(out / pictures["heatmap"])
+        _, _, h, w = pictures["crop_box"]
+        assert crop.size == (4 * w + 3 * 4, h) and heat.size == (288, 288)
+        assert f"]({pictures['crop']})" in markdown and f"]({pictures['heatmap']})" in markdown
+        # the heat map's brightest pixel is where the crop was centred
+        assert np.asarray(heat).max() > 0
+
+
+def test_a_wrong_weight_fails_its_stage_and_the_report(tiny_export, tmp_path):
+    model, _, export_dir = tiny_export("sr")
+    broken = tmp_path / "broken"
+    shutil.copytree(export_dir, broken)
+    graph = onnx.load(str(broken / "reconstruct.onnx"))
+    largest = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))
+    largest.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(largest) * 1.05, largest.name))
+    onnx.save(graph, str(broken / "reconstruct.onnx"))
+    report = validate(model, broken, tmp_path / "report", frames=2)
+    assert report["verdict"] == "fail"
+    fp32 = next(c for c in report["candidates"] if c["label"] == "onnxruntime float32")
+    assert fp32["status"] == "fail" and not fp32["stages"]["reconstruct"]["passed"]
+    assert all(s["passed"] for name, s in fp32["stages"].items() if name != "reconstruct")
+    assert "**FAIL**" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_engine_directory_without_tensorrt_reports_its_graphs_and_skips_the_engines(tiny_export, tmp_path):
+    if tensorrt_unavailable() is None:
+        pytest.skip("TensorRT is available here: the GPU tests cover engine directories")
+    model, _, export_dir = tiny_export("sr")
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    manifest = read_manifest(export_dir)
+    manifest.update(onnx_dir=str(export_dir), engine={"precision": "float32", "tensorrt": "10.13.0", "gpu": "L4",
+                                                      "compute_capability": "8.9", "plugin": "lib.so"})
+    write_manifest(engines, manifest)
+    report = validate(model, engines, tmp_path / "report", frames=2)
+    assert [(c["label"], c["status"]) for c in report["candidates"]] == [
+        ("onnxruntime float32", "pass"), ("tensorrt float32", "skipped")]
+    assert report["verdict"] == "pass" and report["summary"]["skipped"] == 1
+
+
+def test_weights_must_be_the_exported_ones(tiny_export, tmp_path):
+    _, checkpoint, export_dir = tiny_export("sr")
+    runner = CliRunner()
+    result = runner.invoke(validate_cli, [str(export_dir), "--random-weights", "-o", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "pass --checkpoint" in result.output
+    other = tmp_path / "other.pth"
+    other.write_bytes(checkpoint.read_bytes() + b"\0")
+    result = runner.invoke(validate_cli, [str(export_dir), "--checkpoint", str(other), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "is not the one" in result.output and sha256_of(other)[:12] in result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
