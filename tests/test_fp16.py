@@ -109,14 +109,14 @@ def test_float16_export_is_validated_per_stage(fp16_exports):
         assert manifest["validation"]["passed"] is True
         assert set(manifest["stages"]) == set(read_manifest(source)["stages"])
         for name, record in manifest["validation"]["stages"].items():
-            # measured: 0.3-1.3e-3 of the peak on tiny models; a tenth of the tolerance.
+            # measured: 3e-4 to 1e-3 of the peak on tiny models, a tenth of the tolerance.
             assert record["max_abs"] <= 2e-3 * max(1.0, record["reference_peak"]), (kind, name, record)
         sizes = [s["bytes"] for s in manifest["stages"].values()]
         assert sum(sizes) < 0.75 * sum(s["bytes"] for s in read_manifest(source)["stages"].values())
 
 
 def test_flow_path_in_float32_is_what_keeps_flows_accurate(fp16_exports, tmp_path):
-    """The *_1 steps output composed flows; in float16 they are 20x further from eager."""
+    """The *_1 steps output composed flows; in float16 they are ~60x further from eager."""
     model, source, _ = fp16_exports["sr"]
     manifest = read_manifest(source)
     spec = spec_of("forward_1", manifest["stages"]["forward_1"])
@@ -127,7 +127,7 @@ def test_flow_path_in_float32_is_what_keeps_flows_accurate(fp16_exports, tmp_pat
         path = tmp_path / f"forward_1_flow_path_{flow_path}.onnx"
         onnx.save(graph, str(path))
         errors[flow_path] = validate_stage(model, spec, path, "float16")["max_abs"]
-    assert errors[True] * 5 < errors[False], errors
+    assert errors[True] * 20 < errors[False], errors
 
 
 def test_float16_graphs_serve_the_runner(fp16_exports):

@@ -12,18 +12,16 @@ import torch
 from onnx import TensorProto, helper
 
 from rvrt.gda import guided_deform_attn_reference
+from rvrt_engines.tensorrt import tensorrt_unavailable
 from rvrt_plugins import build
 
 pytestmark = pytest.mark.gpu
 
 
 def unavailable_reason():
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as error:  # the bindings raise OSError/ImportError when libnvinfer is missing
-        return f"TensorRT Python bindings not importable: {error}"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU visible to torch"
+    reason = tensorrt_unavailable()
+    if reason:
+        return reason
     if build.find_tensorrt() is None and not os.environ.get("RVRT_GDA_PLUGIN"):
         return "no TensorRT headers to build the plugin (set TENSORRT_ROOT) and no RVRT_GDA_PLUGIN"
     return None
