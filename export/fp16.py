@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +28,14 @@ from onnxruntime.transformers import float16
 
 from rvrt.model import RVRT
 
-from .manifest import ArtifactError, read_manifest, require_validated, sha256_of, write_manifest
+from .manifest import (
+    ArtifactError,
+    assembled,
+    read_manifest,
+    require_validated,
+    sha256_of,
+    write_manifest,
+)
 from .onnx_export import validate_stage
 from .stages import StageSpec
 
@@ -188,11 +193,7 @@ def export_fp16(model: RVRT, source_dir: str | Path, out_dir: str | Path,
     require_validated(source, source_dir)
     if source["dtype"] != "float32":
         raise ArtifactError(f"{source_dir} holds {source['dtype']} graphs; convert a float32 export")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new directory or remove it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with assembled(out_dir) as staging:
         stages, validation = {}, {}
         for name, stage in source["stages"].items():
             path = staging / stage["file"]
@@ -214,9 +215,4 @@ def export_fp16(model: RVRT, source_dir: str | Path, out_dir: str | Path,
                                    "passed": all(r["passed"] for r in validation.values()),
                                    "stages": validation}}
         write_manifest(staging, manifest)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-        return manifest
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -54,3 +58,21 @@ def require_validated(manifest: dict, directory: str | os.PathLike, allow_unvali
     reason = f"validation failed for {', '.join(failed)}" if failed else "it has no validation record"
     raise ArtifactError(f"refusing to serve {str(directory)!r}: {reason}. Export it again (export validates "
                         f"every stage against eager PyTorch), or pass --allow-unvalidated to run it anyway")
+
+
+@contextlib.contextmanager
+def assembled(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A staging directory beside ``out_dir`` that becomes ``out_dir`` when the block completes
+    and vanishes if it raises: a reader never finds half an export, engine set or report."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new directory or remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield staging
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

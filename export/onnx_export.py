@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
-import tempfile
 import time
 import warnings
 from importlib import metadata
@@ -18,7 +16,13 @@ from rvrt.model import RVRT
 
 from . import gda_onnx
 from .accuracy import FLOAT32_TOLERANCE, compare_stage
-from .manifest import FORMAT_VERSION, ArtifactError, sha256_of, write_manifest
+from .manifest import (
+    FORMAT_VERSION,
+    ArtifactError,
+    assembled,
+    sha256_of,
+    write_manifest,
+)
 from .stages import StageSpec, stage_specs
 
 log = logging.getLogger(__name__)
@@ -67,11 +71,7 @@ def export_onnx(model: RVRT, task: Task, tile: int, out_dir: str | Path, *, batc
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new directory or remove it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with assembled(out_dir) as staging:
         model = model.eval()
         stages, validation = {}, {}
         for spec in stage_specs(model, tile, batch):
@@ -98,9 +98,4 @@ def export_onnx(model: RVRT, task: Task, tile: int, out_dir: str | Path, *, batc
                            "stages": validation},
         }
         write_manifest(staging, manifest)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-        return manifest
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -21,7 +20,13 @@ from rvrt.model import RVRT
 
 from .accuracy import compare_stage
 from .fp16 import PrecisionPolicy, export_fp16, spec_of
-from .manifest import ArtifactError, read_manifest, require_validated, write_manifest
+from .manifest import (
+    ArtifactError,
+    assembled,
+    read_manifest,
+    require_validated,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,11 @@ def engine_loader(onnx_path: Path, plugin: Path, config, timing_cache: Path | No
     """Network from ONNX (plugin loaded first, so the parser takes the plugin for the GDA node
     instead of its function body), built into an engine."""
     import tensorrt as trt
-    from polygraphy.backend.trt import EngineFromNetwork, LoadPlugins, NetworkFromOnnxPath
+    from polygraphy.backend.trt import (
+        EngineFromNetwork,
+        LoadPlugins,
+        NetworkFromOnnxPath,
+    )
 
     # TensorRT 11 dropped the flag's effect (always strongly typed); 10.x needs it asked for.
     strongly_typed = int(trt.__version__.split(".")[0]) < 11
@@ -53,7 +62,6 @@ def validate_engine(model: RVRT, name: str, stage: dict, engine, onnx_path: Path
     """The engine against eager (verdict) and against ONNX Runtime on the same graph (recorded)."""
     import numpy as np
     from polygraphy.backend.trt import TrtRunner
-
     from rvrt_engines.onnxrt import SessionFromPath
 
     spec = spec_of(name, stage)
@@ -87,7 +95,6 @@ def build_engines(model: RVRT, onnx_dir: str | Path, out_dir: str | Path, *, fp1
     require_tensorrt()
     import tensorrt as trt
     from polygraphy.backend.trt import SaveEngine
-
     from rvrt_plugins.build import plugin_library
 
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
@@ -95,13 +102,9 @@ def build_engines(model: RVRT, onnx_dir: str | Path, out_dir: str | Path, *, fp1
     require_validated(source, onnx_dir)
     if "engine" in source:
         raise ArtifactError(f"{onnx_dir} already holds engines; pass the ONNX export they were built from")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new directory or remove it")
     plugin = Path(plugin) if plugin else plugin_library(autoregister=True)
     timing_cache = Path(timing_cache) if timing_cache else None
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with assembled(out_dir) as staging:
         graphs_dir, graphs = onnx_dir, source
         if fp16 and source["dtype"] == "float32":
             graphs_dir = staging / FP16_GRAPHS_DIR
@@ -132,9 +135,4 @@ def build_engines(model: RVRT, onnx_dir: str | Path, out_dir: str | Path, *, fp1
                     "validation": {"backend": "tensorrt", "reference": "eager PyTorch float32", "passed": True,
                                    "stages": validation}}
         write_manifest(staging, manifest)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-        return manifest
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

@@ -14,27 +14,29 @@ with the reason; only what ran can pass.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-from rvrt import Tiling, get_task, restore_tiled
-from rvrt.model import RVRT
 from rvrt_engines.backends import load_backend
 from rvrt_engines.restore import frame_to_tensor
 from rvrt_engines.synthetic import degrade, moving_photo_frames
 from rvrt_engines.tensorrt import tensorrt_unavailable
-from rvrt_export.accuracy import FLOAT16_RELATIVE_TOLERANCE, FLOAT32_TOLERANCE, compare_stage
+from rvrt_export.accuracy import (
+    FLOAT16_RELATIVE_TOLERANCE,
+    FLOAT32_TOLERANCE,
+    compare_stage,
+)
 from rvrt_export.fp16 import export_fp16, spec_of
-from rvrt_export.manifest import read_manifest
+from rvrt_export.manifest import assembled, read_manifest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from rvrt import Tiling, get_task, restore_tiled
+from rvrt.model import RVRT
 
 from . import images
 
@@ -141,23 +143,18 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = read_manifest(model_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new directory or remove it")
     if frames < 2:
         raise ValueError(f"--frames must be at least 2 (one clip), got {frames}")
     task = get_task(manifest["task"])
     tile, scale = manifest["tile"], manifest["scale"]
     size = tile + tile // 2
     tiling = Tiling(window=0, tile=tile, tile_overlap=min(20, tile // 4), batch=manifest["batch"])
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    scratch = Path(tempfile.mkdtemp(prefix="rvrt-validate-"))
-    try:
+    with assembled(out_dir) as staging, tempfile.TemporaryDirectory(prefix="rvrt-validate-") as scratch:
         lq = generated_clip(task.kind, frames, size, scale)
         with torch.no_grad():
             reference = restore_tiled(model, lq, model.config, tiling)[0].numpy()
         results = []
-        for candidate in candidates(model_dir, manifest, scratch, model):
+        for candidate in candidates(model_dir, manifest, Path(scratch), model):
             record = {**dataclasses.asdict(candidate), "directory": str(candidate.directory or "")}
             if candidate.skipped:
                 record["status"] = "skipped"
@@ -192,10 +189,4 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
         }
         write_json(report, staging / "report.json")
         (staging / "report.md").write_text(render_markdown(report))
-        with contextlib.suppress(FileNotFoundError):
-            out_dir.rmdir()
-        staging.rename(out_dir)
-        return report
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+    return report
