@@ -19,11 +19,13 @@ class RunnerStages:
     stages: stage name -> (input names, output names), from the export manifest. Use as a
     context manager: runners are activated (sessions/engines created) once on entry and
     reused for every tile and window. infer_options: keyword arguments of every ``infer``
-    call (TensorRT: keep outputs on the device).
+    call (TensorRT: keep outputs on the device). clone_outputs: copy what a runner returns,
+    for runners that reuse their output buffers on the next call (Polygraphy's TrtRunner),
+    since the driver keeps a step's outputs while it runs the same stage on the next clip.
     """
 
     def __init__(self, runners: dict, stages: dict[str, tuple[list[str], list[str]]], clip_size: int,
-                 infer_options: dict | None = None):
+                 infer_options: dict | None = None, clone_outputs: bool = False):
         required = ("extract", "flow", "reconstruct", *BRANCHES, *(f"{b}_first" for b in BRANCHES))
         missing = [name for name in required if name not in runners]
         if missing:
@@ -32,6 +34,7 @@ class RunnerStages:
         self.stages = stages
         self.clip_size = clip_size
         self.infer_options = infer_options or {}
+        self.clone_outputs = clone_outputs
         self._active = contextlib.ExitStack()
 
     def __enter__(self):
@@ -46,6 +49,8 @@ class RunnerStages:
         input_names, output_names = self.stages[stage]
         feed = {name: tensor.contiguous() for name, tensor in zip(input_names, tensors, strict=True)}
         outputs = self.runners[stage].infer(feed, **self.infer_options)
+        if self.clone_outputs:
+            return tuple(outputs[name].clone() for name in output_names)
         return tuple(outputs[name] for name in output_names)
 
     def extract(self, lq):

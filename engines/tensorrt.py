@@ -80,4 +80,5 @@ def tensorrt_stages(engine_dir: str | os.PathLike, allow_unvalidated: bool = Fal
                for name, stage in manifest["stages"].items()}
     stages = {name: ([i["name"] for i in stage["inputs"]], list(stage["outputs"]))
               for name, stage in manifest["stages"].items()}
-    return RunnerStages(runners, stages, manifest["clip_size"], infer_options={"copy_outputs_to_host": False})
+    return RunnerStages(runners, stages, manifest["clip_size"], infer_options={"copy_outputs_to_host": False},
+                        clone_outputs=True)

@@ -65,7 +65,7 @@ def validate_engine(model: RVRT, name: str, stage: dict, engine, onnx_path: Path
     from rvrt_engines.onnxrt import SessionFromPath
 
     spec = spec_of(name, stage)
-    session = SessionFromPath(onnx_path)()
+    session = SessionFromPath(onnx_path, emulate_float16=precision == "float16")()
     outputs = list(spec.outputs)
     with TrtRunner(engine) as runner:
         seen = {}

@@ -79,3 +79,44 @@ def test_engines_serve_the_runner_like_eager(engines):
         served = restore_tiled(backend.restore, lq, backend.config, tiling)
     error = (served.clamp(0, 1) - eager.clamp(0, 1)).abs().max().item()
     assert error < (1e-3 if manifest["dtype"] == "float32" else 2e-2)
+
+
+class ReusedOutputBuffers:
+    """A runner whose outputs live in one buffer per name, overwritten by the next call: what
+    Polygraphy's TrtRunner returns (its output allocator keeps the buffers)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.buffers = {}
+
+    def __enter__(self):
+        self.runner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.runner.__exit__(*exc)
+
+    def infer(self, feed, **options):
+        for name, value in self.runner.infer(feed, **options).items():
+            self.buffers.setdefault(name, torch.empty_like(value)).copy_(value)
+        return dict(self.buffers)
+
+
+@pytest.mark.parametrize("clone_outputs", [False, True])
+def test_outputs_of_buffer_reusing_runners_are_kept(tiny_export, clone_outputs):
+    """The driver holds a step's outputs while it runs the same stage on the next clip."""
+    from rvrt import run_recurrent
+    from rvrt_engines.onnxrt import onnxruntime_stages
+    from rvrt_engines.runner_stages import RunnerStages
+
+    model, _, export_dir = tiny_export("sr")
+    served = onnxruntime_stages(export_dir)
+    stages = RunnerStages({name: ReusedOutputBuffers(runner) for name, runner in served.runners.items()},
+                          served.stages, served.clip_size, clone_outputs=clone_outputs)
+    lq = random_clip("sr", 6, height=48, width=48).expand(2, -1, -1, -1, -1)
+    with torch.no_grad():
+        eager = model(lq)
+    with stages:
+        got = run_recurrent(stages, lq)
+    error = (got - eager).abs().max().item()
+    assert (error < 1e-4) if clone_outputs else (error > 1e-2), error
