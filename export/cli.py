@@ -122,8 +122,8 @@ def export_trt_command(onnx_dir, fp16, plugin, timing_cache, workspace_gb, check
     reason = tensorrt_unavailable()
     if reason:
         raise click.ClickException(f"cannot build TensorRT engines here: {reason}. The ONNX export in {onnx_dir} "
-                                   f"runs on ONNX Runtime meanwhile ('rvrt-run {onnx_dir} VIDEO'), and 'rvrt-export fp16' "
-                                   f"makes and checks the float16 graphs on this machine.")
+                                   f"runs on ONNX Runtime meanwhile ('rvrt-run {onnx_dir} VIDEO'), and "
+                                   f"'rvrt-export fp16' makes and checks the float16 graphs on this machine.")
     try:
         model = reference_for(onnx_dir, checkpoint, random_weights)
         start = time.perf_counter()

@@ -210,7 +210,8 @@ def export_fp16(model: RVRT, source_dir: str | Path, out_dir: str | Path,
                                     f"it float32 (PrecisionPolicy)")
         manifest = {**source, "dtype": "float16", "io_dtype": "float32", "stages": stages,
                     "precision_policy": dataclasses.asdict(policy),
-                    "source": {"dir": str(source_dir.resolve()), "manifest_sha256": sha256_of(source_dir / "manifest.json")},
+                    "source": {"dir": str(source_dir.resolve()),
+                               "manifest_sha256": sha256_of(source_dir / "manifest.json")},
                     "validation": {"backend": "onnxruntime-cpu", "reference": "eager PyTorch float32",
                                    "passed": all(r["passed"] for r in validation.values()),
                                    "stages": validation}}

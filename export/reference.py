@@ -35,5 +35,6 @@ def reference_model(manifest: dict, directory: str | os.PathLike, checkpoint: st
     digest = sha256_of(checkpoint)
     if digest != record["sha256"]:
         raise ArtifactError(f"checkpoint {str(checkpoint)!r} (sha256 {digest[:12]}...) is not the one "
-                            f"{str(directory)!r} was exported from ({record['file']}, sha256 {record['sha256'][:12]}...)")
+                            f"{str(directory)!r} was exported from ({record['file']}, "
+                            f"sha256 {record['sha256'][:12]}...)")
     return build_model(manifest["task"], Path(checkpoint), config=config)

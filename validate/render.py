@@ -53,7 +53,8 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"## {c['label']}", "",
                   "| stage | max abs | mean abs | reference peak | tolerance | |", "|---|---|---|---|---|---|"]
         lines += [f"| {name} | {number(s['max_abs'])} | {number(s['mean_abs'])} | {s['reference_peak']:.3g} | "
-                  f"{number(s['tolerance'])} | {'ok' if s['passed'] else '**over**'} |" for name, s in c["stages"].items()]
+                  f"{number(s['tolerance'])} | {'ok' if s['passed'] else '**over**'} |"
+                  for name, s in c["stages"].items()]
         lines += ["", f"Frame {pictures['frame']} (largest error), crop at row {pictures['crop_box'][0]}, column "
                       f"{pictures['crop_box'][1]}: input (nearest-upsampled) | eager | {c['label']} | error "
                       f"(black 0, white {number(pictures['heatmap_full_scale'])} of the [0, 1] range).", "",

@@ -61,15 +61,16 @@ class Candidate:
 
 
 def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> list[Candidate]:
-    """What can be measured for ``model_dir``, and what cannot (with the reason)."""
+    """What can be measured for ``model_dir``, and what cannot (with the reason). A float32
+    export's float16 graphs are made in ``scratch`` to be measured too."""
     trt_reason = tensorrt_unavailable()
     if "engine" in manifest:
         precision = manifest["dtype"]
         graphs = Path(manifest["onnx_dir"])
         graphs = graphs if graphs.is_absolute() else model_dir / graphs
-        return [Candidate(f"onnxruntime {precision}", "onnxruntime", precision,
-                          graphs if (graphs / "manifest.json").exists() else None,
-                          None if (graphs / "manifest.json").exists() else f"the engines' ONNX graphs ({graphs}) are gone"),
+        present = (graphs / "manifest.json").exists()
+        return [Candidate(f"onnxruntime {precision}", "onnxruntime", precision, graphs if present else None,
+                          None if present else f"the engines' ONNX graphs ({graphs}) are gone"),
                 Candidate(f"tensorrt {precision}", "tensorrt", precision, model_dir, trt_reason)]
     no_engines = trt_reason or (f"{model_dir} is an ONNX export: build engines with 'rvrt-export trt' and "
                                 f"validate that directory")
@@ -92,10 +93,10 @@ def generated_clip(task_kind: str, frames: int, size: int, scale: int) -> torch.
 
 
 def stage_records(model: RVRT, manifest: dict, backend, precision: str) -> dict:
-    with backend:
-        return {name: compare_stage(model, spec_of(name, stage),
-                                    lambda feed, name=name: backend.stages.runners[name].infer(dict(feed)), precision)
-                for name, stage in manifest["stages"].items()}
+    """Every stage of an entered ``backend`` against its eager stage."""
+    return {name: compare_stage(model, spec_of(name, stage),
+                                lambda feed, name=name: backend.stages.runners[name].infer(dict(feed)), precision)
+            for name, stage in manifest["stages"].items()}
 
 
 def frame_metrics(reference: np.ndarray, restored: np.ndarray, precision: str) -> dict:
@@ -135,7 +136,6 @@ def pictures(lq: np.ndarray, reference: np.ndarray, restored: np.ndarray, scale:
             "heatmap": f"{stem}-heatmap.png", "heatmap_full_scale": scale_value}
 
 
-
 def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: int = 6) -> dict:
     """Measure every candidate of ``model_dir`` against ``model`` (eager float32); write
     ``report.json``, ``report.md`` and the PNGs to ``out_dir`` (complete or not at all)."""
@@ -160,9 +160,9 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
                 record["status"] = "skipped"
                 results.append(record)
                 continue
-            backend = load_backend(candidate.directory, allow_unvalidated=True)
-            record["stages"] = stage_records(model, read_manifest(candidate.directory), backend, candidate.precision)
-            with backend:
+            with load_backend(candidate.directory, allow_unvalidated=True) as backend:
+                record["stages"] = stage_records(model, read_manifest(candidate.directory), backend,
+                                                 candidate.precision)
                 restored = restore_tiled(backend.restore, lq, backend.config, tiling)[0].numpy()
             record["end_to_end"] = frame_metrics(reference, restored, candidate.precision)
             record["images"] = pictures(lq[0].numpy(), reference, restored, scale,
