@@ -116,6 +116,7 @@ def export_fp16_command(onnx_dir, checkpoint, random_weights, out_dir):
 def export_trt_command(onnx_dir, fp16, plugin, timing_cache, workspace_gb, checkpoint, random_weights, out_dir):
     """One TensorRT engine per stage (Polygraphy), each validated against eager PyTorch."""
     from rvrt_engines.tensorrt import TensorRTUnavailable, tensorrt_unavailable
+    from rvrt_plugins.build import PluginBuildError
 
     from .trt_build import build_engines
 
@@ -129,7 +130,7 @@ def export_trt_command(onnx_dir, fp16, plugin, timing_cache, workspace_gb, check
         start = time.perf_counter()
         manifest = build_engines(model, onnx_dir, out_dir, fp16=fp16, plugin=plugin, timing_cache=timing_cache,
                                  workspace_gb=workspace_gb)
-    except (ValueError, FileExistsError, TensorRTUnavailable) as err:
+    except (ValueError, FileExistsError, TensorRTUnavailable, PluginBuildError) as err:
         raise click.ClickException(str(err)) from None
     engine = manifest["engine"]
     click.echo(f"built {len(manifest['stages'])} {engine['precision']} engines for {engine['gpu']} (TensorRT "

@@ -19,6 +19,12 @@ REASON = tensorrt_unavailable()
 without_tensorrt = pytest.mark.skipif(REASON is None, reason="TensorRT and a GPU are present here")
 
 
+def on_gpu(test):
+    """Marked gpu, and skipped with the reason where TensorRT engines cannot run."""
+    skip = pytest.mark.skipif(REASON is not None, reason=f"TensorRT engines cannot run here: {REASON}")
+    return pytest.mark.gpu(skip(test))
+
+
 @without_tensorrt
 def test_trt_export_says_what_is_missing_and_writes_nothing(tiny_export, tmp_path):
     _, checkpoint, export_dir = tiny_export("sr")
@@ -55,8 +61,7 @@ def engines(request, tiny_export, tmp_path_factory):
     return model, out
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(REASON is not None, reason=f"TensorRT engines cannot run here: {REASON}")
+@on_gpu
 def test_engines_are_validated_and_described(engines):
     _, out = engines
     manifest = read_manifest(out)
@@ -65,8 +70,7 @@ def test_engines_are_validated_and_described(engines):
     assert all((out / stage["plan"]).is_file() for stage in manifest["stages"].values())
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(REASON is not None, reason=f"TensorRT engines cannot run here: {REASON}")
+@on_gpu
 def test_engines_serve_the_runner_like_eager(engines):
     model, out = engines
     manifest = read_manifest(out)
@@ -79,6 +83,17 @@ def test_engines_serve_the_runner_like_eager(engines):
         served = restore_tiled(backend.restore, lq, backend.config, tiling)
     error = (served.clamp(0, 1) - eager.clamp(0, 1)).abs().max().item()
     assert error < (1e-3 if manifest["dtype"] == "float32" else 2e-2)
+
+
+@on_gpu
+def test_parity_report_measures_engines(engines, tmp_path):
+    from rvrt_validate.report import validate
+
+    model, out = engines
+    report = validate(model, out, tmp_path / "report", frames=2)
+    labels = {c["label"]: c["status"] for c in report["candidates"]}
+    precision = read_manifest(out)["dtype"]
+    assert labels == {f"onnxruntime {precision}": "pass", f"tensorrt {precision}": "pass"}
 
 
 class ReusedOutputBuffers:
