@@ -11,7 +11,7 @@ from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from rvrt_export.manifest import read_manifest, require_validated
 
-from .runner_stages import RunnerStages
+from .runner_stages import RunnerStages, stage_io
 
 
 class SessionFromPath:
@@ -66,6 +66,4 @@ def onnxruntime_stages(export_dir: str | os.PathLike, device: str = "cpu", threa
     emulate = manifest["dtype"] == "float16" and device == "cpu"
     runners = {name: OnnxrtRunner(SessionFromPath(export_dir / stage["file"], providers, threads, emulate), name=name)
                for name, stage in manifest["stages"].items()}
-    stages = {name: ([i["name"] for i in stage["inputs"]], list(stage["outputs"]))
-              for name, stage in manifest["stages"].items()}
-    return RunnerStages(runners, stages, manifest["clip_size"])
+    return RunnerStages(runners, stage_io(manifest), manifest["clip_size"])

@@ -13,6 +13,12 @@ import torch
 from rvrt.model import BRANCHES
 
 
+def stage_io(manifest: dict) -> dict[str, tuple[list[str], list[str]]]:
+    """stage name -> (input names, output names), as an export or engine manifest lists them."""
+    return {name: ([i["name"] for i in stage["inputs"]], list(stage["outputs"]))
+            for name, stage in manifest["stages"].items()}
+
+
 class RunnerStages:
     """Implements :class:`rvrt.driver.Stages` over ``runners`` (stage name -> Polygraphy runner).
 

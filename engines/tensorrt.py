@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rvrt_export.manifest import ArtifactError, read_manifest, require_validated
 
-from .runner_stages import RunnerStages
+from .runner_stages import RunnerStages, stage_io
 
 INSTALL_HINT = ("install TensorRT >= 10.7 with its libraries (e.g. 'pip install tensorrt' from NVIDIA's index, "
                 "https://pypi.nvidia.com, or the TensorRT tar package) on a machine with an NVIDIA GPU and the "
@@ -78,7 +78,5 @@ def tensorrt_stages(engine_dir: str | os.PathLike, allow_unvalidated: bool = Fal
     runners = {name: TrtRunner(LoadPlugins(plugins, EngineFromBytes(BytesFromPath(str(engine_dir / stage["plan"])))),
                                name=name)
                for name, stage in manifest["stages"].items()}
-    stages = {name: ([i["name"] for i in stage["inputs"]], list(stage["outputs"]))
-              for name, stage in manifest["stages"].items()}
-    return RunnerStages(runners, stages, manifest["clip_size"], infer_options={"copy_outputs_to_host": False},
-                        clone_outputs=True)
+    return RunnerStages(runners, stage_io(manifest), manifest["clip_size"],
+                        infer_options={"copy_outputs_to_host": False}, clone_outputs=True)

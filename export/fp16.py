@@ -28,14 +28,7 @@ from onnxruntime.transformers import float16
 
 from rvrt.model import RVRT
 
-from .manifest import (
-    ArtifactError,
-    assembled,
-    read_manifest,
-    require_validated,
-    sha256_of,
-    write_manifest,
-)
+from .manifest import ArtifactError, assembled, read_manifest, require_validated, sha256_of, write_manifest
 from .onnx_export import validate_stage
 from .stages import StageSpec
 

@@ -16,18 +16,13 @@ from rvrt.model import RVRT
 
 from . import gda_onnx
 from .accuracy import FLOAT32_TOLERANCE, compare_stage
-from .manifest import (
-    FORMAT_VERSION,
-    ArtifactError,
-    assembled,
-    sha256_of,
-    write_manifest,
-)
+from .manifest import FORMAT_VERSION, ArtifactError, assembled, sha256_of, write_manifest
 from .stages import StageSpec, stage_specs
 
 log = logging.getLogger(__name__)
 # The exporter warns on every export that torchvision's ops are not registered: we use none.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
 
 def export_stage(model: RVRT, spec: StageSpec, path: Path, opset: int) -> None:
     """Trace one stage with torch.onnx (dynamo) to ``path``; GDA becomes one custom node."""

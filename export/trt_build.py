@@ -20,13 +20,7 @@ from rvrt.model import RVRT
 
 from .accuracy import compare_stage
 from .fp16 import PrecisionPolicy, export_fp16, spec_of
-from .manifest import (
-    ArtifactError,
-    assembled,
-    read_manifest,
-    require_validated,
-    write_manifest,
-)
+from .manifest import ArtifactError, assembled, read_manifest, require_validated, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +40,7 @@ def engine_loader(onnx_path: Path, plugin: Path, config, timing_cache: Path | No
     """Network from ONNX (plugin loaded first, so the parser takes the plugin for the GDA node
     instead of its function body), built into an engine."""
     import tensorrt as trt
-    from polygraphy.backend.trt import (
-        EngineFromNetwork,
-        LoadPlugins,
-        NetworkFromOnnxPath,
-    )
+    from polygraphy.backend.trt import EngineFromNetwork, LoadPlugins, NetworkFromOnnxPath
 
     # TensorRT 11 dropped the flag's effect (always strongly typed); 10.x needs it asked for.
     strongly_typed = int(trt.__version__.split(".")[0]) < 11
