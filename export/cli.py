@@ -115,22 +115,21 @@ def export_fp16_command(onnx_dir, checkpoint, random_weights, out_dir):
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 def export_trt_command(onnx_dir, fp16, plugin, timing_cache, workspace_gb, checkpoint, random_weights, out_dir):
     """One TensorRT engine per stage (Polygraphy), each validated against eager PyTorch."""
-    from rvrt_engines.tensorrt import TensorRTUnavailable, tensorrt_unavailable
+    from rvrt_engines.tensorrt import TensorRTUnavailable
     from rvrt_plugins.build import PluginBuildError
 
     from .trt_build import build_engines
 
-    reason = tensorrt_unavailable()
-    if reason:
-        raise click.ClickException(f"cannot build TensorRT engines here: {reason}. The ONNX export in {onnx_dir} "
-                                   f"runs on ONNX Runtime meanwhile ('rvrt-run {onnx_dir} VIDEO'), and "
-                                   f"'rvrt-export fp16' makes and checks the float16 graphs on this machine.")
     try:
         model = reference_for(onnx_dir, checkpoint, random_weights)
         start = time.perf_counter()
         manifest = build_engines(model, onnx_dir, out_dir, fp16=fp16, plugin=plugin, timing_cache=timing_cache,
                                  workspace_gb=workspace_gb)
-    except (ValueError, FileExistsError, TensorRTUnavailable, PluginBuildError) as err:
+    except TensorRTUnavailable as err:
+        raise click.ClickException(f"cannot build TensorRT engines here: {err}. The ONNX export in {onnx_dir} "
+                                   f"runs on ONNX Runtime meanwhile ('rvrt-run {onnx_dir} VIDEO'), and "
+                                   f"'rvrt-export fp16' makes and checks the float16 graphs on this machine.") from None
+    except (ValueError, FileExistsError, PluginBuildError) as err:
         raise click.ClickException(str(err)) from None
     engine = manifest["engine"]
     click.echo(f"built {len(manifest['stages'])} {engine['precision']} engines for {engine['gpu']} (TensorRT "

@@ -58,6 +58,8 @@ class Candidate:
     precision: str
     directory: Path | None = None
     skipped: str | None = None
+    measured: dict | None = dataclasses.field(default=None, repr=False)
+    """Stage records already measured by the same check in this run (the float16 graphs)."""
 
 
 def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> list[Candidate]:
@@ -77,8 +79,9 @@ def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> l
     found = [Candidate(f"onnxruntime {manifest['dtype']}", "onnxruntime", manifest["dtype"], model_dir)]
     if manifest["dtype"] == "float32":
         fp16_dir = scratch / "onnx-fp16"
-        export_fp16(model, model_dir, fp16_dir, strict=False)
-        found.append(Candidate("onnxruntime float16", "onnxruntime", "float16", fp16_dir))
+        made = export_fp16(model, model_dir, fp16_dir, strict=False)
+        found.append(Candidate("onnxruntime float16", "onnxruntime", "float16", fp16_dir,
+                               measured=made["validation"]["stages"]))
     found += [Candidate(f"tensorrt {precision}", "tensorrt", precision, None, no_engines)
               for precision in ("float32", "float16")]
     return found
@@ -156,13 +159,14 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
         results = []
         for candidate in candidates(model_dir, manifest, Path(scratch), model):
             record = {**dataclasses.asdict(candidate), "directory": str(candidate.directory or "")}
+            del record["measured"]
             if candidate.skipped:
                 record["status"] = "skipped"
                 results.append(record)
                 continue
             with load_backend(candidate.directory, allow_unvalidated=True) as backend:
-                record["stages"] = stage_records(model, read_manifest(candidate.directory), backend,
-                                                 candidate.precision)
+                record["stages"] = candidate.measured or stage_records(
+                    model, read_manifest(candidate.directory), backend, candidate.precision)
                 restored = restore_tiled(backend.restore, lq, backend.config, tiling)[0].numpy()
             record["end_to_end"] = frame_metrics(reference, restored, candidate.precision)
             record["images"] = pictures(lq[0].numpy(), reference, restored, scale,
