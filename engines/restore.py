@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rvrt import Tiling, iter_restored
+from rvrt import Tiling, blend_windows, restore_window, window_spans
 
 from .backends import Backend
 from .video_io import VideoInputError, open_frames, open_writer
@@ -33,6 +33,30 @@ class WindowReader:
         while self.first + len(self.buffer) < stop:
             self.buffer.append(self.to_tensor(next(self.frames)))
         return torch.stack([self.buffer[i - self.first] for i in range(start, stop)], 0).unsqueeze(0)
+
+
+class LocalWindows:
+    """Restores temporal windows in this process, one after another: the default window runner.
+
+    A window runner is a context manager (workers ready on entry, released on exit) whose
+    ``map(windows, tiling)`` takes input windows (n, t, cin, H, W) in order and yields each
+    restored (n, t, 3, H*s, W*s) in the same order; a distributed runner has the same shape.
+    """
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def __enter__(self):
+        self.backend.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.backend.__exit__(*exc)
+
+    def map(self, windows, tiling: Tiling):
+        config = self.backend.config
+        for lq in windows:
+            yield restore_window(self.backend.restore, lq, config.upscale, tiling, config.min_tile)
 
 
 @dataclass
@@ -69,12 +93,13 @@ def restore_video(backend: Backend, source: str | os.PathLike, output: str | os.
                   sigma: float | None = None, window: int | None = None, window_overlap: int | None = None,
                   tile: int | None = None, tile_overlap: int | None = None, batch: int | None = None,
                   overwrite: bool = False, lossless: bool = False, crf: int | None = None, codec: str | None = None,
-                  progress=None) -> RestoreSummary:
+                  progress=None, windows=None) -> RestoreSummary:
     """Restore ``source`` (video file or folder of frames) into ``output`` (video file or folder).
 
     Window, tile and overlaps default to the task's official values (a 100-frame window where
     the official script takes the whole video, so that memory stays bounded); exported
     backends fix tile and batch. ``progress``: a callable receiving (frames done, total).
+    ``windows``: the window runner (default :class:`LocalWindows` over ``backend``).
     """
     task = backend.task
     if task.kind == "denoise":
@@ -103,9 +128,11 @@ def restore_video(backend: Backend, source: str | os.PathLike, output: str | os.
     scale = backend.config.upscale
     out_w, out_h = frames.width * scale, frames.height * scale
     reader = WindowReader(frames, frame_to_tensor(sigma))
-    with backend, open_writer(output, frames.frame_rate, out_w, out_h, codec=codec, crf=crf, lossless=lossless,
-                              overwrite=overwrite) as writer:
-        restored = iter_restored(backend.restore, reader, count, scale, tiling, backend.config.min_tile)
+    runner = windows or LocalWindows(backend)
+    spans = window_spans(count, tiling)
+    with runner, open_writer(output, frames.frame_rate, out_w, out_h, codec=codec, crf=crf, lossless=lossless,
+                             overwrite=overwrite) as writer:
+        restored = blend_windows(spans, runner.map((reader(start, stop) for start, stop in spans), tiling), count)
         for done, frame in enumerate(restored, 1):
             writer.write(to_uint8(frame[0]))
             if progress:

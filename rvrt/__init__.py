@@ -10,8 +10,8 @@ from .config import TASKS, RVRTConfig, Task, get_task
 from .driver import EagerStages, Stages, run_recurrent
 from .gda import guided_deform_attn, guided_deform_attn_reference
 from .model import BRANCHES, RVRT
-from .tiling import Tiling, iter_restored, restore_tiled
+from .tiling import Tiling, blend_windows, iter_restored, restore_tiled, restore_window, window_spans
 
 __all__ = ["BRANCHES", "CheckpointError", "EagerStages", "RVRT", "RVRTConfig", "Stages", "TASKS", "Task", "Tiling",
-           "build_model", "get_task", "guided_deform_attn", "guided_deform_attn_reference", "iter_restored",
-           "read_state_dict", "restore_tiled", "run_recurrent"]
+           "blend_windows", "build_model", "get_task", "guided_deform_attn", "guided_deform_attn_reference",
+           "iter_restored", "read_state_dict", "restore_tiled", "restore_window", "run_recurrent", "window_spans"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
+"""The four propagation branches, in the order the recurrence runs them."""
+
 
 @dataclass(frozen=True)
 class RVRTConfig:

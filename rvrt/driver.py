@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from .model import BRANCHES
+from .config import BRANCHES
 
 
 class Stages(Protocol):

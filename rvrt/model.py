@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from einops.layers.torch import Rearrange
 
 from .align import GuidedDeformAttnPack
-from .config import RVRTConfig
+from .config import BRANCHES, RVRTConfig
+from .driver import EagerStages, run_recurrent
 from .flow import SpyNet, bicubic_quarter, flow_warp
 from .swin import RSTBWithInputConv
 from .upsample import Upsample
-
-BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
 
 
 def in_visit_order(x: torch.Tensor, branch: str) -> torch.Tensor:
@@ -153,5 +152,4 @@ class RVRT(nn.Module):
         return hr + rgb
 
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
-        from .driver import EagerStages, run_recurrent
         return run_recurrent(EagerStages(self), lq)

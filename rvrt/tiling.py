@@ -9,7 +9,7 @@ backend, fixed-shape or not, sees the same tile and computes the same result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -67,9 +67,12 @@ def mirror_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x
 
 
-def restore_frames_spatially(restore: RestoreFn, lq: torch.Tensor, scale: int, tiling: Tiling,
-                             min_size: int) -> torch.Tensor:
-    """One temporal window: lq (n, t, cin, H, W) -> (n, t, 3, H*s, W*s), tile by tile."""
+def restore_window(restore: RestoreFn, lq: torch.Tensor, scale: int, tiling: Tiling, min_size: int,
+                   on_tiles: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """One temporal window: lq (n, t, cin, H, W) -> (n, t, 3, H*s, W*s), tile by tile.
+
+    on_tiles(done, total) is called after each backend call with the tiles finished so far.
+    """
     n, t, _, height, width = lq.shape
     tile_h = tile_w = tiling.tile
     if not tile_h:
@@ -96,6 +99,8 @@ def restore_frames_spatially(restore: RestoreFn, lq: torch.Tensor, scale: int, t
             out[v][region] += patch * mask
             if v == 0:
                 weight[0, 0][region] += mask
+        if on_tiles:
+            on_tiles(first + len(group), len(jobs))
     return (out / weight)[..., :height * scale, :width * scale]
 
 
@@ -115,6 +120,35 @@ def tile_border_weights(ys: list[int], xs: list[int], tile_h: int, tile_w: int, 
              for ix in range(len(xs))] for iy in range(len(ys))]
 
 
+def window_spans(num_frames: int, tiling: Tiling) -> list[tuple[int, int]]:
+    """The temporal windows [start, stop) covering ``num_frames`` frames, in order."""
+    window = tiling.window or num_frames
+    return [(start, min(start + window, num_frames))
+            for start in tile_starts(num_frames, window, tiling.window_overlap)]
+
+
+def blend_windows(spans: list[tuple[int, int]], restored: Iterable[torch.Tensor],
+                  num_frames: int) -> Iterator[torch.Tensor]:
+    """Average restored windows (n, t, 3, H, W), given in the order of ``spans``, where they
+    overlap, and yield each frame (n, 3, H, W) in order as soon as no later window covers it.
+
+    The sum runs in window order, so any producer of the same windows (this process, another
+    process, a cluster) gives bit-identical frames.
+    """
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    emitted = 0
+    for k, ((start, stop), window) in enumerate(zip(spans, restored, strict=True)):
+        for offset in range(stop - start):
+            index = start + offset
+            sums[index] = sums[index] + window[:, offset] if index in sums else window[:, offset]
+            counts[index] = counts.get(index, 0) + 1
+        final = spans[k + 1][0] if k + 1 < len(spans) else num_frames
+        while emitted < final:
+            yield sums.pop(emitted) / counts.pop(emitted)
+            emitted += 1
+
+
 def iter_restored(restore: RestoreFn, read: Callable[[int, int], torch.Tensor], num_frames: int, scale: int,
                   tiling: Tiling, min_size: int) -> Iterator[torch.Tensor]:
     """Stream restored frames in order, each (n, 3, H*s, W*s), as temporal windows complete.
@@ -123,22 +157,9 @@ def iter_restored(restore: RestoreFn, read: Callable[[int, int], torch.Tensor], 
     the frames of the current and the next window are held, so memory does not grow with
     the length of the video.
     """
-    window = tiling.window or num_frames
-    starts = tile_starts(num_frames, window, tiling.window_overlap)
-    sums: dict[int, torch.Tensor] = {}
-    counts: dict[int, int] = {}
-    emitted = 0
-    for k, start in enumerate(starts):
-        stop = min(start + window, num_frames)
-        restored = restore_frames_spatially(restore, read(start, stop), scale, tiling, min_size)
-        for offset in range(stop - start):
-            index = start + offset
-            sums[index] = sums[index] + restored[:, offset] if index in sums else restored[:, offset]
-            counts[index] = counts.get(index, 0) + 1
-        final = starts[k + 1] if k + 1 < len(starts) else num_frames
-        while emitted < final:
-            yield sums.pop(emitted) / counts.pop(emitted)
-            emitted += 1
+    spans = window_spans(num_frames, tiling)
+    windows = (restore_window(restore, read(start, stop), scale, tiling, min_size) for start, stop in spans)
+    return blend_windows(spans, windows, num_frames)
 
 
 def restore_tiled(restore: RestoreFn, lq: torch.Tensor, config: RVRTConfig, tiling: Tiling) -> torch.Tensor:
