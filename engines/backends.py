@@ -8,10 +8,15 @@ from pathlib import Path
 
 import torch
 
-from rvrt import EagerStages, RVRTConfig, Task, build_model, get_task, run_recurrent
+from rvrt import CheckpointError, EagerStages, RVRTConfig, Task, build_model, get_task, run_recurrent
 from rvrt.config import TASKS
 from rvrt_export.manifest import ArtifactError, read_manifest
 from rvrt_export.reference import config_from_manifest
+
+from .cache import ArtefactCache, ModelSource, cached_artefacts
+
+RANDOM_SEED = 0
+"""Random weights everywhere in rvrt-run: one seed, so eager and cached exports compute alike."""
 
 
 @dataclass
@@ -19,7 +24,9 @@ class Backend:
     """Stages of one model on one runtime, with what the runner must respect.
 
     tile/batch: the fixed tile (input px) and tiles per call of exported graphs; None for
-    eager PyTorch, which takes any size.
+    eager PyTorch, which takes any size. random_weights: the network has random weights, not
+    an official checkpoint's (its output is no restoration). directory: the export or engine
+    directory served, None for eager PyTorch.
     """
 
     name: str
@@ -29,6 +36,8 @@ class Backend:
     tile: int | None = None
     batch: int | None = None
     device: str = "cpu"
+    random_weights: bool = False
+    directory: Path | None = None
 
     def __enter__(self):
         enter = getattr(self.stages, "__enter__", None)
@@ -50,41 +59,111 @@ class Backend:
             return run_recurrent(self.stages, lq.to(self.device))[:count].cpu()
 
 
+RUNTIMES = ("onnxruntime", "tensorrt", "pytorch")
+
+
 def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoint: str | os.PathLike | None = None,
                  random_weights: bool = False, device: str = "cpu", threads: int | None = None,
-                 allow_unvalidated: bool = False) -> Backend:
-    """MODEL may be an ``rvrt-export onnx`` directory (ONNX Runtime), an ``rvrt-export trt``
-    directory (TensorRT; fails with the reason where TensorRT or a GPU is missing), an official
-    ``.pth`` checkpoint, or a task name (eager PyTorch, with ``checkpoint`` or ``random_weights``)."""
+                 allow_unvalidated: bool = False, runtime: str | None = None, fp16: bool = False,
+                 tile: int | None = None, batch: int | None = None, cache: ArtefactCache | None = None) -> Backend:
+    """The backend for MODEL: an ``rvrt-export onnx`` directory (ONNX Runtime), an ``rvrt-export
+    trt`` directory (TensorRT; fails with the reason where TensorRT or a GPU is missing), an
+    official ``.pth`` checkpoint, or a task name (with ``checkpoint`` or ``random_weights``).
+
+    runtime: None serves a directory on its own runtime and a checkpoint or task on eager
+    PyTorch. "onnxruntime" or "tensorrt" with a checkpoint or task serves the validated export
+    or engines from the cache (:mod:`.cache`), made there on first use for ``tile`` [the task's
+    official tile] and ``batch`` [1]. fp16: float16 graphs, engines or eager network.
+    """
+    if runtime not in (None, *RUNTIMES):
+        raise ValueError(f"unknown runtime {runtime!r}: expected --runtime {', '.join(RUNTIMES)}")
     path = Path(model)
     if path.is_dir():
-        manifest = read_manifest(path)
-        spec = get_task(manifest["task"])
-        if task and get_task(task).id != spec.id:
-            raise ArtifactError(f"{path} was exported for task {spec.short!r} ({spec.id}), not {task!r}")
-        if "engine" in manifest:
-            from .tensorrt import tensorrt_stages
-            stages = tensorrt_stages(path, allow_unvalidated=allow_unvalidated)
-            return Backend("tensorrt", spec, config_from_manifest(manifest), stages, manifest["tile"],
-                           manifest["batch"], device="cuda")
-        from .onnxrt import onnxruntime_stages
-        stages = onnxruntime_stages(path, device=device, threads=threads, allow_unvalidated=allow_unvalidated)
-        return Backend("onnxruntime", spec, config_from_manifest(manifest), stages, manifest["tile"],
-                       manifest["batch"])
-    if path.suffix in (".plan", ".engine"):
-        raise ArtifactError(f"{path}: pass the engine directory made by 'rvrt-export trt' (it holds the manifest "
-                            f"that says which task, tile and precision the engines were built for)")
-    if path.suffix == ".pth" or (path.exists() and not path.is_dir()):
+        return directory_backend(path, task=task, runtime=runtime, fp16=fp16, device=device, threads=threads,
+                                 allow_unvalidated=allow_unvalidated)
+    if path.suffix in (".plan", ".engine", ".onnx"):
+        state = "is a file" if path.exists() else "does not exist"
+        raise ArtifactError(f"{path} {state}: pass the engine directory made by 'rvrt-export trt' (or the "
+                            f"export directory of 'rvrt-export onnx'), whose manifest says which task, tile and "
+                            f"precision its engines or graphs are for")
+    spec, checkpoint = weights_of(model, path, task=task, checkpoint=checkpoint, random_weights=random_weights)
+    if runtime in (None, "pytorch"):
+        return eager_backend(spec, checkpoint, device=device, fp16=fp16)
+    source = ModelSource(spec, checkpoint=checkpoint, seed=None if checkpoint else RANDOM_SEED)
+    directory = cached_artefacts(source, runtime, tile=tile or spec.tile[1], batch=batch or 1,
+                                 precision="float16" if fp16 else "float32", cache=cache)
+    return directory_backend(directory, task=None, runtime=runtime, fp16=fp16, device=device, threads=threads,
+                             allow_unvalidated=allow_unvalidated)
+
+
+def weights_of(model: str | os.PathLike, path: Path, *, task: str | None, checkpoint: str | os.PathLike | None,
+               random_weights: bool) -> tuple[Task, Path | None]:
+    """The task and checkpoint (None: random weights) that MODEL and the options ask for, or why not."""
+    if path.suffix == ".pth" or path.is_file():
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {str(path)!r} does not exist (expected an official RVRT .pth file)")
+        if checkpoint is not None:
+            raise ValueError(f"MODEL {str(path)!r} is a checkpoint already: drop --checkpoint")
         checkpoint = path
         stem = path.name.removesuffix(".pth")
         task = task or (stem if stem in TASKS else None)
         if task is None:
             raise ValueError(f"cannot tell the task of checkpoint {str(path)!r} from its name: pass --task")
-    elif task is None:
-        task = str(model)
-    spec = get_task(task)
-    net = build_model(spec.id, checkpoint, random_weights=random_weights).to(device)
-    return Backend("pytorch", spec, net.config, EagerStages(net), device=device)
+        spec = get_task(task)
+    else:
+        try:
+            spec = get_task(str(model))
+        except ValueError:
+            raise ValueError(f"MODEL {str(model)!r} is neither an export or engine directory, a checkpoint file, "
+                             f"nor a task; expected one of: {', '.join(t.short for t in TASKS.values())}") from None
+        if task and get_task(task).id != spec.id:
+            raise ValueError(f"MODEL {str(model)!r} and --task {task!r} name different tasks: give one")
+    if checkpoint is not None and random_weights:
+        raise ValueError("give either --checkpoint or --random-weights, not both")
+    if checkpoint is None and not random_weights:
+        raise ValueError(f"no checkpoint given for task {spec.short!r}: pass --checkpoint {spec.id}.pth (the official "
+                         f"file, see README), or --random-weights for tests and demos")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not exist (expected the official {spec.id}.pth)")
+    return spec, Path(checkpoint) if checkpoint is not None else None
 
 
+def eager_backend(spec: Task, checkpoint: Path | None, *, device: str, fp16: bool) -> Backend:
+    """Eager PyTorch: the official network from ``checkpoint``, or random weights (seed 0, the
+    seed cached exports of random weights record, so every runtime restores alike)."""
+    if fp16:
+        # float16 eager PyTorch (CUDA only) is served here.
+        raise ValueError("--fp16 with --runtime pytorch needs --device cuda: float16 eager PyTorch runs on CUDA "
+                         "GPUs only" if device == "cpu" else
+                         "float16 eager PyTorch is not available in this version: drop --fp16, or use --runtime "
+                         "onnxruntime or tensorrt with --fp16")
+    net = build_model(spec.id, checkpoint, random_weights=checkpoint is None,
+                      seed=RANDOM_SEED if checkpoint is None else None).to(device)
+    return Backend("pytorch", spec, net.config, EagerStages(net), device=device, random_weights=checkpoint is None)
 
+
+def directory_backend(path: Path, *, task: str | None, runtime: str | None, fp16: bool, device: str,
+                      threads: int | None, allow_unvalidated: bool) -> Backend:
+    """The graphs (ONNX Runtime) or engines (TensorRT) of an export or engine directory."""
+    manifest = read_manifest(path)
+    spec = get_task(manifest["task"])
+    if task and get_task(task).id != spec.id:
+        raise ArtifactError(f"{path} was exported for task {spec.short!r} ({spec.id}), not {task!r}")
+    served, holds = ("tensorrt", "TensorRT engines") if "engine" in manifest else ("onnxruntime", "ONNX graphs")
+    if runtime not in (None, served):
+        raise ArtifactError(f"{path} holds {holds}: they run with --runtime {served}, not {runtime} (or pass a "
+                            f"task or checkpoint as MODEL to have the {runtime} artefacts made and cached)")
+    if fp16 and manifest["dtype"] != "float16":
+        raise ArtifactError(f"{path} holds {manifest['dtype']} {holds}, not float16: drop --fp16, or make float16 "
+                            f"ones ('rvrt-export fp16 {path}', or 'rvrt-export trt {path} --fp16')")
+    random_weights = bool(manifest["checkpoint"].get("random_weights"))
+    config = config_from_manifest(manifest)
+    if served == "tensorrt":
+        from .tensorrt import tensorrt_stages
+        stages = tensorrt_stages(path, allow_unvalidated=allow_unvalidated)
+        return Backend("tensorrt", spec, config, stages, manifest["tile"], manifest["batch"], device="cuda",
+                       random_weights=random_weights, directory=path)
+    from .onnxrt import onnxruntime_stages
+    stages = onnxruntime_stages(path, device=device, threads=threads, allow_unvalidated=allow_unvalidated)
+    return Backend("onnxruntime", spec, config, stages, manifest["tile"], manifest["batch"],
+                   random_weights=random_weights, directory=path)
