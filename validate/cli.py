@@ -6,22 +6,29 @@ from pathlib import Path
 
 import click
 
-from rvrt_export.cli import reference_for, with_reference_options
+from rvrt_export.cli import Command, UserError, check_output, reference_for, with_reference_options
+from rvrt_export.manifest import ArtifactError, read_manifest
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @with_reference_options
-@click.option("--frames", type=int, default=6, show_default=True, help="Frames of the generated clip.")
+@click.option("--frames", type=click.IntRange(min=2), default=6, show_default=True,
+              help="Frames of the generated clip (at least 2, one clip).")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Report directory (report.json, report.md, PNGs).")
+              help="New folder for the report (report.json, report.md, PNGs).")
 def main(model_dir, checkpoint, random_weights, frames, out_dir):
     """Hold every backend and precision of MODEL_DIR (an 'rvrt-export onnx' or 'rvrt-export trt'
     directory) against eager PyTorch float32, per stage and on a restored clip."""
     from .report import validate
 
     try:
-        model = reference_for(model_dir, checkpoint, random_weights)
+        manifest = read_manifest(model_dir)
+    except ArtifactError as err:
+        raise UserError(str(err)) from None
+    check_output(out_dir)
+    model = reference_for(model_dir, checkpoint, random_weights, manifest)
+    try:
         report = validate(model, model_dir, out_dir, frames=frames)
     except (ValueError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
