@@ -2,9 +2,11 @@
 
 Two libraries come from ``plugins/gda/``:
 
-- the CPU twin (``gda_cpu.cpp``): the plugin kernel's arithmetic compiled with the host C++
-  compiler, loaded through ctypes by tests and CPU tools. Built on first use into a cache
-  directory, keyed by a digest of its sources and flags, so a fresh clone needs only a compiler.
+- the CPU library (``gda_cpu.cpp``): the fast multi-threaded CPU kernel and the CPU twin of the
+  plugin kernel's arithmetic, compiled with the host C++ compiler for this CPU (``-march=native``)
+  and loaded through ctypes (``rvrt_plugins.gda_cpu``). Built on first use into a cache
+  directory, keyed by a digest of its sources, compiler, flags and CPU, so a fresh clone needs
+  only a compiler and a library built for another CPU is never loaded.
 - the TensorRT plugin (``gda_kernel.cu`` + ``gda_plugin.cpp``): built with CMake, needs the
   CUDA toolkit and TensorRT headers. The exporter and the runners ask for it through
   :func:`plugin_library`.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -26,7 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GDA_SOURCE_DIR = Path(__file__).resolve().parent / "gda"
-CPU_TWIN_SOURCES = ("gda_math.h", "gda_cpu.cpp")
+CPU_SOURCES = ("gda_math.h", "gda_cpu.cpp")
+# -march=native: the kernel's vector code uses every vector unit of this CPU (the cache key holds
+# cpu_identity(), so a library is never loaded on another CPU); threads are std::thread.
+CPU_FLAGS = ("-O3", "-march=native", "-pthread", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra")
 PLUGIN_SOURCES = ("CMakeLists.txt", "gda_math.h", "gda_cpu.cpp", "gda_kernel.cu", "gda_kernel.h", "gda_plugin.h",
                   "gda_plugin.cpp", "gda_library_entry.cpp", "gda_autoregister.cpp")
 DEFAULT_CUDA_ARCHITECTURES = "75;80;86;89;90"
@@ -66,30 +72,58 @@ def _digest(files: list[Path], settings: list[str]) -> str:
     return sha.hexdigest()[:16]
 
 
+def cpu_identity() -> str:
+    """What -march=native compiles for: the machine, and on Linux the CPU model and feature flags."""
+    identity = [platform.machine(), platform.processor()]
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        cpuinfo = ""
+    for field in ("vendor_id", "model name", "flags", "Features", "CPU implementer", "CPU part"):
+        match = re.search(rf"^{field}\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
+        if match:
+            identity.append(f"{field}={match.group(1).strip()}")
+    return "\n".join(identity)
+
+
 def host_compiler() -> str:
-    """$CXX, else the first of g++, c++, clang++ on PATH."""
-    for candidate in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if candidate and shutil.which(candidate):
+    """$CXX (which must then exist), else the first of g++, c++, clang++ on PATH."""
+    if os.environ.get("CXX"):
+        compiler = shutil.which(os.environ["CXX"])
+        if compiler is None:
+            raise PluginBuildError(f"The C++ compiler CXX={os.environ['CXX']} was not found.")
+        return compiler
+    for candidate in ("g++", "c++", "clang++"):
+        if shutil.which(candidate):
             return shutil.which(candidate)
-    raise PluginBuildError("No C++ compiler found (set CXX or install g++): the GDA CPU twin is built from source.")
+    raise PluginBuildError("No C++ compiler found (set CXX or install g++): the GDA CPU kernel is built from source.")
 
 
-def cpu_twin_library() -> Path:
-    """Path of the CPU twin shared library, compiling it first if this source version is not cached."""
+def cpu_library_path(compiler: str) -> Path:
+    """Where the GDA CPU library built by ``compiler`` for this source version, flag set and CPU is cached."""
+    sources = [GDA_SOURCE_DIR / name for name in CPU_SOURCES]
+    return cache_dir() / f"librvrt_gda_cpu-{_digest(sources, [compiler, *CPU_FLAGS, cpu_identity()])}.so"
+
+
+def cpu_library() -> Path:
+    """Path of the GDA CPU library (fast kernel and twin), compiling it first if this source
+    version, compiler, flag set and CPU have no cached build. Raises PluginBuildError naming why
+    it could not be built."""
     compiler = host_compiler()
-    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra"]
-    sources = [GDA_SOURCE_DIR / name for name in CPU_TWIN_SOURCES]
-    target = cache_dir() / f"librvrt_gda_cpu-{_digest(sources, [compiler, *flags])}.so"
+    target = cpu_library_path(compiler)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Compile beside the target, then rename: concurrent test processes never load a partial file.
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         partial = Path(scratch) / target.name
-        command = [compiler, *flags, "-o", str(partial), str(GDA_SOURCE_DIR / "gda_cpu.cpp")]
-        result = subprocess.run(command, capture_output=True, text=True)
+        command = [compiler, *CPU_FLAGS, "-o", str(partial), str(GDA_SOURCE_DIR / "gda_cpu.cpp")]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True)
+        except OSError as error:
+            raise PluginBuildError(f"Running the C++ compiler {compiler} failed: {error}") from error
         if result.returncode != 0:
-            raise PluginBuildError(f"Compiling the GDA CPU twin failed:\n{' '.join(command)}\n{result.stderr}")
+            raise PluginBuildError(f"Compiling the GDA CPU library failed:\n{' '.join(command)}\n{result.stderr}")
         os.replace(partial, target)
     return target
 
@@ -186,15 +220,16 @@ def plugin_library(cuda_architectures: str | None = None, autoregister: bool = F
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rvrt_plugins.build", description=__doc__.split("\n")[0])
-    parser.add_argument("--cpu-twin", action="store_true", help="build the CPU twin only (needs a C++ compiler)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="build the CPU library only (fast kernel and twin; needs a C++ compiler)")
     parser.add_argument("--cuda-architectures", default=None,
                         help=f"CMake CUDA architectures for the plugin (default {DEFAULT_CUDA_ARCHITECTURES})")
     parser.add_argument("--autoregister", action="store_true",
                         help="build the variant that registers itself on load (for Polygraphy --plugins)")
     args = parser.parse_args(argv)
     try:
-        if args.cpu_twin:
-            print(cpu_twin_library())
+        if args.cpu:
+            print(cpu_library())
         else:
             print(plugin_library(args.cuda_architectures, autoregister=args.autoregister))
     except PluginBuildError as error:

@@ -1,14 +1,32 @@
-"""Guided deformable attention (GDA) in plain PyTorch.
+"""Guided deformable attention (GDA): the custom op ``torch.ops.rvrt.guided_deform_attn`` and its
+plain PyTorch reference.
 
-Computes the function defined in ``shared/GDA.md`` (the official RVRT CUDA operator) with
-standard tensor ops, on any device. It is registered as the custom op
-``torch.ops.rvrt.guided_deform_attn`` so that graph exporters see one opaque node.
+:func:`guided_deform_attn_reference` computes the function defined in ``shared/GDA.md`` (the
+official RVRT CUDA operator) with standard tensor ops, on any device: it is the test oracle.
+:func:`guided_deform_attn` is one opaque op for graph exporters, and runs fused native kernels:
+
+- on the CPU, float32: the multi-threaded kernel of ``rvrt_plugins.gda_cpu`` (built with the host
+  C++ compiler on first use and cached; ``torch.get_num_threads()`` threads);
+- on CUDA, float32 and float16, head dimension <= 64: the CUDA kernel of ``rvrt_plugins.gda_cuda``
+  (built with nvcc on first use);
+- anything else (other dtypes, devices): the reference.
+
+``RVRT_GDA=reference`` in the environment selects the reference everywhere. A kernel that
+cannot be built or loaded (no compiler, compile error) warns once, naming why, and the
+reference runs instead.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 import torch.nn.functional as F
+
+IMPLEMENTATION_VARIABLE = "RVRT_GDA"
+IMPLEMENTATIONS = ("native", "reference")
+CUDA_MAX_HEAD_DIM = 64   # the CUDA kernel keeps a head's rows in registers; larger heads use the reference
 
 
 def sample_bilinear_zeros(frames: torch.Tensor, pos_y: torch.Tensor, pos_x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +90,64 @@ def guided_deform_attn_reference(q: torch.Tensor, kv: torch.Tensor, offset: torc
 @torch.library.custom_op("rvrt::guided_deform_attn", mutates_args=())
 def guided_deform_attn(q: torch.Tensor, kv: torch.Tensor, offset: torch.Tensor, kernel_h: int, kernel_w: int,
                        padding: int, heads: int, groups: int, clip: int) -> torch.Tensor:
-    """GDA as one opaque op (shapes as in :func:`guided_deform_attn_reference`)."""
+    """GDA as one opaque op (shapes as in :func:`guided_deform_attn_reference`); the fused kernel
+    of the device where there is one (see the module docstring)."""
+    return guided_deform_attn_reference(q, kv, offset, kernel_h, kernel_w, padding, heads, groups, clip)
+
+
+# Device type -> why its kernel is unavailable; filled on the first failure so that a kernel that
+# cannot be built is neither retried nor warned about on every call.
+_UNAVAILABLE: dict[str, str] = {}
+
+
+def use_reference() -> bool:
+    """Whether ``RVRT_GDA`` asks for the reference. Raises ValueError for a value it does not know."""
+    choice = os.environ.get(IMPLEMENTATION_VARIABLE, "native") or "native"
+    if choice not in IMPLEMENTATIONS:
+        raise ValueError(f"{IMPLEMENTATION_VARIABLE}={choice!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+    return choice == "reference"
+
+
+def _kernel_unavailable(device_type: str, reason: BaseException) -> None:
+    _UNAVAILABLE[device_type] = str(reason)
+    warnings.warn(f"GDA: the fused {device_type.upper()} kernel is unavailable, using the PyTorch reference "
+                  f"(slower, more memory). Reason: {reason}", RuntimeWarning, stacklevel=3)
+
+
+@guided_deform_attn.register_kernel("cpu")
+def _guided_deform_attn_cpu(q, kv, offset, kernel_h, kernel_w, padding, heads, groups, clip):
+    if (not use_reference() and "cpu" not in _UNAVAILABLE
+            and all(t.dtype == torch.float32 for t in (q, kv, offset))):
+        try:
+            from rvrt_plugins.build import PluginBuildError
+            from rvrt_plugins.gda_cpu import guided_deform_attn_cpu, load_library
+        except ImportError as error:
+            _kernel_unavailable("cpu", error)
+        else:
+            try:
+                load_library()
+            except PluginBuildError as error:
+                _kernel_unavailable("cpu", error)
+            else:
+                return guided_deform_attn_cpu(q, kv, offset, kernel_h, kernel_w, padding, heads, groups, clip)
+    return guided_deform_attn_reference(q, kv, offset, kernel_h, kernel_w, padding, heads, groups, clip)
+
+
+@guided_deform_attn.register_kernel("cuda")
+def _guided_deform_attn_cuda(q, kv, offset, kernel_h, kernel_w, padding, heads, groups, clip):
+    if (not use_reference() and "cuda" not in _UNAVAILABLE
+            and q.dtype in (torch.float32, torch.float16) and kv.dtype == q.dtype and offset.dtype == q.dtype
+            and q.shape[2] <= CUDA_MAX_HEAD_DIM * heads):
+        try:
+            from rvrt_plugins.build import PluginBuildError
+            from rvrt_plugins.gda_cuda import guided_deform_attn_cuda
+        except ImportError as error:
+            _kernel_unavailable("cuda", error)
+        else:
+            try:
+                return guided_deform_attn_cuda(q, kv, offset, kernel_h, kernel_w, padding, heads, groups, clip)
+            except PluginBuildError as error:
+                _kernel_unavailable("cuda", error)
     return guided_deform_attn_reference(q, kv, offset, kernel_h, kernel_w, padding, heads, groups, clip)
 
 

@@ -8,7 +8,7 @@ import torch
 from gda_oracle import gda_loop
 from rvrt.gda import guided_deform_attn_reference
 from rvrt_plugins import build
-from rvrt_plugins.gda_cpu import guided_deform_attn_cpu
+from rvrt_plugins.gda_cpu import guided_deform_attn_twin
 
 FP32_TOLERANCE = 1e-5
 
@@ -38,7 +38,7 @@ def random_inputs(batch, clip, channels, height, width, groups, kernel, offset_s
 def run_both(q, kv, offset, kernel, heads, groups, clip, reference_dtype):
     kh, kw = kernel
     args = (kh, kw, kh // 2, heads, groups, clip)
-    got = guided_deform_attn_cpu(q, kv, offset, *args)
+    got = guided_deform_attn_twin(q, kv, offset, *args)
     want = guided_deform_attn_reference(q.to(reference_dtype), kv.to(reference_dtype), offset.to(reference_dtype),
                                         *args)
     return got, want
@@ -64,7 +64,7 @@ def test_twin_matches_reference_on_fp16_rounded_inputs(batch, clip, channels, he
 
 def test_twin_matches_loop_oracle():
     q, kv, offset = random_inputs(1, 2, 12, 4, 5, 6, (3, 3), seed=2)
-    got = guided_deform_attn_cpu(q, kv, offset, 3, 3, 1, 3, 6, 2).numpy()
+    got = guided_deform_attn_twin(q, kv, offset, 3, 3, 1, 3, 6, 2).numpy()
     want = gda_loop(q.double().numpy(), kv.double().numpy(), offset.double().numpy(), 3, 3, 1, 3, 6, 2)
     np.testing.assert_allclose(got, want, rtol=0, atol=FP32_TOLERANCE)
 
@@ -98,19 +98,19 @@ def test_twin_reports_unsupported_shapes(channels, heads, groups, message):
     kv = torch.zeros(1, 2, 2 * channels, 2, 2)
     offset = torch.zeros(2, 2 * groups * 9 * 2, 2, 2)
     with pytest.raises(ValueError, match=message):
-        guided_deform_attn_cpu(q, kv, offset, 3, 3, 1, heads, groups, 2)
+        guided_deform_attn_twin(q, kv, offset, 3, 3, 1, heads, groups, 2)
 
 
 def test_twin_rejects_mismatched_tensor_shapes():
     with pytest.raises(ValueError, match="offset must be"):
-        guided_deform_attn_cpu(torch.zeros(2, 1, 12, 4, 4), torch.zeros(1, 2, 24, 4, 4), torch.zeros(2, 10, 4, 4),
+        guided_deform_attn_twin(torch.zeros(2, 1, 12, 4, 4), torch.zeros(1, 2, 24, 4, 4), torch.zeros(2, 10, 4, 4),
                                3, 3, 1, 3, 6, 2)
 
 
 def test_twin_builds_from_sources_into_an_empty_cache(tmp_path, monkeypatch):
     """A fresh clone has no prebuilt library: the helper compiles it, then reuses it."""
     monkeypatch.setenv("RVRT_PLUGINS_CACHE", str(tmp_path))
-    first = build.cpu_twin_library()
+    first = build.cpu_library()
     assert first.parent == tmp_path and first.exists()
     stamp = first.stat().st_mtime_ns
-    assert build.cpu_twin_library() == first and first.stat().st_mtime_ns == stamp
+    assert build.cpu_library() == first and first.stat().st_mtime_ns == stamp

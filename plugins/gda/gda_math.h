@@ -1,7 +1,8 @@
 // Guided deformable attention (shared/GDA.md): the per-element math shared by the CUDA kernel
-// (gda_kernel.cu) and the CPU twin (gda_cpu.cpp). Everything the two compute lives here, so the
-// CPU tests against the PyTorch reference also check the arithmetic the GPU runs; only the
-// thread mapping and memory types differ.
+// (gda_kernel.cu) and the CPU kernels (gda_cpu.cpp). The CUDA kernel and the CPU twin run the same
+// per-pixel routine from here, so the CPU tests against the PyTorch reference also check the
+// arithmetic the GPU runs; only the thread mapping and memory types differ. The fast CPU kernel
+// arranges the same pieces (taps, indices, softmax) channel-last for vector units.
 //
 // Layouts (all contiguous, NCHW-style, as the ONNX node and TensorRT's linear format give them):
 //   q      (frames, 1, C, H, W)            frames = batch * clip
@@ -76,9 +77,10 @@ struct GdaShape
     }
 };
 
-// Returns nullptr when the shape is computable, else why not. Host only: callers turn the
-// message into a return code (TensorRT glue, C API of the twin), never an exception.
-inline char const* validateShape(GdaShape const& s)
+// Returns nullptr when the shape is consistent, else why not; any head dimension. Host only:
+// callers turn the message into a return code (TensorRT glue, C API of the CPU library), never an
+// exception.
+inline char const* validateGeometry(GdaShape const& s)
 {
     if (s.frames <= 0 || s.clip <= 0 || s.channels <= 0 || s.height <= 0 || s.width <= 0)
         return "frames, clip, channels, height and width must be positive";
@@ -92,6 +94,14 @@ inline char const* validateShape(GdaShape const& s)
         return "heads must be positive and divide the channel count C";
     if (s.groups <= 0 || (2 * s.channels) % s.groups != 0)
         return "groups must be positive and divide the kv channel count 2C";
+    return nullptr;
+}
+
+// validateGeometry, and a head dimension that fits the per-thread rows of gdaOutputPixelHead.
+inline char const* validateShape(GdaShape const& s)
+{
+    if (char const* problem = validateGeometry(s))
+        return problem;
     if (s.headDim() > kMaxHeadDim)
         return "head dimension C / heads exceeds 64";
     return nullptr;
@@ -214,6 +224,26 @@ RVRT_GDA_HD SoftmaxStep onlineSoftmaxPush(OnlineSoftmax& state, float logit)
     state.denominator = state.denominator * step.rescale + step.weight;
     state.maxLogit = newMax;
     return step;
+}
+
+// Softmax in place over count values spaced stride apart. The CPU kernel (gda_cpu.cpp) scores
+// all clip * K points of a pixel before it reads any value, so it needs the plain form: one exp
+// per point instead of the two per point that OnlineSoftmax spends.
+RVRT_GDA_HD void softmaxInPlace(float* values, int32_t count, int32_t stride)
+{
+    // A comparison rather than fmaxf, which host compilers leave as a library call.
+    float maxValue = -INFINITY;
+    for (int32_t i = 0; i < count; ++i)
+        maxValue = values[i * stride] > maxValue ? values[i * stride] : maxValue;
+    float denominator = 0.f;
+    for (int32_t i = 0; i < count; ++i)
+    {
+        values[i * stride] = expf(values[i * stride] - maxValue);
+        denominator += values[i * stride];
+    }
+    float const normalizer = 1.f / denominator;
+    for (int32_t i = 0; i < count; ++i)
+        values[i * stride] *= normalizer;
 }
 
 // Bilinear tap of kernel point k, group g, sampled frame n for the output pixel whose offsets
