@@ -1,0 +1,202 @@
+"""Propagation steps with guided deformable attention, run as ONNX Runtime / fused CPU kernel / ONNX Runtime.
+
+ONNX Runtime's CPU provider cannot take a compiled custom op here (its wheel ships no C/C++
+headers), so it executes the ``rvrt::GuidedDeformAttention`` node through the node's function
+body: about half of a propagation step's time. At load time, a step graph holding that node is
+cut around it (``onnx.utils.Extractor``, the export stays as it is): one session computes the
+node's inputs and everything else needed later, the fused kernel of
+:mod:`rvrt_plugins.gda_cpu` computes GDA, a second session the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from dataclasses import dataclass
+
+import onnx
+import onnx.utils
+
+# As in rvrt_export.gda_onnx, which is not imported here: it loads torch's exporter and onnxscript.
+GDA_DOMAIN = "rvrt"
+GDA_OP_TYPE = "GuidedDeformAttention"
+GDA_ATTRIBUTES = ("kernel_h", "kernel_w", "padding", "heads", "groups", "clip")
+
+
+class GdaKernelUnavailable(RuntimeError):
+    """The fused CPU kernel could not be built or loaded."""
+
+
+@dataclass
+class GdaSplit:
+    """A graph cut around its one GDA node.
+
+    before: graph inputs -> the GDA node's inputs, the values computed before the node that
+    ``after`` needs, and the graph outputs that do not depend on GDA. after: the GDA output,
+    those values and graph inputs -> the remaining graph outputs.
+    """
+
+    before: onnx.ModelProto
+    after: onnx.ModelProto
+    gda_inputs: tuple[str, str, str]
+    gda_output: str
+    attributes: dict[str, int]
+    inputs: list[str]
+    outputs: list[str]
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, int]:
+    return {name: index for index, node in enumerate(graph.node) for name in node.output if name}
+
+
+def _upstream(graph: onnx.GraphProto, producers: dict[str, int], names, stop: set[str]) -> set[int]:
+    """Indices of the nodes that ``names`` are computed from, not looking past ``stop``."""
+    found: set[int] = set()
+    stack = [name for name in names if name not in stop]
+    while stack:
+        index = producers.get(stack.pop())
+        if index is None or index in found:
+            continue
+        found.add(index)
+        stack += [name for name in graph.node[index].input if name and name not in stop]
+    return found
+
+
+def _downstream(graph: onnx.GraphProto, value: str) -> set[int]:
+    """Indices of the nodes that depend on ``value`` (nodes are in topological order)."""
+    tainted, found = {value}, set()
+    for index, node in enumerate(graph.node):
+        if tainted.intersection(node.input):
+            found.add(index)
+            tainted.update(node.output)
+    return found
+
+
+def split_at_gda(model: onnx.ModelProto) -> GdaSplit | None:
+    """Cut ``model`` around its GDA node; None where the graph has no GDA node (or more than one)."""
+    graph = model.graph
+    gda_nodes = [node for node in graph.node if node.domain == GDA_DOMAIN and node.op_type == GDA_OP_TYPE]
+    if len(gda_nodes) != 1:
+        return None
+    gda = gda_nodes[0]
+    attributes = {attr.name: onnx.helper.get_attribute_value(attr) for attr in gda.attribute}
+    missing = [name for name in GDA_ATTRIBUTES if name not in attributes]
+    if missing:
+        raise ValueError(f"GDA node {gda.name!r} lacks attribute(s) {', '.join(missing)}")
+    gda_output = gda.output[0]
+    graph_inputs = [value.name for value in graph.input]
+    graph_outputs = [value.name for value in graph.output]
+    producers = _producers(graph)
+    after_nodes = _downstream(graph, gda_output)
+    after_outputs = [name for name in graph_outputs if producers.get(name) in after_nodes]
+    early_outputs = [name for name in graph_outputs if name not in after_outputs]
+
+    # What the part after GDA reads from before it: graph inputs, and values computed from them.
+    # Values computed from weights alone are recomputed there (ONNX Runtime folds them at load).
+    input_set = set(graph_inputs)
+    depends_on_input = set(input_set)
+    for index, node in enumerate(graph.node):
+        if index not in after_nodes and node is not gda and depends_on_input.intersection(node.input):
+            depends_on_input.update(node.output)
+    consumed_after = {name for index in after_nodes for name in graph.node[index].input if name}
+    carried = [name for name in sorted(consumed_after & depends_on_input)
+               if name not in input_set and producers.get(name) not in after_nodes]
+    after_inputs = [name for name in graph_inputs if name in consumed_after or name in after_outputs]
+    stop = set(after_inputs) | set(carried) | {gda_output}
+    after_inputs += [gda_output] + carried
+    after_reads = {name for index in _upstream(graph, producers, after_outputs, stop)
+                   for name in graph.node[index].input}
+    after_inputs = [name for name in after_inputs if name in after_reads or name in after_outputs]
+
+    before_outputs = list(dict.fromkeys([*gda.input, *carried, *early_outputs]))
+    before_reads = {name for index in _upstream(graph, producers, before_outputs, input_set)
+                    for name in graph.node[index].input}
+    before_inputs = [name for name in graph_inputs if name in before_reads or name in before_outputs]
+
+    extractor = onnx.utils.Extractor(model)
+    return GdaSplit(before=extractor.extract_model(before_inputs, before_outputs),
+                    after=extractor.extract_model(after_inputs, after_outputs),
+                    gda_inputs=tuple(gda.input), gda_output=gda_output,
+                    attributes={name: int(attributes[name]) for name in GDA_ATTRIBUTES},
+                    inputs=graph_inputs, outputs=graph_outputs)
+
+
+def load_gda_kernel(threads: int | None = None):
+    """The fused CPU GDA kernel as ``kernel(q, kv, offset, **attributes) -> output`` on float32
+    numpy arrays, built now if needed; raises :class:`GdaKernelUnavailable` with the reason."""
+    try:
+        from rvrt_plugins.build import PluginBuildError
+        from rvrt_plugins.gda_cpu import gda_cpu_numpy, load_library
+    except ImportError as error:
+        raise GdaKernelUnavailable(f"rvrt_plugins.gda_cpu cannot be imported: {error}") from error
+    try:
+        load_library()
+    except PluginBuildError as error:
+        raise GdaKernelUnavailable(str(error)) from error
+    return functools.partial(gda_cpu_numpy, threads=threads)
+
+
+class SplitGdaSession:
+    """One propagation step as two ONNX Runtime sessions and the fused GDA kernel.
+
+    Looks like an ``onnxruntime.InferenceSession`` to its users (``get_inputs``,
+    ``get_outputs``, ``run``), so Polygraphy's ``OnnxrtRunner`` serves it unchanged.
+    """
+
+    def __init__(self, split: GdaSplit, before, after, kernel):
+        self.split = split
+        self.before = before
+        self.after = after
+        self.kernel = kernel
+        self._before_inputs = [arg.name for arg in before.get_inputs()]
+        self._before_outputs = [arg.name for arg in before.get_outputs()]
+        self._after_inputs = [arg.name for arg in after.get_inputs()]
+        self._after_outputs = [arg.name for arg in after.get_outputs()]
+        args = {arg.name: arg for session in (before, after) for arg in session.get_inputs()}
+        outputs = {arg.name: arg for session in (before, after) for arg in session.get_outputs()}
+        self._inputs = [args[name] for name in split.inputs if name in args]
+        self._outputs = [outputs[name] for name in split.outputs]
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def run(self, output_names, feed: dict, run_options=None):
+        values = dict(feed)
+        values.update(zip(self._before_outputs,
+                          self.before.run(self._before_outputs, {name: feed[name] for name in self._before_inputs},
+                                          run_options)))
+        values[self.split.gda_output] = self.kernel(*(values[name] for name in self.split.gda_inputs),
+                                                    **self.split.attributes)
+        values.update(zip(self._after_outputs,
+                          self.after.run(self._after_outputs, {name: values[name] for name in self._after_inputs},
+                                         run_options)))
+        return [values[name] for name in (output_names or self.split.outputs)]
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def gda_split_session(path: str | os.PathLike, make_session, threads: int | None = None):
+    """A :class:`SplitGdaSession` for the graph at ``path``, or None where it has no GDA node or
+    the kernel is unavailable (then with a warning: the caller runs the whole graph, GDA
+    through its function body). ``make_session(model_bytes)`` creates an ONNX Runtime session."""
+    model = onnx.load(os.fspath(path))
+    split = split_at_gda(model)
+    del model
+    if split is None:
+        return None
+    try:
+        kernel = load_gda_kernel(threads)
+    except GdaKernelUnavailable as error:
+        _warn_once(f"the fused CPU GDA kernel is unavailable ({error}); ONNX Runtime runs GDA through the "
+                   f"graphs' function body instead (same result, slower)")
+        return None
+    before = make_session(split.before.SerializeToString())
+    after = make_session(split.after.SerializeToString())
+    return SplitGdaSession(split, before, after, kernel)
