@@ -2,34 +2,71 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
-from rvrt import CheckpointError
-from rvrt_export.manifest import ArtifactError
+from rvrt import CheckpointError, get_task
+from rvrt.config import TASKS
+from rvrt_export.manifest import ArtifactError, read_manifest
 
 from .backends import load_backend
-from .restore import restore_video
-from .video_io import VideoInputError
+from .progress import ProgressDisplay
+from .restore import check_sigma, open_source, output_writer, restore_video
+from .video import Terminated, VideoInputError, VideoOutputError, signals_as_exceptions
+
+USER_ERRORS = (VideoInputError, VideoOutputError, ArtifactError, CheckpointError, ValueError, FileExistsError)
 
 
-def advance(bar: tqdm, done: int, total: int) -> None:
-    bar.total = total
-    bar.update(done - bar.n)
+class UserError(click.ClickException):
+    """One line on stderr, exit status 2: the user asked for something that cannot work."""
+
+    exit_code = 2
+
+
+def parse_time(text: str | None) -> float | None:
+    """Seconds (``12.5``) or ``[HH:]MM:SS[.ms]``, as FFmpeg's -ss takes them."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"(?:(\d+):)?(?:(\d+):)?(\d+(?:\.\d*)?)", text.strip())
+    if not match:
+        raise UserError(f"--start {text}: expected seconds (12.5) or HH:MM:SS[.ms] (00:01:02.5)")
+    parts = [float(p) for p in match.groups() if p is not None]
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return seconds
+
+
+def known_task(model: str, task: str | None):
+    """The task, when it can be told without loading anything (None otherwise)."""
+    path = Path(model)
+    try:
+        if path.is_dir():
+            return get_task(read_manifest(path)["task"])
+        if task:
+            return get_task(task)
+        stem = path.name.removesuffix(".pth")
+        return get_task(stem if stem in TASKS else model)
+    except (ArtifactError, ValueError, KeyError, OSError):
+        return None
 
 
 @click.command()
 @click.argument("model")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Video file (.mp4, .mkv, .mov, .webm) or a folder for PNG frames.")
+@click.argument("source")
+@click.option("-o", "--output", required=True,
+              help="Video file (.mp4, .mkv, .mov, .m4v, .webm, .avi), a folder for PNG frames, or - for "
+                   "YUV4MPEG2 on standard output.")
 @click.option("--task", help="Task, when MODEL is a checkpoint with a non-official name.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="Official .pth for eager PyTorch, when MODEL is a task name.")
 @click.option("--random-weights", is_flag=True, help="Eager PyTorch with random weights (tests and demos only).")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "tensorrt", "pytorch"]),
+              help="Run MODEL (a task name or checkpoint) on this runtime; exports are made and cached on first use.")
+@click.option("--fp16", is_flag=True, help="float16 graphs/engines (with --runtime).")
 @click.option("--sigma", type=float, help="Noise level (0-255 scale), denoising only.")
 @click.option("--window", type=int, help="Frames per temporal window [task's official value; 100 where the "
                                          "official script takes the whole video]; 0 = whole video.")
@@ -39,36 +76,83 @@ def advance(bar: tqdm, done: int, total: int) -> None:
 @click.option("--batch", type=int, help="Tiles per call, eager only (exports fix it) [1].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads [all cores].")
-@click.option("--codec", help="Video codec [libx264 for .mp4/.mkv/.mov, libvpx-vp9 for .webm].")
-@click.option("--crf", type=int, help="Quality for lossy codecs (lower is better) [codec default].")
-@click.option("--lossless", is_flag=True, help="Lossless video output.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--start", "start_time", help="Restore from this time: seconds or HH:MM:SS[.ms] (audio cut to match).")
+@click.option("--frames", "frame_limit", type=int, help="Restore at most this many frames.")
+@click.option("--fps", type=float, help="Frame rate of a folder of frames [25].")
+@click.option("--codec", help="Video codec [libx264; libvpx-vp9 for .webm; lossless: libx264rgb, ffv1].")
+@click.option("--crf", type=int, help="Quality for lossy codecs (lower is better) [18 for H.264, 30 for VP9].")
+@click.option("--lossless", is_flag=True, help="Lossless RGB video output.")
+@click.option("--bit-depth", type=click.Choice(["8", "10", "16"]),
+              help="Output bits per component [8 for 8-bit input; 10 (video) or 16 (PNG) for deeper input].")
+@click.option("--pix-fmt", help="Encoder pixel format, e.g. yuv444p [yuv420p / yuv420p10le].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file, or the frames of a frame folder "
+                                                "this program wrote (never other files).")
 @click.option("--allow-unvalidated", is_flag=True, help="Serve an export without a passing validation record.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(model, source, output, task, checkpoint, random_weights, sigma, window, window_overlap, tile, tile_overlap,
-         batch, device, threads, codec, crf, lossless, overwrite, allow_unvalidated, quiet):
-    """Restore SOURCE (video file or folder of frames) with MODEL: an export directory (ONNX
-    Runtime), an official checkpoint or a task name (PyTorch)."""
+@click.option("--ray", help="Restore windows on a Ray cluster: local, auto or an address.")
+@click.option("--workers", type=int, help="Ray workers [one per node].")
+@click.option("--quiet", is_flag=True, help="No progress.")
+def main(model, source, output, task, checkpoint, random_weights, runtime, fp16, sigma, window, window_overlap, tile,
+         tile_overlap, batch, device, threads, start_time, frame_limit, fps, codec, crf, lossless, bit_depth, pix_fmt,
+         overwrite, allow_unvalidated, ray, workers, quiet):
+    """Restore SOURCE (video file, folder of frames, or - for YUV4MPEG2 on standard input) with
+    MODEL: an export directory (ONNX Runtime, TensorRT), an official checkpoint or a task name."""
     try:
-        backend = load_backend(model, task=task, checkpoint=checkpoint, random_weights=random_weights,
-                               device=device, threads=threads, allow_unvalidated=allow_unvalidated)
-        if allow_unvalidated:
-            click.secho("warning: --allow-unvalidated: this model's outputs have not been checked against "
-                        "eager PyTorch", fg="yellow", err=True)
-        if backend.name == "pytorch" and random_weights:
-            click.secho("warning: random weights: the output is not a restoration (demo/test mode)", fg="yellow",
-                        err=True)
-        show = not quiet and sys.stderr.isatty()
-        with tqdm(desc="restoring", unit="frame", disable=not show, dynamic_ncols=True) as bar:
-            summary = restore_video(backend, source, output, sigma=sigma, window=window,
-                                    window_overlap=window_overlap, tile=tile, tile_overlap=tile_overlap,
-                                    batch=batch, overwrite=overwrite, lossless=lossless, crf=crf, codec=codec,
-                                    progress=lambda done, total: advance(bar, done, total))
-    except (VideoInputError, ArtifactError, CheckpointError, ValueError, FileExistsError, RuntimeError) as err:
+        with signals_as_exceptions():
+            run(model, source, output, task=task, checkpoint=checkpoint, random_weights=random_weights,
+                runtime=runtime, fp16=fp16, sigma=sigma, tiling=dict(window=window, window_overlap=window_overlap,
+                                                                      tile=tile, tile_overlap=tile_overlap,
+                                                                      batch=batch),
+                device=device, threads=threads, start=parse_time(start_time), frames=frame_limit, fps=fps,
+                encoding=dict(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt,
+                              bit_depth=int(bit_depth) if bit_depth else None),
+                overwrite=overwrite, allow_unvalidated=allow_unvalidated, ray=ray, workers=workers, quiet=quiet)
+    except Terminated as stop:
+        click.echo(f"rvrt-run: {stop}; nothing was written", err=True)
+        sys.exit(stop.exit_status)
+    except USER_ERRORS as err:
+        raise UserError(str(err)) from None
+    except (RuntimeError, OSError) as err:
         raise click.ClickException(str(err)) from None
-    if summary.conversion:
-        click.echo(f"input converted: {summary.conversion}", err=True)
+
+
+def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp16, sigma, tiling, device, threads,
+        start, frames, fps, encoding, overwrite, allow_unvalidated, ray, workers, quiet):
+    known = known_task(model, task)
+    if known is not None:
+        check_sigma(known, sigma)
+    if sigma is not None and not 0 <= sigma <= 255:
+        raise ValueError(f"--sigma {sigma:g}: expected a noise level from 0 to 255 (the 8-bit scale)")
+    if workers is not None and ray is None:
+        raise ValueError("--workers sets the number of Ray workers: it needs --ray (local, auto or an address)")
+    frame_source = open_source(source, fps, start, frames)
+    if known is not None:
+        # Every output choice is checked by opening the real encoder before the model is loaded.
+        output_writer(frame_source, output, known.config.upscale, overwrite=overwrite, **encoding).validate()
+    load_args = dict(model=model, task=task, checkpoint=checkpoint, random_weights=random_weights, device=device,
+                     threads=threads, allow_unvalidated=allow_unvalidated)
+    if runtime is not None:
+        load_args["runtime"] = runtime
+    if fp16:
+        load_args["fp16"] = True
+    backend = load_backend(**load_args)
+    if allow_unvalidated:
+        click.secho("warning: --allow-unvalidated: this model's outputs have not been checked against "
+                    "eager PyTorch", fg="yellow", err=True)
+    if getattr(backend, "random_weights", False) or (backend.name == "pytorch" and random_weights):
+        click.secho("warning: random weights: the output is not a restoration (demo/test mode)", fg="yellow",
+                    err=True)
+    windows = None
+    if ray is not None:
+        from rvrt_cluster import RayWindows
+        windows = RayWindows(load_args, address=ray, workers=workers, threads=threads)
+    display = ProgressDisplay(enabled=not quiet)
+    try:
+        summary = restore_video(backend, frame_source, output, sigma=sigma, overwrite=overwrite, progress=display,
+                                windows=windows, notes=lambda message: click.echo(message, err=True),
+                                **tiling, **encoding)
+    finally:
+        display.close()
     if not quiet:
         click.echo(f"{summary.frames} frames {summary.input_size[0]}x{summary.input_size[1]} -> "
-                   f"{summary.output_size[0]}x{summary.output_size[1]} in {summary.seconds:.1f} s "
-                   f"({summary.fps:.2f} fps, {summary.backend}) -> {summary.output}")
+                   f"{summary.output_size[0]}x{summary.output_size[1]} ({summary.bit_depth}-bit) in "
+                   f"{summary.seconds:.1f} s ({summary.fps:.2f} fps, {summary.backend}) -> {summary.output}", err=True)

@@ -19,7 +19,7 @@ from rvrt import EagerStages, build_model, get_task
 from .backends import Backend, load_backend
 from .restore import restore_video
 from .synthetic import degrade, moving_photo_frames, write_video
-from .video_io import open_frames
+from .video import open_frames
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -74,7 +74,7 @@ def degrade(frames: np.ndarray, task: str, sigma: float = 20.0, seed: int = 0) -
 def write_video(path, frames: np.ndarray, frame_rate: int = 25, lossless: bool = False,
                 overwrite: bool = True) -> None:
     """Encode (T, H, W, 3) uint8 frames to a video file (or PNG folder)."""
-    from .video_io import open_writer
+    from .video import open_writer
 
     with open_writer(path, frame_rate, frames.shape[2], frames.shape[1], lossless=lossless,
                      overwrite=overwrite) as writer:

@@ -16,7 +16,7 @@ from rvrt_engines.backends import Backend, load_backend
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.restore import restore_video
 from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
-from rvrt_engines.video_io import VideoInputError, open_frames
+from rvrt_engines.video import VideoInputError, open_frames
 
 
 def eager_backend(kind, model):
@@ -156,8 +156,8 @@ def test_existing_output_is_kept_without_overwrite(sr_video, tmp_path):
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 def test_interrupted_run_leaves_no_output(sr_video, tmp_path, error):
-    def interrupt(done, total):
-        if done == 3:
+    def interrupt(status):
+        if status.frames_written == 3:
             raise error("stop")
 
     out = tmp_path / "partial.mp4"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
-from rvrt_engines.video_io import VideoInputError, natural_key, open_frames, open_writer
+from rvrt_engines.video import VideoInputError, VideoOutputError, natural_key, open_frames, open_writer
 
 FRAMES = moving_photo_frames(6, 40, 56, seed=2)
 
@@ -17,17 +17,21 @@ def test_lossless_outputs_round_trip_exactly(tmp_path, name):
     assert np.array_equal(np.stack(list(source)), FRAMES)
 
 
-def test_odd_sized_yuv_video_keeps_size_and_colours(tmp_path):
-    """Odd sizes cannot be 4:2:0; they are encoded 4:4:4. At crf 0 only the RGB <-> YUV
-    rounding remains."""
+@pytest.mark.parametrize("name,size", [("odd.webm", (33, 47)), ("odd.mp4", (34, 48))])
+def test_odd_sizes_stay_4_2_0(tmp_path, name, size):
+    """VP9 codes odd sizes in 4:2:0; H.264 cannot, so its frames are padded by one repeated
+    row/column (and a note says so) rather than switched to the rare High 4:4:4 profile."""
     odd = moving_photo_frames(5, 33, 47, seed=4)
-    with open_writer(tmp_path / "odd.mp4", 30, 47, 33, crf=0) as writer:
+    sink = open_writer(tmp_path / name, 30, 47, 33, crf=10)
+    with sink as writer:
         for frame in odd:
             writer.write(frame)
-    source = open_frames(tmp_path / "odd.mp4")
+    assert any("padded to 48x34" in note for note in sink.notes) == name.endswith(".mp4")
+    source = open_frames(tmp_path / name)
     back = np.stack(list(source))
-    assert back.shape == odd.shape and float(source.frame_rate) == 30
-    assert np.abs(back.astype(int) - odd.astype(int)).mean() < 2
+    assert back.shape == (5, *size, 3) and float(source.frame_rate) == 30
+    assert source.pix_fmt == "yuv420p"
+    assert np.abs(back[:, :33, :47].astype(int) - odd.astype(int)).mean() < 8  # 4:2:0 chroma of a detailed image
 
 
 def test_folders_sort_naturally(tmp_path):
@@ -65,7 +69,7 @@ def test_writer_is_atomic_and_refuses_to_overwrite(tmp_path):
             raise ZeroDivisionError
     assert list(tmp_path.iterdir()) == []
     write_video(target, FRAMES, overwrite=False)
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(VideoOutputError, match="--overwrite"):
         open_writer(target, 25, 56, 40)
 
 

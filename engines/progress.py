@@ -1,0 +1,154 @@
+"""Honest progress: work counted at the finest step the runner reports (each backend stage call
+inside a tile, each tile, each window), frames per second and ETA from measured throughput.
+
+Work is measured in window-frames (a frame in two overlapping windows counts twice, as it is
+computed twice) and shown in frames of the video; the ETA is elapsed time per unit of work
+done so far times the work left, so it starts from the first stage calls, not the first window.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import click
+from tqdm import tqdm
+
+
+@dataclass
+class Status:
+    """Where a restore stands. ``total`` None: a stream of unknown length."""
+
+    frames_written: int = 0
+    total: int | None = None
+    work_done: float = 0.0
+    work_total: float | None = None
+    window: int = 0
+    tiles_done: int = 0
+    tiles: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def frames_done(self) -> float:
+        """Frames' worth of computation finished (fractional)."""
+        if self.total and self.work_total:
+            return self.total * self.work_done / self.work_total
+        return max(float(self.frames_written), self.work_done)
+
+    @property
+    def fps(self) -> float:
+        return self.frames_done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        if not self.work_total or self.work_done <= 0:
+            return None
+        return self.elapsed / self.work_done * (self.work_total - self.work_done)
+
+
+class Meter:
+    """Turns runner events into a :class:`Status` and passes it to ``report`` on every change.
+
+    A window is ``calls`` backend calls (groups of tiles), each of ``steps`` stage calls (flow
+    pairs, clip extractions, propagation steps, reconstructions); runners that report nothing
+    inside a window advance the work by whole windows."""
+
+    def __init__(self, report=None, total: int | None = None, window_lengths: list[int] | None = None):
+        self.report = report
+        self.status = Status(total=total, work_total=float(sum(window_lengths)) if window_lengths else None)
+        self.completed_work = 0.0
+        self.length = 0
+        self.calls = self.calls_done = self.steps = self.steps_per_call = 0
+
+    def window_started(self, index: int, length: int, calls: int = 0, steps: int = 0) -> None:
+        self.status.window, self.length = index, length
+        self.calls, self.steps_per_call, self.calls_done, self.steps = calls, steps, 0, 0
+
+    def stage_call(self) -> None:
+        self.steps += 1
+        self._update()
+
+    def tiles(self, done: int, total: int) -> None:
+        self.status.tiles_done, self.status.tiles = done, total
+        self.calls_done += 1
+        self.steps = 0
+        self._update()
+
+    def window_done(self) -> None:
+        self.completed_work += self.length
+        self.length = self.calls = 0
+        self._update()
+
+    def frame_written(self, count: int) -> None:
+        self.status.frames_written = count
+        self._update()
+
+    def _update(self) -> None:
+        within = 0.0
+        if self.calls:
+            step = min(self.steps / self.steps_per_call, 0.99) if self.steps_per_call else 0.0
+            within = min(self.calls_done + step, self.calls) / self.calls
+        self.status.work_done = self.completed_work + self.length * within
+        if self.report:
+            self.report(self.status)
+
+
+def clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def describe(status: Status) -> str:
+    total = f"/{status.total}" if status.total else ""
+    tiles = f", window {status.window + 1} tile {status.tiles_done}/{status.tiles}" if status.tiles else ""
+    return (f"{status.frames_done:.1f}{total} frames ({status.frames_written} written){tiles}, "
+            f"{status.fps:.3g} fps, ETA {clock(status.eta)}")
+
+
+class ProgressDisplay:
+    """A tqdm bar on a terminal; elsewhere (logs, pipes) a plain line every ``interval`` seconds
+    and at the end. Everything goes to standard error."""
+
+    def __init__(self, enabled: bool = True, interval: float = 10.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.terminal = enabled and self.stream.isatty()
+        self.interval = interval
+        self.last = None
+        self.bar = None
+        self.status = None
+
+    def __call__(self, status: Status) -> None:
+        self.status = status
+        if not self.enabled:
+            return
+        if self.terminal:
+            if self.bar is None:
+                self.bar = tqdm(total=status.total, desc="restoring", unit="frame", dynamic_ncols=True,
+                                file=self.stream, bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}{postfix}]")
+            self.bar.n = round(status.frames_done, 1)
+            self.bar.set_postfix_str(f"{status.fps:.3g} fps, ETA {clock(status.eta)}"
+                                     + (f", tile {status.tiles_done}/{status.tiles}" if status.tiles else ""),
+                                     refresh=False)
+            self.bar.refresh()
+            return
+        now = time.perf_counter()
+        if self.last is None:
+            self.last = now
+        elif now - self.last >= self.interval:
+            self.last = now
+            click.echo(f"restoring: {describe(status)}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.status is not None and self.last is not None:
+            click.echo(f"restoring: {describe(self.status)}", err=True)
