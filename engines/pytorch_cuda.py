@@ -36,8 +36,8 @@ OP_MODULES = {"LayerNormalization": nn.LayerNorm}
 """ONNX op types of ``PrecisionPolicy.fp32_ops`` and the eager modules that compute them."""
 
 
-class CudaUnavailableError(RuntimeError):
-    """No CUDA device for a CUDA runtime."""
+class CudaUnavailableError(ValueError):
+    """No CUDA device for a CUDA runtime: a request this machine cannot serve (a user error)."""
 
 
 def stage_modules(model: RVRT, stage: str) -> list[nn.Module]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from rvrt_plugins.build import GDA_SOURCE_DIR, PluginBuildError, _digest, cache_dir
+from rvrt_plugins.gda_cpu import check_shapes
 
 KERNEL_SOURCES = ("CMakeLists.txt", "gda_math.h", "gda_kernel.h", "gda_kernel.cu", "gda_kernel_entry.cpp")
 LIBRARY_NAME = "librvrt_gda_cuda.so"
@@ -130,20 +131,12 @@ def _library_for(architecture: str) -> ctypes.CDLL:
     return load_library(kernel_library(architecture))
 
 
-def check_inputs(q: torch.Tensor, kv: torch.Tensor, offset: torch.Tensor, kernel_h: int, kernel_w: int, groups: int,
-                 clip: int) -> None:
-    """Shapes as :func:`rvrt.gda.guided_deform_attn_reference` takes them, one float dtype
-    (float32 or float16), all on one CUDA device; raises ValueError saying which is wrong."""
-    if q.dim() != 5 or q.shape[1] != 1:
-        raise ValueError(f"GDA CUDA kernel: q must be (B*clip, 1, C, H, W), got {tuple(q.shape)}")
-    frames, _, channels, height, width = q.shape
-    expected = {
-        "kv": (frames // clip if clip > 0 else 0, clip, 2 * channels, height, width),
-        "offset": (frames, clip * groups * kernel_h * kernel_w * 2, height, width),
-    }
-    for name, tensor in (("kv", kv), ("offset", offset)):
-        if tuple(tensor.shape) != expected[name]:
-            raise ValueError(f"GDA CUDA kernel: {name} must be {expected[name]}, got {tuple(tensor.shape)}")
+def check_inputs(q: torch.Tensor, kv: torch.Tensor, offset: torch.Tensor, kernel_h: int, kernel_w: int, heads: int,
+                 groups: int, clip: int) -> None:
+    """Shapes as :func:`rvrt.gda.guided_deform_attn_reference` takes them (the CPU kernel's
+    checks), one float dtype (float32 or float16), all on one CUDA device; raises ValueError
+    saying which is wrong."""
+    check_shapes(q.shape, kv.shape, offset.shape, kernel_h, kernel_w, heads, groups, clip)
     dtypes = (q.dtype, kv.dtype, offset.dtype)
     if len(set(dtypes)) != 1 or q.dtype not in _ELEMENT_TYPES:
         raise ValueError(f"GDA CUDA kernel: q, kv and offset must be all float32 or all float16, got "
@@ -163,7 +156,7 @@ def guided_deform_attn_cuda(q: torch.Tensor, kv: torch.Tensor, offset: torch.Ten
     as (dy, dx) pairs, all float32 or all float16 -> (B*clip, 1, C, H, W) of the same dtype. The
     head dimension C / heads must be at most 64. Raises ValueError for inputs the kernel cannot
     take and PluginBuildError where the library cannot be built or loaded."""
-    check_inputs(q, kv, offset, kernel_h, kernel_w, groups, clip)
+    check_inputs(q, kv, offset, kernel_h, kernel_w, heads, groups, clip)
     library = _library_for(device_architecture(q.device))
     q, kv, offset = (tensor.detach().contiguous() for tensor in (q, kv, offset))
     out = torch.empty_like(q)
