@@ -32,6 +32,9 @@ LIBRARY_NAME = "librvrt_gda_cuda.so"
 CUDA_ROOTS = (Path("/usr/local/cuda"),)
 _ELEMENT_TYPES = {torch.float32: 0, torch.float16: 1}
 _ERROR_BUFFER_SIZE = 256
+# cudaError_t names meaning the library does not fit the driver or the GPU, not a bad call.
+_UNUSABLE_HERE = ("cudaErrorInsufficientDriver", "cudaErrorCallRequiresNewerDriver", "cudaErrorNoKernelImageForDevice",
+                  "cudaErrorUnsupportedPtxVersion")
 
 NO_TOOLKIT_HELP = ("GDA on CUDA uses the PyTorch reference until then; to build the fused kernel, install the "
                    "CUDA toolkit (nvcc) or set CUDACXX to nvcc")
@@ -167,11 +170,22 @@ def guided_deform_attn_cuda(q: torch.Tensor, kv: torch.Tensor, offset: torch.Ten
         status = library.rvrt_gda_cuda_forward(
             _ELEMENT_TYPES[q.dtype], q.data_ptr(), kv.data_ptr(), offset.data_ptr(), out.data_ptr(), frames, clip,
             channels, height, width, kernel_h, kernel_w, padding, heads, groups, stream, error, _ERROR_BUFFER_SIZE)
-    if status < 0:
-        raise ValueError(f"GDA CUDA kernel: {error.value.decode()}")
-    if status > 0:
-        raise RuntimeError(f"GDA CUDA kernel launch failed: {error.value.decode()}")
+    if status != 0:
+        raise launch_error(status, error.value.decode())
     return out
+
+
+def launch_error(status: int, message: str) -> Exception:
+    """The exception for a non-zero status of the entry point: ValueError for arguments,
+    PluginBuildError where the library cannot run on this machine (its CUDA runtime needs a
+    newer driver, or it holds no code for this GPU), so that callers fall back, else RuntimeError."""
+    if status < 0:
+        return ValueError(f"GDA CUDA kernel: {message}")
+    if message.split(":")[0] in _UNUSABLE_HERE:
+        return PluginBuildError(f"The GDA CUDA kernel cannot run on this machine ({message}): build it with a CUDA "
+                                f"toolkit the driver supports (nvidia-smi shows its CUDA version; set CUDACXX to that "
+                                f"toolkit's nvcc) for this GPU's architecture.")
+    return RuntimeError(f"GDA CUDA kernel launch failed: {message}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,9 +84,13 @@ def test_entry_point_reports_errors_as_codes_and_text(built_library):
     assert forward(0, None, 1, 1, 1, *shape, 4, 2, None, error, 256) == -1
     assert b"null pointer" in error.value
     if not HAS_GPU:
-        # Valid arguments on a machine without a GPU: the launch fails, reported, nothing thrown.
+        # Valid arguments on a machine without a GPU driver: the launch fails, reported, nothing
+        # thrown; Python hears that the library cannot run here, so the op falls back.
         status = forward(0, 1, 1, 1, 1, *shape, 4, 2, None, error, 256)
         assert status > 0 and error.value.startswith(b"cudaError")
+        assert isinstance(gda_cuda.launch_error(status, error.value.decode()), PluginBuildError)
+    assert isinstance(gda_cuda.launch_error(-1, "heads must be positive"), ValueError)
+    assert isinstance(gda_cuda.launch_error(700, "cudaErrorIllegalAddress: an illegal memory access"), RuntimeError)
 
 
 @needs_toolkit
@@ -266,6 +270,7 @@ def test_op_on_cuda_runs_the_kernel_on_the_current_stream(dtype, monkeypatch):
     q, kv, offset = gda_inputs(2, 2, 48, 9, 13, 12, (3, 3), dtype, device="cuda")
     args = (q, kv, offset, 3, 3, 1, 2, 12, 2)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # a fallback to the reference would warn
         with torch.cuda.stream(stream):
