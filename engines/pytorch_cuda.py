@@ -10,14 +10,14 @@ except those of its float32 islands, and forward pre-hooks cast tensors where th
 - The code between modules (stage bodies: flow composition, flow warping and its sampling
   grids, offset arithmetic, residual sums) computes in float32: every float16 module that it
   calls takes float16 inputs and hands back float32. GDA therefore runs float32 here, on the
-  fused CUDA kernel (``torch.ops.rvrt.guided_deform_attn``); its float16 kernel serves float16
-  callers of the op.
+  fused CUDA kernel (``torch.ops.rvrt.guided_deform_attn``): the op takes one dtype for all
+  its inputs and its offsets belong to the flow path. (The float16 graphs differ: they round
+  the offsets to float16 at the GDA node.) Its float16 kernel serves float16 callers of the op.
 - The reconstruction head (reconstruction, upsampler, last conv) stays float16 from its input
   to the last convolution: its high-resolution activations are the largest tensors of a run.
 
 Tiles are batched by the runner (``Tiling.batch``, ``--batch``): a stage takes any batch.
-CUDA graphs are not used: whether they win here (few, large kernels per stage) has not been
-measured on a GPU.
+CUDA graphs are not used: whether they win here has not been measured on a GPU.
 """
 
 from __future__ import annotations
