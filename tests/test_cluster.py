@@ -1,0 +1,148 @@
+"""rvrt-run's windows on a real local Ray cluster: same frames as one process, workers killed, windows
+that fail, rvrt-batch over a folder, Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from click.testing import CliRunner
+
+from rvrt_cluster import RayWindows, WindowFailed
+from rvrt_cluster.cli import main as batch_cli
+from rvrt_engines.backends import load_backend
+from rvrt_engines.restore import restore_video
+from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
+from rvrt_engines.video import open_frames
+
+# Windows of 6 frames overlapping by 2 over 14 frames: spans 0-5, 4-9, 8-13. Frames of 64x48 in
+# 48 px tiles overlapping by 16: 2 tiles, one backend call per window at the export's batch of 2.
+OPTIONS = dict(window=6, window_overlap=2, tile_overlap=16)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real local Ray cluster for this module; the test loaders below travel to workers by value."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """14 LR frames 64x48 of a pan-and-zoom clip (bicubic x4 down of 256x192)."""
+    return degrade(moving_photo_frames(14, 192, 256, image="coffee", seed=5), "sr")
+
+
+@pytest.fixture(scope="module")
+def video(frames, tmp_path_factory):
+    """The clip as a folder of PNGs: lossless, so test frames (black, marked) reach the model as made."""
+    path = tmp_path_factory.mktemp("clip") / "frames"
+    write_video(path, frames)
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_process(video, tiny_export, tmp_path_factory):
+    """The reference: the same export restored in this process with one ONNX Runtime thread."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    restore_video(load_backend(tiny_export("sr")[2], threads=1), video, out, **OPTIONS)
+    return read_all(out)
+
+
+def read_all(path):
+    return np.stack(list(open_frames(path)))
+
+
+def loader_killed_mid_window(pid_file, **load_args):
+    """A real backend whose process, at the first backend call over all workers (inside a window),
+    writes its pid for the test to kill and computes on after a pause: killed mid-window, once."""
+    backend = load_backend(**load_args)
+    restore = backend.restore
+
+    def restore_reporting(lq):
+        try:
+            with open(pid_file + ".claimed", "x"):
+                pass
+        except FileExistsError:
+            return restore(lq)
+        with open(pid_file + ".tmp", "w") as file:
+            file.write(str(os.getpid()))
+        os.replace(pid_file + ".tmp", pid_file)
+        time.sleep(10)
+        return restore(lq)
+
+    backend.restore = restore_reporting
+    return backend
+
+
+def loader_refusing_black_frames(**load_args):
+    """A real backend that raises on tiles holding an all-black frame, as a backend fails on bad input."""
+    backend = load_backend(**load_args)
+    restore = backend.restore
+
+    def restore_checked(lq):
+        if (lq.flatten(2).amax(2) == 0).any():
+            raise RuntimeError("black frame in this tile")
+        return restore(lq)
+
+    backend.restore = restore_checked
+    return backend
+
+
+def test_cluster_gives_the_frames_of_one_process(cluster, video, tiny_export, single_process, tmp_path):
+    with RayWindows({"model": tiny_export("sr")[2]}, workers=2, threads=1) as pool:
+        summary = restore_video(pool.backend, video, tmp_path / "out", windows=pool, **OPTIONS)
+        stats = pool.stats
+    assert summary.frames == 14 and summary.backend == "onnxruntime"
+    assert np.array_equal(read_all(tmp_path / "out"), single_process)
+    assert sum(s.windows for s in stats) == 3 and all(s.windows for s in stats)
+    assert sum(s.frames for s in stats) == 18
+
+
+def test_worker_killed_mid_window_costs_a_retry_not_the_run(cluster, video, tiny_export, single_process,
+                                                             tmp_path):
+    pid_file = str(tmp_path / "pid")
+    killed = []
+
+    def kill_when_reported():
+        while not os.path.exists(pid_file):
+            time.sleep(0.05)
+        killed.append(int(Path(pid_file).read_text()))
+        os.kill(killed[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_reported, daemon=True)
+    killer.start()
+    load_args = {"model": tiny_export("sr")[2], "pid_file": pid_file}
+    with RayWindows(load_args, workers=2, threads=1, loader=loader_killed_mid_window) as pool:
+        restore_video(pool.backend, video, tmp_path / "out", windows=pool, **OPTIONS)
+        stats, retries = pool.stats, pool.retries
+    killer.join(1)
+    assert killed and retries == 1
+    assert sum(s.failures for s in stats) == 1 and sum(s.windows for s in stats) == 3
+    assert np.array_equal(read_all(tmp_path / "out"), single_process)
+
+
+def test_window_failing_on_every_worker_stops_the_run_naming_it(cluster, frames, video, tiny_export, single_process,
+                                                                 tmp_path):
+    poisoned = frames.copy()
+    poisoned[2] = 0
+    write_video(tmp_path / "in", poisoned)
+    out = tmp_path / "out" / "restored.mp4"
+    with RayWindows({"model": tiny_export("sr")[2]}, workers=2, threads=1, loader=loader_refusing_black_frames) as pool:
+        with pytest.raises(WindowFailed) as failure:
+            restore_video(pool.backend, tmp_path / "in", out, windows=pool, **OPTIONS)
+        message = str(failure.value)
+        assert message.startswith("window 0 (input frames 0-5) failed 3 times; last error on worker ")
+        assert message.endswith("RuntimeError: black frame in this tile")
+        # The pool outlives a failed video: the next one is restored by the same workers.
+        restore_video(pool.backend, video, tmp_path / "fine", windows=pool, **OPTIONS)
+    assert list((tmp_path / "out").iterdir()) == []
+    assert np.array_equal(read_all(tmp_path / "fine"), single_process)
