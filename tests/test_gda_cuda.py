@@ -51,16 +51,20 @@ def gda_inputs(batch, clip, channels, height, width, groups, kernel, dtype=torch
 
 @pytest.fixture(scope="module")
 def built_library(tmp_path_factory):
+    """(library, cache, sources): built from a copy of plugins/gda/, so that the cache keys the
+    tests compare hold still while the checkout changes."""
     cache = tmp_path_factory.mktemp("gda-cuda-cache")
+    sources = tmp_path_factory.mktemp("gda-sources") / "gda"
+    shutil.copytree(GDA_SOURCE_DIR, sources, ignore=shutil.ignore_patterns("build*"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RVRT_PLUGINS_CACHE", str(cache))
         patch.delenv("RVRT_GDA_CUDA_LIBRARY", raising=False)
-        yield gda_cuda.kernel_library("80;90"), cache
+        yield gda_cuda.kernel_library("80;90", sources), cache, sources
 
 
 @needs_toolkit
 def test_library_builds_for_sm80_and_sm90_without_tensorrt(built_library):
-    library, cache = built_library
+    library, cache, sources = built_library
     assert library.parent == cache and library.stat().st_size > 0
     nm = shutil.which("nm")
     if nm:
@@ -68,7 +72,7 @@ def test_library_builds_for_sm80_and_sm90_without_tensorrt(built_library):
         assert [line.split()[-1] for line in exported.splitlines()] == ["rvrt_gda_cuda_forward"]
     # A second request finds the cached file: same path, not rebuilt.
     modified = library.stat().st_mtime_ns
-    assert gda_cuda.kernel_library("80;90") == library and library.stat().st_mtime_ns == modified
+    assert gda_cuda.kernel_library("80;90", sources) == library and library.stat().st_mtime_ns == modified
     assert [path.name for path in cache.iterdir()] == [library.name]
 
 
@@ -95,19 +99,20 @@ def test_entry_point_reports_errors_as_codes_and_text(built_library):
 
 @needs_toolkit
 def test_cache_key_follows_sources_and_architectures(tmp_path, monkeypatch, built_library):
-    monkeypatch.setenv("RVRT_PLUGINS_CACHE", str(built_library[1]))
+    library, cache, built_from = built_library
+    monkeypatch.setenv("RVRT_PLUGINS_CACHE", str(cache))
     sources = tmp_path / "gda"
-    shutil.copytree(GDA_SOURCE_DIR, sources, ignore=shutil.ignore_patterns("build*"))
-    assert gda_cuda.library_path("80;90", sources) == built_library[0]
-    assert gda_cuda.library_path("80", sources) != built_library[0]
+    shutil.copytree(built_from, sources)
+    assert gda_cuda.library_path("80;90", sources) == library
+    assert gda_cuda.library_path("80", sources) != library
 
     # An edited kernel source is a new library, built again.
     kernel = sources / "gda_kernel.cu"
     kernel.write_text(kernel.read_text() + "\n// edited\n")
     edited = gda_cuda.library_path("80", sources)
-    assert edited not in (gda_cuda.library_path("80", GDA_SOURCE_DIR), built_library[0])
+    assert edited not in (gda_cuda.library_path("80", built_from), library)
     assert gda_cuda.kernel_library("80", sources) == edited and edited.exists()
-    assert gda_cuda.kernel_library("80;90") == built_library[0]
+    assert gda_cuda.kernel_library("80;90", built_from) == library
 
 
 def run_build_command(env_changes, *args):
