@@ -14,6 +14,7 @@ from rvrt_export.manifest import ArtifactError, read_manifest
 from rvrt_export.reference import config_from_manifest
 
 from .cache import ArtefactCache, ModelSource, cached_artefacts
+from .pytorch_cuda import cuda_stages, require_cuda
 
 RANDOM_SEED = 0
 """Random weights everywhere in rvrt-run: one seed, so eager and cached exports compute alike."""
@@ -130,16 +131,17 @@ def weights_of(model: str | os.PathLike, path: Path, *, task: str | None, checkp
 
 def eager_backend(spec: Task, checkpoint: Path | None, *, device: str, fp16: bool) -> Backend:
     """Eager PyTorch: the official network from ``checkpoint``, or random weights (seed 0, the
-    seed cached exports of random weights record, so every runtime restores alike)."""
+    seed cached exports of random weights record, so every runtime restores alike). fp16: the
+    CUDA float16 runtime (:mod:`.pytorch_cuda`), float32 islands as in the float16 graphs."""
     if fp16:
-        # float16 eager PyTorch (CUDA only) is served here.
-        raise ValueError("--fp16 with --runtime pytorch needs --device cuda: float16 eager PyTorch runs on CUDA "
-                         "GPUs only" if device == "cpu" else
-                         "float16 eager PyTorch is not available in this version: drop --fp16, or use --runtime "
-                         "onnxruntime or tensorrt with --fp16")
+        if torch.device(device).type == "cpu":
+            raise ValueError("--fp16 with --runtime pytorch needs --device cuda: float16 eager PyTorch runs on CUDA "
+                             "GPUs only (on a CPU, --runtime onnxruntime --fp16 shows float16 accuracy)")
+        require_cuda(device)
     net = build_model(spec.id, checkpoint, random_weights=checkpoint is None,
-                      seed=RANDOM_SEED if checkpoint is None else None).to(device)
-    return Backend("pytorch", spec, net.config, EagerStages(net), device=device, random_weights=checkpoint is None)
+                      seed=RANDOM_SEED if checkpoint is None else None)
+    stages = cuda_stages(net, "float16", device) if fp16 else EagerStages(net.to(device))
+    return Backend("pytorch", spec, net.config, stages, device=device, random_weights=checkpoint is None)
 
 
 def directory_backend(path: Path, *, task: str | None, runtime: str | None, fp16: bool, device: str,

@@ -220,6 +220,9 @@ def test_runtime_choices_with_a_task_or_directory(cached, tmp_path):
     assert all(torch.equal(value, reference[name]) for name, value in eager.stages.model.state_dict().items())
     with pytest.raises(ValueError, match="--fp16 with --runtime pytorch needs --device cuda"):
         load_backend("sr", random_weights=True, runtime="pytorch", fp16=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            load_backend("sr", random_weights=True, runtime="pytorch", fp16=True, device="cuda")
     with pytest.raises(ArtifactError, match="run with --runtime onnxruntime, not tensorrt"):
         load_backend(entry, runtime="tensorrt")
     with pytest.raises(ValueError, match="unknown runtime 'onnx': expected --runtime onnxruntime, tensorrt, pytorch"):
