@@ -7,6 +7,12 @@
 //   to channel-last, so each bilinear corner of a group is one contiguous run of channels and the
 //   channel loops vectorise; each tap is computed once per (pixel, point, group) for all the
 //   group's channels; rows of (frame, y) are spread over threads.
+#if defined(__GNUC__) && !defined(__clang__)
+// Vectors pass between inline functions of this translation unit only: built without AVX, GCC
+// would warn about an ABI that no caller outside sees.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 #include "gda_math.h"
 
 #include <stdio.h>
@@ -24,7 +30,6 @@
 namespace
 {
 
-using rvrt::gda::BilinearTap;
 using rvrt::gda::GdaShape;
 
 bool reportProblem(char const* problem, char* error, int32_t errorSize)
@@ -116,7 +121,7 @@ std::vector<ChannelRun> channelRuns(GdaShape const& s, int32_t side)
     return runs;
 }
 
-// The length all runs share when it is a whole number of Vec8 (RVRT: the head dimension, 24 or
+// The length all runs share when it is a whole number of Float8 (RVRT: the head dimension, 24 or
 // 32, each group holding whole heads), else 0.
 int32_t commonVectorLength(std::vector<ChannelRun> const& keyRuns, std::vector<ChannelRun> const& valueRuns)
 {
@@ -128,18 +133,28 @@ int32_t commonVectorLength(std::vector<ChannelRun> const& keyRuns, std::vector<C
     return length % 8 == 0 ? length : 0;
 }
 
-// Eight floats in whatever vector registers the target has (AVX, SSE pairs, NEON pairs, or
-// scalars): GCC/Clang vector extensions keep the kernel portable without intrinsics.
-typedef float Vec8 __attribute__((vector_size(32)));
+using rvrt::gda::BilinearTap8;
+using rvrt::gda::Float8;
 
-inline Vec8 load8(float const* source)
+Float8 load8(float const* source)
 {
-    Vec8 v;
+    Float8 v;
     memcpy(&v, source, sizeof v);
     return v;
 }
 
-inline void store8(float* target, Vec8 v)
+// The first `lanes` of eight floats, the others 0: rows whose width is not a multiple of 8 end
+// without reading past them.
+Float8 loadLanes(float const* source, int32_t lanes)
+{
+    if (lanes == 8)
+        return load8(source);
+    Float8 v = {};
+    memcpy(&v, source, sizeof(float) * lanes);
+    return v;
+}
+
+void store8(float* target, Float8 v)
 {
     memcpy(target, &v, sizeof v);
 }
@@ -172,44 +187,60 @@ void toChannelMajor(float const* source, int32_t channels, int32_t width, float*
     }
 }
 
-bool tapIsEmpty(BilinearTap const& tap)
-{
-    return tap.weight[0] == 0.f && tap.weight[1] == 0.f && tap.weight[2] == 0.f && tap.weight[3] == 0.f;
-}
-
-// The four corners of a tap as rows of the channel-last frame, at channel `start`.
-struct Corners
+// A non-empty tap of sampled point n * K + k: its four corners as pixels (rows of 2C channels)
+// of the channel-last kv frame, and their weights.
+struct PointTap
 {
     float const* row[4];
     float weight[4];
-
-    Corners(float const* frame, int32_t kvChannels, BilinearTap const& tap, int32_t start, float scale)
-    {
-        for (int32_t i = 0; i < 4; ++i)
-        {
-            row[i] = frame + static_cast<int64_t>(tap.pixel[i]) * kvChannels + start;
-            weight[i] = scale * tap.weight[i];
-        }
-    }
+    int32_t point;
 
     float sample(int32_t c) const
     {
         return weight[0] * row[0][c] + weight[1] * row[1][c] + weight[2] * row[2][c] + weight[3] * row[3][c];
     }
 
-    Vec8 sample8(int32_t c) const
+    Float8 sample8(int32_t c) const
     {
         return weight[0] * load8(row[0] + c) + weight[1] * load8(row[1] + c) + weight[2] * load8(row[2] + c)
             + weight[3] * load8(row[3] + c);
     }
 };
 
-// One output row (query frame b, row y) at a time; the row's queries and outputs live
-// pixel-major in per-thread scratch so the channel loops walk contiguous memory.
-class RowKernel
+// The runs of one group, keyRuns[first..end) or valueRuns[first..end): they share one tap.
+struct GroupSpan
+{
+    int32_t group;
+    size_t first;
+    size_t end;
+};
+
+std::vector<GroupSpan> groupSpans(std::vector<ChannelRun> const& runs)
+{
+    std::vector<GroupSpan> spans;
+    for (size_t r = 0; r < runs.size(); ++r)
+    {
+        if (r == 0 || runs[r].group != runs[r - 1].group)
+            spans.push_back(GroupSpan{runs[r].group, r, r});
+        spans.back().end = r + 1;
+    }
+    return spans;
+}
+
+// Rows per work item. Work goes group by group over a block of rows, so the kv rows one group's
+// samples reach (the block plus the offsets' reach) stay in the core's cache across the block
+// instead of all groups' channels competing for it pixel by pixel.
+constexpr int32_t kBlockRows = 8;
+// Pixels whose taps are computed together (bilinearTap8): eight consecutive x of one row.
+constexpr int32_t kLanes = 8;
+
+// One block of output rows (query frame b, rows y0..y0+rows-1) at a time. Its queries and
+// outputs live pixel-major in per-thread scratch so the channel loops walk contiguous memory;
+// scores live (head, pixel, point) so each softmax reads one contiguous row.
+class BlockKernel
 {
 public:
-    RowKernel(GdaShape const& s, float const* q, float const* kvChannelLast, float const* offset, float* out,
+    BlockKernel(GdaShape const& s, float const* q, float const* kvChannelLast, float const* offset, float* out,
         std::vector<ChannelRun> const& keyRuns, std::vector<ChannelRun> const& valueRuns)
         : s_(s)
         , q_(q)
@@ -218,135 +249,194 @@ public:
         , out_(out)
         , keyRuns_(keyRuns)
         , valueRuns_(valueRuns)
-        , queryRow_(static_cast<size_t>(s.width) * s.channels)
-        , outRow_(static_cast<size_t>(s.width) * s.channels)
-        , weights_(static_cast<size_t>(s.clip) * s.points() * s.heads)
+        , keySpans_(groupSpans(keyRuns))
+        , valueSpans_(groupSpans(valueRuns))
+        , blockPixels_(static_cast<size_t>(std::min(kBlockRows, s.height)) * s.width)
+        , query_(blockPixels_ * s.channels)
+        , accumulated_(blockPixels_ * s.channels)
+        , scores_(blockPixels_ * s.heads * s.clip * s.points())
+        , taps_(static_cast<size_t>(kLanes) * s.clip * s.points())
         , vectorLength_(commonVectorLength(keyRuns, valueRuns))
     {
     }
 
+    static int32_t blocksPerFrame(GdaShape const& s)
+    {
+        return (s.height + kBlockRows - 1) / kBlockRows;
+    }
+
     void operator()(int32_t item)
     {
-        int32_t const b = item / s_.height;
-        int32_t const y = item % s_.height;
+        int32_t const b = item / blocksPerFrame(s_);
+        int32_t const y0 = item % blocksPerFrame(s_) * kBlockRows;
+        int32_t const rows = std::min(kBlockRows, s_.height - y0);
         int64_t const plane = s_.plane();
-        int64_t const rowStart = static_cast<int64_t>(y) * s_.width;
+        int64_t const blockStart = static_cast<int64_t>(y0) * s_.width;
         float const scale = 1.f / sqrtf(static_cast<float>(s_.headDim()));
-        float const* qFrame = q_ + static_cast<int64_t>(b) * s_.channels * plane + rowStart;
-        toPixelMajor(qFrame, plane, s_.channels, s_.width, scale, queryRow_.data());
-        for (int32_t x = 0; x < s_.width; ++x)
+        toPixelMajor(q_ + static_cast<int64_t>(b) * s_.channels * plane + blockStart, plane, s_.channels,
+            rows * s_.width, scale, query_.data());
+        switch (vectorLength_)
         {
-            switch (vectorLength_)
-            {
-            case 8: pixel<1>(b, y, x); break;
-            case 16: pixel<2>(b, y, x); break;
-            case 24: pixel<3>(b, y, x); break;
-            case 32: pixel<4>(b, y, x); break;
-            case 64: pixel<8>(b, y, x); break;
-            default: pixel<0>(b, y, x); break;
-            }
+        case 8: block<1>(b, y0, rows); break;
+        case 16: block<2>(b, y0, rows); break;
+        case 24: block<3>(b, y0, rows); break;
+        case 32: block<4>(b, y0, rows); break;
+        case 64: block<8>(b, y0, rows); break;
+        default: block<0>(b, y0, rows); break;
         }
-        float* outFrame = out_ + static_cast<int64_t>(b) * s_.channels * plane + rowStart;
-        toChannelMajor(outRow_.data(), s_.channels, s_.width, outFrame, plane);
+        toChannelMajor(accumulated_.data(), s_.channels, rows * s_.width,
+            out_ + static_cast<int64_t>(b) * s_.channels * plane + blockStart, plane);
     }
 
 private:
-    BilinearTap tap(float const* offsets, int32_t n, int32_t group, int32_t k, int32_t y, int32_t x) const
-    {
-        int32_t const points = s_.points();
-        int64_t const plane = s_.plane();
-        float const dy = offsets[rvrt::gda::offsetChannel(n, group, k, 0, s_.groups, points) * plane];
-        float const dx = offsets[rvrt::gda::offsetChannel(n, group, k, 1, s_.groups, points) * plane];
-        float const baseY = static_cast<float>(y - s_.padding + k / s_.kernelW);
-        float const baseX = static_cast<float>(x - s_.padding + k % s_.kernelW);
-        return rvrt::gda::bilinearTap(baseY + dy, baseX + dx, s_.height, s_.width);
-    }
-
     float const* kvFrame(int32_t b, int32_t n) const
     {
         return kv_ + static_cast<int64_t>(rvrt::gda::kvFrameIndex(b, n, s_.clip)) * s_.plane() * 2 * s_.channels;
     }
 
-    // Pass 1 scores every (point, head), the softmax turns scores into weights, pass 2 sums the
-    // weighted values straight into the output row. kChunks > 0: every run is kChunks Vec8 long;
-    // 0: runs of any length, scalar loops.
-    template <int32_t kChunks>
-    void pixel(int32_t b, int32_t y, int32_t x)
+    // The non-empty taps of one group for pixels (y, x0 + l), l < lanes: lane l's go to
+    // taps_[l * clip * K ...], their number to tapCounts_[l].
+    void gatherTaps(int32_t b, int32_t y, int32_t x0, int32_t lanes, int32_t group)
     {
-        int32_t const kvChannels = 2 * s_.channels;
         int32_t const points = s_.points();
-        int64_t const pixelIndex = static_cast<int64_t>(y) * s_.width + x;
-        float const* query = queryRow_.data() + static_cast<size_t>(x) * s_.channels;
-        float const* offsets = offset_ + static_cast<int64_t>(b) * s_.offsetChannels() * s_.plane() + pixelIndex;
-        float* scores = weights_.data();
-        std::fill(weights_.begin(), weights_.end(), 0.f);
+        int32_t const sampled = s_.clip * points;
+        int64_t const plane = s_.plane();
+        float const* offsets = offset_ + static_cast<int64_t>(b) * s_.offsetChannels() * plane
+            + static_cast<int64_t>(y) * s_.width + x0;
+        Float8 const laneIndex = {0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f};
+        std::fill(tapCounts_, tapCounts_ + kLanes, 0);
         for (int32_t n = 0; n < s_.clip; ++n)
         {
             float const* frame = kvFrame(b, n);
-            for (int32_t k = 0; k < points; ++k)
+            for (int32_t i = 0, k = 0; i < s_.kernelH; ++i)
             {
-                float* pointScores = scores + (n * points + k) * s_.heads;
-                BilinearTap t{};
-                for (size_t r = 0; r < keyRuns_.size(); ++r)
+                for (int32_t j = 0; j < s_.kernelW; ++j, ++k)
                 {
-                    ChannelRun const& run = keyRuns_[r];
-                    if (r == 0 || run.group != keyRuns_[r - 1].group)
-                        t = tap(offsets, n, run.group, k, y, x);
-                    if (tapIsEmpty(t))
-                        continue;
-                    Corners const corners(frame, kvChannels, t, run.start, 1.f);
-                    float const* queryRun = query + run.start;
-                    float dot = 0.f;
-                    if (kChunks > 0)
+                    Float8 const dy = loadLanes(
+                        offsets + rvrt::gda::offsetChannel(n, group, k, 0, s_.groups, points) * plane, lanes);
+                    Float8 const dx = loadLanes(
+                        offsets + rvrt::gda::offsetChannel(n, group, k, 1, s_.groups, points) * plane, lanes);
+                    BilinearTap8 const tap = rvrt::gda::bilinearTap8(static_cast<float>(y - s_.padding + i) + dy,
+                        (static_cast<float>(x0 - s_.padding + j) + laneIndex) + dx, s_.height, s_.width);
+                    for (int32_t l = 0; l < lanes; ++l)
                     {
-                        Vec8 partial = load8(queryRun) * corners.sample8(0);
-                        for (int32_t j = 1; j < kChunks; ++j)
-                            partial += load8(queryRun + 8 * j) * corners.sample8(8 * j);
-                        dot = ((partial[0] + partial[4]) + (partial[1] + partial[5]))
-                            + ((partial[2] + partial[6]) + (partial[3] + partial[7]));
+                        if (!tap.inside[l])
+                            continue;
+                        PointTap& target = taps_[static_cast<size_t>(l) * sampled + tapCounts_[l]++];
+                        for (int32_t c = 0; c < 4; ++c)
+                        {
+                            target.row[c] = frame + static_cast<int64_t>(tap.pixel[c][l]) * 2 * s_.channels;
+                            target.weight[c] = tap.weight[c][l];
+                        }
+                        target.point = n * points + k;
                     }
-                    else
-                    {
-                        for (int32_t c = 0; c < run.length; ++c)
-                            dot += queryRun[c] * corners.sample(c);
-                    }
-                    pointScores[run.head] += dot;
                 }
             }
         }
-        for (int32_t head = 0; head < s_.heads; ++head)
-            rvrt::gda::softmaxInPlace(scores + head, s_.clip * points, s_.heads);
+    }
 
-        float* accumulated = outRow_.data() + static_cast<size_t>(x) * s_.channels;
-        std::fill(accumulated, accumulated + s_.channels, 0.f);
-        for (int32_t n = 0; n < s_.clip; ++n)
+    // Calls visit(block pixel p, its taps, their number) for every pixel of the block, taps of
+    // `group`, eight pixels' taps computed at a time.
+    template <typename Visit>
+    void forEachPixel(int32_t b, int32_t y0, int32_t rows, int32_t group, Visit const& visit)
+    {
+        size_t const sampled = static_cast<size_t>(s_.clip) * s_.points();
+        for (int32_t row = 0; row < rows; ++row)
         {
-            float const* frame = kvFrame(b, n);
-            for (int32_t k = 0; k < points; ++k)
+            for (int32_t x0 = 0; x0 < s_.width; x0 += kLanes)
             {
-                float const* pointWeights = scores + (n * points + k) * s_.heads;
-                BilinearTap t{};
-                for (size_t r = 0; r < valueRuns_.size(); ++r)
+                int32_t const lanes = std::min(kLanes, s_.width - x0);
+                gatherTaps(b, y0 + row, x0, lanes, group);
+                for (int32_t l = 0; l < lanes; ++l)
+                    visit(row * s_.width + x0 + l, taps_.data() + l * sampled, tapCounts_[l]);
+            }
+        }
+    }
+
+    // Pass 1 scores every (head, pixel, point), the softmax turns scores into weights, pass 2
+    // sums the weighted values into the block's outputs. Within a group, taps are computed once
+    // and then each run (one head's channels) goes over them with its query or sums in registers.
+    // kChunks > 0: every run is kChunks Float8 long; 0: runs of any length, scalar loops.
+    template <int32_t kChunks>
+    void block(int32_t b, int32_t y0, int32_t rows)
+    {
+        int32_t const pixels = rows * s_.width;
+        int32_t const sampled = s_.clip * s_.points();
+        float* scores = scores_.data();
+        std::fill(scores_.begin(), scores_.begin() + static_cast<size_t>(pixels) * s_.heads * sampled, 0.f);
+        for (GroupSpan const& span : keySpans_)
+        {
+            forEachPixel(b, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
+                float const* query = query_.data() + static_cast<size_t>(p) * s_.channels;
+                for (size_t r = span.first; r < span.end; ++r)
                 {
-                    ChannelRun const& run = valueRuns_[r];
-                    if (r == 0 || run.group != valueRuns_[r - 1].group)
-                        t = tap(offsets, n, run.group, k, y, x);
-                    if (tapIsEmpty(t))
-                        continue;
-                    Corners const corners(frame, kvChannels, t, run.start, pointWeights[run.head]);
-                    float* accumulatedRun = accumulated + (run.start - s_.channels);
+                    ChannelRun const& run = keyRuns_[r];
+                    float const* queryRun = query + run.start;
+                    float* runScores = scores + (static_cast<size_t>(run.head) * pixels + p) * sampled;
                     if (kChunks > 0)
                     {
+                        Float8 queryChunks[kChunks > 0 ? kChunks : 1];
                         for (int32_t j = 0; j < kChunks; ++j)
-                            store8(accumulatedRun + 8 * j, load8(accumulatedRun + 8 * j) + corners.sample8(8 * j));
+                            queryChunks[j] = load8(queryRun + 8 * j);
+                        for (int32_t t = 0; t < count; ++t)
+                        {
+                            Float8 partial = queryChunks[0] * taps[t].sample8(run.start);
+                            for (int32_t j = 1; j < kChunks; ++j)
+                                partial += queryChunks[j] * taps[t].sample8(run.start + 8 * j);
+                            runScores[taps[t].point] += ((partial[0] + partial[4]) + (partial[1] + partial[5]))
+                                + ((partial[2] + partial[6]) + (partial[3] + partial[7]));
+                        }
                     }
                     else
                     {
-                        for (int32_t c = 0; c < run.length; ++c)
-                            accumulatedRun[c] += corners.sample(c);
+                        for (int32_t t = 0; t < count; ++t)
+                        {
+                            float dot = 0.f;
+                            for (int32_t c = 0; c < run.length; ++c)
+                                dot += queryRun[c] * taps[t].sample(run.start + c);
+                            runScores[taps[t].point] += dot;
+                        }
                     }
                 }
-            }
+            });
+        }
+        for (int32_t row = 0; row < s_.heads * pixels; ++row)
+            rvrt::gda::softmaxInPlace(scores + static_cast<size_t>(row) * sampled, sampled, 1);
+
+        // Every output channel belongs to exactly one run, which writes it once.
+        for (GroupSpan const& span : valueSpans_)
+        {
+            forEachPixel(b, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
+                float* accumulated = accumulated_.data() + static_cast<size_t>(p) * s_.channels - s_.channels;
+                for (size_t r = span.first; r < span.end; ++r)
+                {
+                    ChannelRun const& run = valueRuns_[r];
+                    float const* weights = scores + (static_cast<size_t>(run.head) * pixels + p) * sampled;
+                    float* accumulatedRun = accumulated + run.start;
+                    if (kChunks > 0)
+                    {
+                        Float8 sums[kChunks > 0 ? kChunks : 1] = {};
+                        for (int32_t t = 0; t < count; ++t)
+                        {
+                            float const weight = weights[taps[t].point];
+                            for (int32_t j = 0; j < kChunks; ++j)
+                                sums[j] += weight * taps[t].sample8(run.start + 8 * j);
+                        }
+                        for (int32_t j = 0; j < kChunks; ++j)
+                            store8(accumulatedRun + 8 * j, sums[j]);
+                    }
+                    else
+                    {
+                        std::fill(accumulatedRun, accumulatedRun + run.length, 0.f);
+                        for (int32_t t = 0; t < count; ++t)
+                        {
+                            float const weight = weights[taps[t].point];
+                            for (int32_t c = 0; c < run.length; ++c)
+                                accumulatedRun[c] += weight * taps[t].sample(run.start + c);
+                        }
+                    }
+                }
+            });
         }
     }
 
@@ -357,9 +447,14 @@ private:
     float* out_;
     std::vector<ChannelRun> const& keyRuns_;
     std::vector<ChannelRun> const& valueRuns_;
-    std::vector<float> queryRow_;
-    std::vector<float> outRow_;
-    std::vector<float> weights_;
+    std::vector<GroupSpan> keySpans_;
+    std::vector<GroupSpan> valueSpans_;
+    size_t blockPixels_;
+    std::vector<float> query_;
+    std::vector<float> accumulated_;
+    std::vector<float> scores_;
+    std::vector<PointTap> taps_;
+    int32_t tapCounts_[kLanes];
     int32_t vectorLength_;
 };
 
@@ -381,8 +476,8 @@ void forward(GdaShape const& s, float const* q, float const* kv, float const* of
     });
     std::vector<ChannelRun> const keyRuns = channelRuns(s, 0);
     std::vector<ChannelRun> const valueRuns = channelRuns(s, 1);
-    parallelFor(s.frames * s.height, threads,
-        [&]() { return RowKernel(s, q, kvLast, offset, out, keyRuns, valueRuns); });
+    parallelFor(s.frames * BlockKernel::blocksPerFrame(s), threads,
+        [&]() { return BlockKernel(s, q, kvLast, offset, out, keyRuns, valueRuns); });
 }
 
 } // namespace

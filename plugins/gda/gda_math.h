@@ -144,9 +144,10 @@ RVRT_GDA_HD void storeFromFloat(__half* dst, float v)
 }
 #endif
 
-// The four corners of a bilinear sample. A corner outside the image gets weight 0 and pixel 0,
-// so sampling reads valid memory unconditionally instead of branching per corner. Pixel indices
-// are 32-bit (validateShape bounds H * W) to halve the registers the kernel spends on them.
+// The four corners of a bilinear sample. A corner outside the image gets weight 0 and the
+// nearest pixel inside, so sampling reads valid memory unconditionally instead of branching per
+// corner. Pixel indices are 32-bit (validateShape bounds H * W) to halve the registers the kernel
+// spends on them.
 struct BilinearTap
 {
     int32_t pixel[4];
@@ -156,37 +157,97 @@ struct BilinearTap
 RVRT_GDA_HD BilinearTap bilinearTap(float y, float x, int32_t height, int32_t width)
 {
     BilinearTap tap;
-    for (int32_t i = 0; i < 4; ++i)
-    {
-        tap.pixel[i] = 0;
-        tap.weight[i] = 0.f;
-    }
     // Also rejects NaN, and keeps floor() of huge offsets from overflowing the int conversion.
     if (!(y > -1.f && y < static_cast<float>(height) && x > -1.f && x < static_cast<float>(width)))
+    {
+        for (int32_t i = 0; i < 4; ++i)
+        {
+            tap.pixel[i] = 0;
+            tap.weight[i] = 0.f;
+        }
         return tap;
+    }
     float const fy = floorf(y);
     float const fx = floorf(x);
     int32_t const y0 = static_cast<int32_t>(fy);
     int32_t const x0 = static_cast<int32_t>(fx);
     float const ly = y - fy;
     float const lx = x - fx;
-    float const wy[2] = {1.f - ly, ly};
-    float const wx[2] = {1.f - lx, lx};
+    // Here y0 is in [-1, H - 1]: row y0 is missing only when y0 = -1, row y0 + 1 only when
+    // y0 = H - 1; likewise for columns. Four comparisons decide all four corners.
+    float const wy[2] = {y0 >= 0 ? 1.f - ly : 0.f, y0 + 1 < height ? ly : 0.f};
+    float const wx[2] = {x0 >= 0 ? 1.f - lx : 0.f, x0 + 1 < width ? lx : 0.f};
+    int32_t const rows[2] = {(y0 >= 0 ? y0 : 0) * width, (y0 + 1 < height ? y0 + 1 : height - 1) * width};
+    int32_t const cols[2] = {x0 >= 0 ? x0 : 0, x0 + 1 < width ? x0 + 1 : width - 1};
     for (int32_t i = 0; i < 2; ++i)
     {
         for (int32_t j = 0; j < 2; ++j)
         {
-            int32_t const yy = y0 + i;
-            int32_t const xx = x0 + j;
-            if (yy >= 0 && yy < height && xx >= 0 && xx < width)
-            {
-                tap.pixel[2 * i + j] = yy * width + xx;
-                tap.weight[2 * i + j] = wy[i] * wx[j];
-            }
+            tap.pixel[2 * i + j] = rows[i] + cols[j];
+            tap.weight[2 * i + j] = wy[i] * wx[j];
         }
     }
     return tap;
 }
+
+#if defined(__GNUC__) && !defined(__CUDACC__)
+// Host only (GCC/Clang vector extensions): bilinearTap for eight samples at once, for the CPU
+// kernel, whose taps were the bulk of its scalar work. Each lane computes what bilinearTap does,
+// in the same order, so lane l equals bilinearTap(y[l], x[l], height, width) bit for bit; keep the
+// two side by side. floorf becomes truncation corrected downwards, exact for the range kept.
+typedef float Float8 __attribute__((vector_size(32)));
+typedef int32_t Int8 __attribute__((vector_size(32)));
+
+struct BilinearTap8
+{
+    Int8 pixel[4];
+    Float8 weight[4];
+    Int8 inside; // -1 where the sample touches the image, else 0 (all weights 0)
+};
+
+inline Float8 select8(Int8 mask, Float8 yes, Float8 no)
+{
+    return reinterpret_cast<Float8>((mask & reinterpret_cast<Int8>(yes)) | (~mask & reinterpret_cast<Int8>(no)));
+}
+
+inline Int8 select8(Int8 mask, Int8 yes, Int8 no)
+{
+    return (mask & yes) | (~mask & no);
+}
+
+inline BilinearTap8 bilinearTap8(Float8 y, Float8 x, int32_t height, int32_t width)
+{
+    BilinearTap8 tap;
+    Float8 const zero = {};
+    tap.inside = (y > -1.f) & (y < static_cast<float>(height)) & (x > -1.f) & (x < static_cast<float>(width));
+    // Lanes outside (NaN, huge offsets) are computed at 0 and zeroed below.
+    y = select8(tap.inside, y, zero);
+    x = select8(tap.inside, x, zero);
+    Int8 y0 = __builtin_convertvector(y, Int8);
+    Int8 x0 = __builtin_convertvector(x, Int8);
+    y0 += __builtin_convertvector(y0, Float8) > y; // a true comparison is -1
+    x0 += __builtin_convertvector(x0, Float8) > x;
+    // + 0 turns a -0 difference into the +0 that floorf's y - floorf(y) gives at y = -0.
+    Float8 const ly = (y - __builtin_convertvector(y0, Float8)) + 0.f;
+    Float8 const lx = (x - __builtin_convertvector(x0, Float8)) + 0.f;
+    Int8 const hasRow[2] = {y0 >= 0, y0 + 1 < height};
+    Int8 const hasCol[2] = {x0 >= 0, x0 + 1 < width};
+    Float8 const wy[2] = {select8(hasRow[0], 1.f - ly, zero), select8(hasRow[1], ly, zero)};
+    Float8 const wx[2] = {select8(hasCol[0], 1.f - lx, zero), select8(hasCol[1], lx, zero)};
+    Int8 const rows[2]
+        = {select8(hasRow[0], y0, Int8{}) * width, select8(hasRow[1], y0 + 1, Int8{} + (height - 1)) * width};
+    Int8 const cols[2] = {select8(hasCol[0], x0, Int8{}), select8(hasCol[1], x0 + 1, Int8{} + (width - 1))};
+    for (int32_t i = 0; i < 2; ++i)
+    {
+        for (int32_t j = 0; j < 2; ++j)
+        {
+            tap.pixel[2 * i + j] = select8(tap.inside, rows[i] + cols[j], Int8{});
+            tap.weight[2 * i + j] = select8(tap.inside, wy[i] * wx[j], zero);
+        }
+    }
+    return tap;
+}
+#endif
 
 template <typename T>
 RVRT_GDA_HD float sampleBilinear(T const* channelPlane, BilinearTap const& tap)
