@@ -1,4 +1,5 @@
-"""Choosing a backend from what the user passes: an export directory, an engine, or a task."""
+"""Choosing a backend from what the user passes: an export or engine directory, a checkpoint or a task
+(eager PyTorch, or exports and engines made and cached on first use)."""
 
 from __future__ import annotations
 
@@ -153,8 +154,8 @@ def directory_backend(path: Path, *, task: str | None, runtime: str | None, fp16
         raise ArtifactError(f"{path} was exported for task {spec.short!r} ({spec.id}), not {task!r}")
     served, holds = ("tensorrt", "TensorRT engines") if "engine" in manifest else ("onnxruntime", "ONNX graphs")
     if runtime not in (None, served):
-        raise ArtifactError(f"{path} holds {holds}: they run with --runtime {served}, not {runtime} (or pass a "
-                            f"task or checkpoint as MODEL to have the {runtime} artefacts made and cached)")
+        raise ArtifactError(f"{path} holds {holds}: they run with --runtime {served}, not {runtime}; for "
+                            f"--runtime {runtime}, pass a task or checkpoint as MODEL")
     if fp16 and manifest["dtype"] != "float16":
         raise ArtifactError(f"{path} holds {manifest['dtype']} {holds}, not float16: drop --fp16, or make float16 "
                             f"ones ('rvrt-export fp16 {path}', or 'rvrt-export trt {path} --fp16')")
