@@ -34,7 +34,7 @@ from pathlib import Path
 
 from rvrt import RVRTConfig, Task, build_model
 from rvrt.model import RVRT
-from rvrt_export.manifest import MANIFEST, assembled, sha256_of
+from rvrt_export.manifest import MANIFEST, ArtifactError, assembled, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,13 @@ class ArtefactCache:
     @contextlib.contextmanager
     def locked(self, key: CacheKey) -> Iterator[None]:
         """One builder per entry across processes: a second run waits, then reuses the entry."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{key.name}.lock", "w") as lock:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = open(self.root / f".{key.name}.lock", "w")
+        except OSError as err:
+            raise ArtifactError(f"cannot write the export cache at {self.root} ({err.strerror}): set {CACHE_ENV} "
+                                f"to a folder you can write, or export with 'rvrt-export onnx'") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield

@@ -177,6 +177,13 @@ def test_keys_differ_with_everything_the_artefacts_depend_on(tmp_path):
     assert source.builds == 0
 
 
+def test_a_cache_that_cannot_be_written_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ArtifactError, match=f"cannot write the export cache at {blocker / 'cache'} .*RVRT_CACHE"):
+        ArtefactCache(blocker / "cache").fetch(key_of(CountingSource()), lambda out: None)
+
+
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("RVRT_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
