@@ -34,6 +34,7 @@ from rvrt_plugins.gda_cpu import guided_deform_attn_cpu, guided_deform_attn_twin
 
 ARCHITECTURES = {"sr": SR, "deblur-denoise": DEBLUR}
 IMPLEMENTATIONS = ("reference", "onnxruntime", "twin", "fused")
+SETTLE_SECONDS = 0.2
 
 
 def gda_attributes(config) -> dict[str, int]:
@@ -136,6 +137,9 @@ def main() -> None:
             for name, run in runs.items():
                 if name == "twin" and repeat > 0:
                     continue
+                # Thread pools that spin after a call (ONNX Runtime's, OpenMP's) would otherwise eat
+                # into the next implementation's time.
+                time.sleep(SETTLE_SECONDS)
                 start, cpu_start = time.perf_counter(), time.process_time()
                 run()
                 times[name].append(time.perf_counter() - start)

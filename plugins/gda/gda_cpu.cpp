@@ -3,7 +3,7 @@
 // - rvrt_gda_cpu_twin_f32: the CUDA kernel's per-(pixel, head) routine from gda_math.h driven by
 //   plain loops, so the GPU arithmetic is tested on machines without a GPU.
 // - rvrt_gda_cpu_forward_f32: the fast kernel. The same shared pieces (bilinearTap, kvFrameIndex,
-//   offsetChannel, validateGeometry, softmaxInPlace), arranged for a CPU: kv is copied once per call
+//   offsetChannel, validateGeometry, bilinearTap8, softmax8), arranged for a CPU: kv is copied once per call
 //   to channel-last, so each bilinear corner of a group is one contiguous run of channels and the
 //   channel loops vectorise; each tap is computed once per (pixel, point, group) for all the
 //   group's channels; rows of (frame, y) are spread over threads.
@@ -101,6 +101,7 @@ struct ChannelRun
     int32_t length;
     int32_t group;
     int32_t head;
+    int32_t inGroup; // start - group * groupChannels: where the run begins in its group's channels
 };
 
 // Runs covering channels [side * C, (side + 1) * C) in order, side 0 = keys, 1 = values.
@@ -115,7 +116,7 @@ std::vector<ChannelRun> channelRuns(GdaShape const& s, int32_t side)
         int32_t const group = c / groupChannels;
         int32_t const head = (c - first) / headDim;
         int32_t const end = std::min((group + 1) * groupChannels, first + (head + 1) * headDim);
-        runs.push_back(ChannelRun{c, end - c, group, head});
+        runs.push_back(ChannelRun{c, end - c, group, head, c - group * groupChannels});
         c = end;
     }
     return runs;
@@ -187,8 +188,8 @@ void toChannelMajor(float const* source, int32_t channels, int32_t width, float*
     }
 }
 
-// A non-empty tap of sampled point n * K + k: its four corners as pixels (rows of 2C channels)
-// of the channel-last kv frame, and their weights.
+// A non-empty tap of sampled point n * K + k: its four corners as pixels (rows of groupChannels)
+// of the group-major kv frame, and their weights.
 struct PointTap
 {
     float const* row[4];
@@ -236,15 +237,15 @@ constexpr int32_t kLanes = 8;
 
 // One block of output rows (query frame b, rows y0..y0+rows-1) at a time. Its queries and
 // outputs live pixel-major in per-thread scratch so the channel loops walk contiguous memory;
-// scores live (head, pixel, point) so each softmax reads one contiguous row.
+// scores live (head, point, pixel) so eight pixels' softmaxes run as one (softmax8).
 class BlockKernel
 {
 public:
-    BlockKernel(GdaShape const& s, float const* q, float const* kvChannelLast, float const* offset, float* out,
+    BlockKernel(GdaShape const& s, float const* q, float const* kvGroupMajor, float const* offset, float* out,
         std::vector<ChannelRun> const& keyRuns, std::vector<ChannelRun> const& valueRuns)
         : s_(s)
         , q_(q)
-        , kv_(kvChannelLast)
+        , kv_(kvGroupMajor)
         , offset_(offset)
         , out_(out)
         , keyRuns_(keyRuns)
@@ -254,7 +255,7 @@ public:
         , blockPixels_(static_cast<size_t>(std::min(kBlockRows, s.height)) * s.width)
         , query_(blockPixels_ * s.channels)
         , accumulated_(blockPixels_ * s.channels)
-        , scores_(blockPixels_ * s.heads * s.clip * s.points())
+        , scores_((blockPixels_ + kLanes) * s.heads * s.clip * s.points())
         , taps_(static_cast<size_t>(kLanes) * s.clip * s.points())
         , vectorLength_(commonVectorLength(keyRuns, valueRuns))
     {
@@ -289,9 +290,11 @@ public:
     }
 
 private:
-    float const* kvFrame(int32_t b, int32_t n) const
+    // Group `group` of the kv frame that query frame b samples as its n-th: (H, W, groupChannels).
+    float const* kvGroupPlane(int32_t b, int32_t n, int32_t group) const
     {
-        return kv_ + static_cast<int64_t>(rvrt::gda::kvFrameIndex(b, n, s_.clip)) * s_.plane() * 2 * s_.channels;
+        int64_t const plane = static_cast<int64_t>(rvrt::gda::kvFrameIndex(b, n, s_.clip)) * s_.groups + group;
+        return kv_ + plane * s_.plane() * s_.groupChannels();
     }
 
     // The non-empty taps of one group for pixels (y, x0 + l), l < lanes: lane l's go to
@@ -307,7 +310,7 @@ private:
         std::fill(tapCounts_, tapCounts_ + kLanes, 0);
         for (int32_t n = 0; n < s_.clip; ++n)
         {
-            float const* frame = kvFrame(b, n);
+            float const* groupPlane = kvGroupPlane(b, n, group);
             for (int32_t i = 0, k = 0; i < s_.kernelH; ++i)
             {
                 for (int32_t j = 0; j < s_.kernelW; ++j, ++k)
@@ -325,7 +328,7 @@ private:
                         PointTap& target = taps_[static_cast<size_t>(l) * sampled + tapCounts_[l]++];
                         for (int32_t c = 0; c < 4; ++c)
                         {
-                            target.row[c] = frame + static_cast<int64_t>(tap.pixel[c][l]) * 2 * s_.channels;
+                            target.row[c] = groupPlane + static_cast<int64_t>(tap.pixel[c][l]) * s_.groupChannels();
                             target.weight[c] = tap.weight[c][l];
                         }
                         target.point = n * points + k;
@@ -360,10 +363,12 @@ private:
     template <int32_t kChunks>
     void block(int32_t b, int32_t y0, int32_t rows)
     {
+        // Scores are (head, point, pixel) with the pixels of a row of the layout padded to lanes.
         int32_t const pixels = rows * s_.width;
+        int32_t const stride = (pixels + kLanes - 1) / kLanes * kLanes;
         int32_t const sampled = s_.clip * s_.points();
         float* scores = scores_.data();
-        std::fill(scores_.begin(), scores_.begin() + static_cast<size_t>(pixels) * s_.heads * sampled, 0.f);
+        std::fill(scores_.begin(), scores_.begin() + static_cast<size_t>(stride) * s_.heads * sampled, 0.f);
         for (GroupSpan const& span : keySpans_)
         {
             forEachPixel(b, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
@@ -372,7 +377,7 @@ private:
                 {
                     ChannelRun const& run = keyRuns_[r];
                     float const* queryRun = query + run.start;
-                    float* runScores = scores + (static_cast<size_t>(run.head) * pixels + p) * sampled;
+                    float* runScores = scores + static_cast<size_t>(run.head) * sampled * stride + p;
                     if (kChunks > 0)
                     {
                         Float8 queryChunks[kChunks > 0 ? kChunks : 1];
@@ -380,10 +385,10 @@ private:
                             queryChunks[j] = load8(queryRun + 8 * j);
                         for (int32_t t = 0; t < count; ++t)
                         {
-                            Float8 partial = queryChunks[0] * taps[t].sample8(run.start);
+                            Float8 partial = queryChunks[0] * taps[t].sample8(run.inGroup);
                             for (int32_t j = 1; j < kChunks; ++j)
-                                partial += queryChunks[j] * taps[t].sample8(run.start + 8 * j);
-                            runScores[taps[t].point] += ((partial[0] + partial[4]) + (partial[1] + partial[5]))
+                                partial += queryChunks[j] * taps[t].sample8(run.inGroup + 8 * j);
+                            runScores[taps[t].point * stride] += ((partial[0] + partial[4]) + (partial[1] + partial[5]))
                                 + ((partial[2] + partial[6]) + (partial[3] + partial[7]));
                         }
                     }
@@ -393,15 +398,16 @@ private:
                         {
                             float dot = 0.f;
                             for (int32_t c = 0; c < run.length; ++c)
-                                dot += queryRun[c] * taps[t].sample(run.start + c);
-                            runScores[taps[t].point] += dot;
+                                dot += queryRun[c] * taps[t].sample(run.inGroup + c);
+                            runScores[taps[t].point * stride] += dot;
                         }
                     }
                 }
             });
         }
-        for (int32_t row = 0; row < s_.heads * pixels; ++row)
-            rvrt::gda::softmaxInPlace(scores + static_cast<size_t>(row) * sampled, sampled, 1);
+        for (int32_t head = 0; head < s_.heads; ++head)
+            for (int32_t p = 0; p < pixels; p += kLanes)
+                rvrt::gda::softmax8(scores + static_cast<size_t>(head) * sampled * stride + p, sampled, stride);
 
         // Every output channel belongs to exactly one run, which writes it once.
         for (GroupSpan const& span : valueSpans_)
@@ -411,16 +417,16 @@ private:
                 for (size_t r = span.first; r < span.end; ++r)
                 {
                     ChannelRun const& run = valueRuns_[r];
-                    float const* weights = scores + (static_cast<size_t>(run.head) * pixels + p) * sampled;
+                    float const* weights = scores + static_cast<size_t>(run.head) * sampled * stride + p;
                     float* accumulatedRun = accumulated + run.start;
                     if (kChunks > 0)
                     {
                         Float8 sums[kChunks > 0 ? kChunks : 1] = {};
                         for (int32_t t = 0; t < count; ++t)
                         {
-                            float const weight = weights[taps[t].point];
+                            float const weight = weights[taps[t].point * stride];
                             for (int32_t j = 0; j < kChunks; ++j)
-                                sums[j] += weight * taps[t].sample8(run.start + 8 * j);
+                                sums[j] += weight * taps[t].sample8(run.inGroup + 8 * j);
                         }
                         for (int32_t j = 0; j < kChunks; ++j)
                             store8(accumulatedRun + 8 * j, sums[j]);
@@ -430,9 +436,9 @@ private:
                         std::fill(accumulatedRun, accumulatedRun + run.length, 0.f);
                         for (int32_t t = 0; t < count; ++t)
                         {
-                            float const weight = weights[taps[t].point];
+                            float const weight = weights[taps[t].point * stride];
                             for (int32_t c = 0; c < run.length; ++c)
-                                accumulatedRun[c] += weight * taps[t].sample(run.start + c);
+                                accumulatedRun[c] += weight * taps[t].sample(run.inGroup + c);
                         }
                     }
                 }
@@ -460,24 +466,28 @@ private:
 
 void forward(GdaShape const& s, float const* q, float const* kv, float const* offset, float* out, int32_t threads)
 {
-    int32_t const kvChannels = 2 * s.channels;
     int64_t const plane = s.plane();
-    int32_t const kvFrames = s.frames;
-    std::unique_ptr<float[]> kvChannelLast(new float[static_cast<size_t>(kvFrames) * plane * kvChannels]);
-    float* kvLast = kvChannelLast.get();
-    // (frame, 2C, H, W) -> (frame, H, W, 2C), one (frame, row) per item.
-    parallelFor(kvFrames * s.height, threads, [&]() {
+    int32_t const groupChannels = s.groupChannels();
+    std::unique_ptr<float[]> kvGroupMajor(new float[static_cast<size_t>(s.frames) * plane * 2 * s.channels]);
+    float* kvGroups = kvGroupMajor.get();
+    // (frame, 2C, H, W) = (frame, G, groupChannels, H, W) -> (frame, G, H, W, groupChannels): each
+    // group's samples read contiguous channels from one compact plane. One (frame, row) per item.
+    parallelFor(s.frames * s.height, threads, [&]() {
         return [&](int32_t item) {
             int32_t const f = item / s.height;
             int64_t const rowStart = static_cast<int64_t>(item % s.height) * s.width;
-            toPixelMajor(kv + static_cast<int64_t>(f) * kvChannels * plane + rowStart, plane, kvChannels, s.width, 1.f,
-                kvLast + (static_cast<int64_t>(f) * plane + rowStart) * kvChannels);
+            for (int32_t g = 0; g < s.groups; ++g)
+            {
+                int64_t const groupPlane = static_cast<int64_t>(f) * s.groups + g;
+                toPixelMajor(kv + groupPlane * groupChannels * plane + rowStart, plane, groupChannels, s.width, 1.f,
+                    kvGroups + (groupPlane * plane + rowStart) * groupChannels);
+            }
         };
     });
     std::vector<ChannelRun> const keyRuns = channelRuns(s, 0);
     std::vector<ChannelRun> const valueRuns = channelRuns(s, 1);
     parallelFor(s.frames * BlockKernel::blocksPerFrame(s), threads,
-        [&]() { return BlockKernel(s, q, kvLast, offset, out, keyRuns, valueRuns); });
+        [&]() { return BlockKernel(s, q, kvGroups, offset, out, keyRuns, valueRuns); });
 }
 
 } // namespace

@@ -13,6 +13,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __CUDACC__
 #include <cuda_fp16.h>
@@ -247,6 +248,67 @@ inline BilinearTap8 bilinearTap8(Float8 y, Float8 x, int32_t height, int32_t wid
     }
     return tap;
 }
+
+inline Float8 max8(Float8 a, Float8 b)
+{
+    return select8(a > b, a, b);
+}
+
+// exp for the softmax, eight lanes: 2^n * exp(r) with n = round(x / ln 2) and |r| <= ln(2) / 2,
+// exp(r) by its Taylor polynomial to degree 6 (relative error below 1e-7, about one float ulp).
+// Below -87.3 the result is 0 (expf would return denormals, under 1.2e-38); softmax arguments are
+// never positive.
+inline Float8 exp8(Float8 x)
+{
+    Int8 const vanishes = x < -87.3f;
+    x = select8(vanishes, Float8{} - 87.3f, x);
+    Float8 const scaled = x * 1.44269504f + 0.5f;
+    Int8 n = __builtin_convertvector(scaled, Int8);
+    n += __builtin_convertvector(n, Float8) > scaled; // floor, as in bilinearTap8
+    Float8 const fn = __builtin_convertvector(n, Float8);
+    // ln 2 in two parts, the first exact in float, so r keeps its low bits.
+    Float8 const r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;
+    Float8 p = Float8{} + 1.f / 720.f;
+    p = p * r + 1.f / 120.f;
+    p = p * r + 1.f / 24.f;
+    p = p * r + 1.f / 6.f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    Float8 const power = reinterpret_cast<Float8>((n + 127) << 23);
+    return select8(vanishes, Float8{}, p * power);
+}
+
+// Softmax over count rows of eight lanes spaced stride floats apart, in place, each lane
+// separately: the CPU kernel lays scores out as (head, point, pixel), so eight pixels' softmaxes
+// over their clip * K points run as one. (The GPU kernel streams points with OnlineSoftmax.)
+inline void softmax8(float* values, int32_t count, int64_t stride)
+{
+    Float8 maxValue = Float8{} - INFINITY;
+    for (int32_t i = 0; i < count; ++i)
+    {
+        Float8 row;
+        memcpy(&row, values + i * stride, sizeof row);
+        maxValue = max8(row, maxValue);
+    }
+    Float8 denominator = {};
+    for (int32_t i = 0; i < count; ++i)
+    {
+        Float8 row;
+        memcpy(&row, values + i * stride, sizeof row);
+        row = exp8(row - maxValue);
+        denominator += row;
+        memcpy(values + i * stride, &row, sizeof row);
+    }
+    Float8 const normalizer = 1.f / denominator;
+    for (int32_t i = 0; i < count; ++i)
+    {
+        Float8 row;
+        memcpy(&row, values + i * stride, sizeof row);
+        row *= normalizer;
+        memcpy(values + i * stride, &row, sizeof row);
+    }
+}
 #endif
 
 template <typename T>
@@ -285,26 +347,6 @@ RVRT_GDA_HD SoftmaxStep onlineSoftmaxPush(OnlineSoftmax& state, float logit)
     state.denominator = state.denominator * step.rescale + step.weight;
     state.maxLogit = newMax;
     return step;
-}
-
-// Softmax in place over count values spaced stride apart. The CPU kernel (gda_cpu.cpp) scores
-// all clip * K points of a pixel before it reads any value, so it needs the plain form: one exp
-// per point instead of the two per point that OnlineSoftmax spends.
-RVRT_GDA_HD void softmaxInPlace(float* values, int32_t count, int32_t stride)
-{
-    // A comparison rather than fmaxf, which host compilers leave as a library call.
-    float maxValue = -INFINITY;
-    for (int32_t i = 0; i < count; ++i)
-        maxValue = values[i * stride] > maxValue ? values[i * stride] : maxValue;
-    float denominator = 0.f;
-    for (int32_t i = 0; i < count; ++i)
-    {
-        values[i * stride] = expf(values[i * stride] - maxValue);
-        denominator += values[i * stride];
-    }
-    float const normalizer = 1.f / denominator;
-    for (int32_t i = 0; i < count; ++i)
-        values[i * stride] *= normalizer;
 }
 
 // Bilinear tap of kernel point k, group g, sampled frame n for the output pixel whose offsets
