@@ -2,9 +2,11 @@
 that fail, rvrt-batch over a folder, Ctrl-C."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -146,3 +148,72 @@ def test_window_failing_on_every_worker_stops_the_run_naming_it(cluster, frames,
         restore_video(pool.backend, video, tmp_path / "fine", windows=pool, **OPTIONS)
     assert list((tmp_path / "out").iterdir()) == []
     assert np.array_equal(read_all(tmp_path / "fine"), single_process)
+
+
+@pytest.fixture(scope="module")
+def video_folder(frames, tmp_path_factory):
+    """Two short videos and a file that only claims to be one."""
+    folder = tmp_path_factory.mktemp("videos")
+    write_video(folder / "first.mp4", frames[:6])
+    write_video(folder / "second.mkv", frames[6:12], lossless=True)
+    (folder / "broken.mp4").write_bytes(os.urandom(3000))
+    return folder
+
+
+def test_batch_restores_a_folder_and_reports_the_broken_file(cluster, video_folder, tiny_export, tmp_path):
+    out = tmp_path / "restored"
+    command = [str(tiny_export("sr")[2]), str(video_folder), "-o", str(out), "--workers", "2", "--threads", "1",
+               "--window", "4", "--quiet"]
+    result = CliRunner().invoke(batch_cli, command)
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert f"done: {video_folder / 'first.mp4'} -> {out / 'first.mp4'} (6 frames" in lines[1]
+    assert f"done: {video_folder / 'second.mkv'} -> {out / 'second.mkv'} (6 frames" in lines[2]
+    assert lines[0].startswith(f"failed: {video_folder / 'broken.mp4'}: ") and "not a readable video" in lines[0]
+    assert lines[3].startswith("2 done, 1 failed, 0 skipped in ")
+    assert [line.split(" (")[0] for line in lines[4:]] == ["worker 0", "worker 1"]
+    assert sorted(p.name for p in out.iterdir()) == ["first.mp4", "second.mkv"]
+    assert [len(read_all(out / name)) for name in ("first.mp4", "second.mkv")] == [6, 6]
+
+    again = CliRunner().invoke(batch_cli, command)
+    assert again.exit_code == 1 and "0 done, 1 failed, 2 skipped" in again.stdout
+    assert f"skipped: {video_folder / 'first.mp4'}: {out / 'first.mp4'} exists (--overwrite replaces it)" \
+        in again.stdout
+
+
+def test_ctrl_c_stops_workers_and_the_local_cluster_leaving_nothing(video, tiny_export, tmp_path):
+    ray_dir = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))      # Ray's socket paths must stay short
+    out = tmp_path / "restored"
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "rvrt_cluster.cli", str(tiny_export("sr")[2]), str(video), "-o", str(out),
+         "--ray", "local", "--workers", "1", "--threads", "1", "--window", "2", "--window-overlap", "0", "--quiet"],
+        env={**os.environ, "RAY_TMPDIR": str(ray_dir)}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(out.iterdir())) and batch.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert batch.poll() is None, batch.stderr.read()
+        batch.send_signal(signal.SIGINT)
+        assert batch.wait(60) == 130
+    finally:
+        batch.kill()
+    assert "interrupted; the file in progress was not written" in batch.stderr.read()
+    assert list(out.iterdir()) == []
+    deadline = time.monotonic() + 20
+    while ray_processes(ray_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_processes(ray_dir) == []
+    shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def ray_processes(ray_dir: Path) -> list[str]:
+    """Command lines of live processes of the Ray cluster kept under ``ray_dir``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(ray_dir) in command:
+            found.append(command)
+    return found
