@@ -14,7 +14,7 @@ from PIL import Image
 from rvrt_engines.tensorrt import tensorrt_unavailable
 from rvrt_export.manifest import read_manifest, sha256_of, write_manifest
 from rvrt_validate.cli import main as validate_cli
-from rvrt_validate.report import validate
+from rvrt_validate.report import cuda_unavailable, validate
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,16 @@ def test_tensorrt_is_skipped_with_the_reason_never_passed(sr_report):
         assert "TensorRT" in candidate["skipped"] or "rvrt-export trt" in candidate["skipped"]
     markdown = (out / "report.md").read_text()
     assert "| tensorrt float16 | skipped |" in markdown and "not counted as passing" in markdown
+
+
+def test_pytorch_on_cuda_is_a_candidate_skipped_with_the_reason_without_a_gpu(sr_report):
+    if cuda_unavailable() is None:
+        pytest.skip("a CUDA GPU is present: the GPU suite measures pytorch-cuda")
+    _, out = sr_report
+    report = json.loads((out / "report.json").read_text())
+    cuda = [c for c in report["candidates"] if c["runtime"] == "pytorch-cuda"]
+    assert [c["precision"] for c in cuda] == ["float32", "float16"]
+    assert all(c["status"] == "skipped" and "no CUDA GPU" in c["skipped"] for c in cuda)
 
 
 def test_pictures_are_written_and_linked(sr_report):
@@ -101,8 +111,9 @@ def test_engine_directory_without_tensorrt_reports_its_graphs_and_skips_the_engi
     write_manifest(engines, manifest)
     report = validate(model, engines, tmp_path / "report", frames=2)
     assert [(c["label"], c["status"]) for c in report["candidates"]] == [
-        ("onnxruntime float32", "pass"), ("tensorrt float32", "skipped")]
-    assert report["verdict"] == "pass" and report["summary"]["skipped"] == 1
+        ("onnxruntime float32", "pass"), ("tensorrt float32", "skipped"), ("pytorch-cuda float32", "skipped"),
+        ("pytorch-cuda float16", "skipped")]
+    assert report["verdict"] == "pass" and report["summary"]["skipped"] == 3
 
 
 def test_weights_must_be_the_exported_ones(tiny_export, tmp_path):
@@ -113,5 +124,5 @@ def test_weights_must_be_the_exported_ones(tiny_export, tmp_path):
     other = tmp_path / "other.pth"
     other.write_bytes(checkpoint.read_bytes() + b"\0")
     result = runner.invoke(validate_cli, [str(export_dir), "--checkpoint", str(other), "-o", str(tmp_path / "b")])
-    assert result.exit_code == 1 and "is not the one" in result.output and sha256_of(other)[:12] in result.output
+    assert result.exit_code == 2 and "is not the one" in result.output and sha256_of(other)[:12] in result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -8,12 +8,15 @@ float32, the float16 graphs on ONNX Runtime, TensorRT float32/float16) twice:
 - end to end: a generated clip restored through the tiled recurrent runner by the candidate
   and by the eager model, compared frame by frame (max/mean abs error, PSNR, SSIM).
 
+Eager PyTorch on a CUDA GPU (float32 with the fused GDA kernel, and float16 with the float16
+export's float32 islands) is measured the same way, as candidates "pytorch-cuda float32/float16".
 A candidate that cannot run here (no TensorRT, no GPU, no engines) is reported as skipped
 with the reason; only what ran can pass.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tempfile
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rvrt_engines.backends import load_backend
+from rvrt_engines.pytorch_cuda import CudaUnavailableError, cuda_stages, ieee_float32_convolutions, require_cuda
 from rvrt_engines.restore import frame_to_tensor
 from rvrt_engines.synthetic import degrade, moving_photo_frames
 from rvrt_engines.tensorrt import tensorrt_unavailable
@@ -35,7 +39,7 @@ from rvrt_export.fp16 import export_fp16, spec_of
 from rvrt_export.manifest import assembled, read_manifest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from rvrt import Tiling, get_task, restore_tiled
+from rvrt import Tiling, get_task, restore_tiled, run_recurrent
 from rvrt.model import RVRT
 
 from . import images
@@ -62,9 +66,28 @@ class Candidate:
     """Stage records already measured by the same check in this run (the float16 graphs)."""
 
 
+def cuda_unavailable() -> str | None:
+    """Why eager PyTorch cannot run on a CUDA GPU here, or None."""
+    try:
+        require_cuda()
+    except CudaUnavailableError as error:
+        return str(error)
+    return None
+
+
+def pytorch_cuda_candidates() -> list[Candidate]:
+    reason = cuda_unavailable()
+    return [Candidate(f"pytorch-cuda {precision}", "pytorch-cuda", precision, None, reason)
+            for precision in ("float32", "float16")]
+
+
 def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> list[Candidate]:
     """What can be measured for ``model_dir``, and what cannot (with the reason). A float32
     export's float16 graphs are made in ``scratch`` to be measured too."""
+    return artefact_candidates(model_dir, manifest, scratch, model) + pytorch_cuda_candidates()
+
+
+def artefact_candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> list[Candidate]:
     trt_reason = tensorrt_unavailable()
     if "engine" in manifest:
         precision = manifest["dtype"]
@@ -100,6 +123,20 @@ def stage_records(model: RVRT, manifest: dict, backend, precision: str) -> dict:
     return {name: compare_stage(model, spec_of(name, stage),
                                 lambda feed, name=name: backend.stages.runners[name].infer(dict(feed)), precision)
             for name, stage in manifest["stages"].items()}
+
+
+def cuda_stage_records(model: RVRT, manifest: dict, stages) -> dict:
+    """Every stage of CUDA eager ``stages`` against the CPU eager float32 stage."""
+    def run(feed, spec):
+        inputs = [torch.from_numpy(feed[name]).cuda() for name in spec.input_names]
+        with torch.no_grad(), ieee_float32_convolutions():
+            outputs = spec.module(stages.model)(*inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {name: out.float().cpu().numpy() for name, out in zip(spec.outputs, outputs)}
+
+    specs = {name: spec_of(name, stage) for name, stage in manifest["stages"].items()}
+    return {name: compare_stage(model, spec, lambda feed, spec=spec: run(feed, spec), stages.precision)
+            for name, spec in specs.items()}
 
 
 def frame_metrics(reference: np.ndarray, restored: np.ndarray, precision: str) -> dict:
@@ -164,10 +201,17 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
                 record["status"] = "skipped"
                 results.append(record)
                 continue
-            with load_backend(candidate.directory, allow_unvalidated=True) as backend:
-                record["stages"] = candidate.measured or stage_records(
-                    model, read_manifest(candidate.directory), backend, candidate.precision)
-                restored = restore_tiled(backend.restore, lq, backend.config, tiling)[0].numpy()
+            if candidate.runtime == "pytorch-cuda":
+                stages = cuda_stages(copy.deepcopy(model), candidate.precision)
+                record["stages"] = cuda_stage_records(model, manifest, stages)
+                with torch.no_grad():
+                    restored = restore_tiled(lambda clip: run_recurrent(stages, clip.cuda()).float().cpu(), lq,
+                                             model.config, tiling)[0].numpy()
+            else:
+                with load_backend(candidate.directory, allow_unvalidated=True) as backend:
+                    record["stages"] = candidate.measured or stage_records(
+                        model, read_manifest(candidate.directory), backend, candidate.precision)
+                    restored = restore_tiled(backend.restore, lq, backend.config, tiling)[0].numpy()
             record["end_to_end"] = frame_metrics(reference, restored, candidate.precision)
             record["images"] = pictures(lq[0].numpy(), reference, restored, scale,
                                         candidate.label.replace(" ", "-"), staging)
