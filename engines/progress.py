@@ -145,10 +145,10 @@ class ProgressDisplay:
             self.last = now
         elif now - self.last >= self.interval:
             self.last = now
-            click.echo(f"restoring: {describe(status)}", err=True)
+            click.echo(f"restoring: {describe(status)}", file=self.stream)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
         elif self.enabled and self.status is not None and self.last is not None:
-            click.echo(f"restoring: {describe(self.status)}", err=True)
+            click.echo(f"restoring: {describe(self.status)}", file=self.stream)

@@ -83,7 +83,8 @@ def test_denoise_needs_sigma_and_others_refuse_it(tmp_path, sr_video):
         restore_video(eager_backend("sr", tiny_model("sr")), sr_video, tmp_path / "x.mp4", sigma=10)
 
 
-def test_grayscale_and_alpha_inputs_are_converted_and_reported(tmp_path):
+def test_grayscale_and_alpha_inputs_are_converted_and_reported(tmp_path, tiny_export):
+    _, _, export_dir = tiny_export("sr")
     for pix_fmt, expect in (("gray", "grayscale"), ("rgba", "alpha dropped")):
         folder = tmp_path / pix_fmt
         folder.mkdir()
@@ -95,8 +96,8 @@ def test_grayscale_and_alpha_inputs_are_converted_and_reported(tmp_path):
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt)
                 for packet in [*stream.encode(frame), *stream.encode()]:
                     container.mux(packet)
-        result = CliRunner().invoke(run_cli, ["sr", str(folder), "-o", str(tmp_path / f"{pix_fmt}.mkv"),
-                                              "--random-weights", "--tile", "48", "--quiet"])
+        result = CliRunner().invoke(run_cli, [str(export_dir), str(folder), "-o", str(tmp_path / f"{pix_fmt}.mkv"),
+                                              "--window", "4", "--quiet"])
         assert result.exit_code == 0, result.output
         assert f"input converted: {pix_fmt}" in result.output and expect in result.output
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.synthetic import moving_photo_frames, write_video
-from rvrt_engines.video import VideoOutputError, open_writer
+from rvrt_engines.video import VideoOutputError
 
 FRAMES = moving_photo_frames(3, 48, 48, seed=5)
 

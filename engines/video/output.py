@@ -39,7 +39,8 @@ def is_folder_output(path: str | os.PathLike) -> bool:
 
 def strangers(folder: Path) -> list[str]:
     """Entries of ``folder`` that this program did not write."""
-    return sorted(entry.name for entry in folder.iterdir() if not (entry.is_file() and FRAME_NAME.fullmatch(entry.name)))
+    return sorted(entry.name for entry in folder.iterdir()
+                  if not (entry.is_file() and FRAME_NAME.fullmatch(entry.name)))
 
 
 def check_output_path(path: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (),

@@ -39,7 +39,7 @@ class StreamCopy:
         for stream in self.input.streams:
             if stream.index == source.stream_index:
                 continue
-            name = stream.codec_context.name if stream.codec_context else None
+            name = stream.codec_context.codec.canonical_name if stream.codec_context else None
             what = f"{stream.type} stream {stream.index}" + (f" ({name})" if name else "")
             if stream.type == "video":
                 self.notes.append(f"{what} not kept: only the first video stream is restored")

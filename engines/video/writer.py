@@ -220,7 +220,8 @@ class VideoWriter:
                 self.notes += self.copy.notes
                 copy_chapters(like, self.container, self.copy.origin)
             elif like.other_streams:
-                self.notes.append(f"{', '.join(like.other_streams)} not kept: {suffix or 'this output'} holds video only")
+                self.notes.append(f"{', '.join(like.other_streams)} not kept: {suffix or 'this output'} "
+                                  f"holds video only")
         try:
             self.container.start_encoding()
         except av.error.FFmpegError as err:

@@ -1,0 +1,46 @@
+"""Progress advances inside a window (per stage call and tile), the ETA comes from measured
+throughput, and without a terminal a plain line is printed."""
+
+import io
+
+from conftest import tiny_model
+from rvrt_engines.progress import Meter, ProgressDisplay, Status
+from rvrt_engines.restore import restore_video
+from rvrt_engines.synthetic import moving_photo_frames, write_video
+from test_run import eager_backend
+
+
+def test_progress_moves_before_the_first_window_is_done(tmp_path):
+    write_video(tmp_path / "in.mkv", moving_photo_frames(4, 48, 96, seed=2), lossless=True)
+    seen = []
+    restore_video(eager_backend("sr", tiny_model("sr")), tmp_path / "in.mkv", tmp_path / "out.mkv", tile=48,
+                  tile_overlap=8, window=4, progress=lambda s: seen.append((s.work_done, s.frames_written, s.tiles_done,
+                                                                             s.eta)))
+    before_first_frame = [work for work, written, _, _ in seen if written == 0]
+    assert len(set(before_first_frame)) > 10, "work advances per stage call, not per window"
+    assert max(tiles for _, written, tiles, _ in seen if written == 0) == 3
+    works = [work for work, *_ in seen]
+    assert works == sorted(works) and works[-1] == 4
+    assert all(eta is not None and eta >= 0 for work, _, _, eta in seen if work > 0)
+
+
+def test_eta_is_elapsed_per_work_times_work_left():
+    meter = Meter(total=10, window_lengths=[6, 6])
+    meter.status.started -= 30.0
+    meter.window_started(0, 6, calls=2, steps=10)
+    meter.tiles(1, 2)
+    status = meter.status
+    assert status.work_done == 3 and abs(status.frames_done - 2.5) < 1e-9
+    assert abs(status.eta - 30.0 / 3 * 9) < 0.5 and abs(status.fps - 2.5 / 30) < 1e-3
+
+
+def test_plain_lines_without_a_terminal():
+    stream = io.StringIO()
+    display = ProgressDisplay(interval=0, stream=stream)
+    status = Status(total=8, work_total=8.0)
+    for done in range(1, 4):
+        status.work_done = status.frames_written = done
+        display(status)
+    display.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) >= 3 and lines[-1].startswith("restoring: 3.0/8 frames (3 written)") and "ETA" in lines[-1]
