@@ -7,7 +7,7 @@ import torch.nn as nn
 from einops.layers.torch import Rearrange
 
 from .gda import guided_deform_attn
-from .swin import Mlp
+from .swin import FrameConv, Mlp
 
 
 def channels_last_linear(layer: nn.Module) -> nn.Sequential:
@@ -35,10 +35,10 @@ class GuidedDeformAttnPack(nn.Module):
         self.proj_channels = 2 * in_channels
 
         offset_channels = clip_size * deformable_groups * self.attn_size * 2
-        layers: list[nn.Module] = [nn.Conv3d(in_channels * (1 + clip_size) + clip_size * 2, 64, kernel_size=1)]
+        layers: list[nn.Module] = [FrameConv(in_channels * (1 + clip_size) + clip_size * 2, 64, kernel_size=1)]
         for _ in range(4):
-            layers += [nn.LeakyReLU(0.1), nn.Conv3d(64, 64, kernel_size=(1, 3, 3), padding=(0, 1, 1))]
-        layers += [nn.LeakyReLU(0.1), nn.Conv3d(64, offset_channels, kernel_size=1)]
+            layers += [nn.LeakyReLU(0.1), FrameConv(64, 64, kernel_size=(1, 3, 3), padding=(0, 1, 1))]
+        layers += [nn.LeakyReLU(0.1), FrameConv(64, offset_channels, kernel_size=1)]
         self.conv_offset = nn.Sequential(*layers)
         nn.init.zeros_(self.conv_offset[-1].weight)
         nn.init.zeros_(self.conv_offset[-1].bias)
@@ -59,8 +59,7 @@ class GuidedDeformAttnPack(nn.Module):
         (n, clip, 2, h, w): the mean offset of each half, as (dx, dy).
         """
         n, t, _, h, w = q.shape
-        offset_input = torch.cat([q, *v_warped, *flows], 2).transpose(1, 2)
-        residue = self.max_residue_magnitude * torch.tanh(self.conv_offset(offset_input).transpose(1, 2))
+        residue = self.max_residue_magnitude * torch.tanh(self.conv_offset(torch.cat([q, *v_warped, *flows], 2)))
         half = residue.shape[2] // 2
         points = half // 2
         # Offsets are (dy, dx) pairs while flows are (dx, dy): flip, then repeat per group and point.

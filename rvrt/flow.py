@@ -10,14 +10,18 @@ import torch.nn.functional as F
 def flow_warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
     """Warp x by flow: x (n, c, h, w), flow (n, 2, h, w) as (dx, dy) in pixels -> (n, c, h, w).
 
-    Bilinear, pixel centres at integer positions (grid_sample with align_corners=True)."""
+    Bilinear, sampling pixel (x + dx, y + dy) with pixel centres at integer positions. The
+    official code normalises for ``align_corners=True``; the same positions normalised for
+    ``align_corners=False`` (half-pixel) sample the same points (to float rounding), and ONNX
+    Runtime's CPU GridSample is about 8x faster with them (zeros padding, 144 channels).
+    """
     _, _, h, w = x.shape
     grid_y, grid_x = torch.meshgrid(torch.arange(h, dtype=x.dtype, device=x.device),
                                     torch.arange(w, dtype=x.dtype, device=x.device), indexing="ij")
     pos_x = grid_x + flow[:, 0]
     pos_y = grid_y + flow[:, 1]
-    grid = torch.stack((2.0 * pos_x / max(w - 1, 1) - 1.0, 2.0 * pos_y / max(h - 1, 1) - 1.0), dim=3)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    grid = torch.stack(((2.0 * pos_x + 1.0) / w - 1.0, (2.0 * pos_y + 1.0) / h - 1.0), dim=3)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
 
 class BasicModule(nn.Module):

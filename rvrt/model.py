@@ -10,13 +10,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops.layers.torch import Rearrange
 
 from .align import GuidedDeformAttnPack
 from .config import BRANCHES, RVRTConfig
 from .driver import EagerStages, run_recurrent
 from .flow import SpyNet, bicubic_quarter, flow_warp
-from .swin import RSTBWithInputConv
+from .swin import FrameConv, RSTBWithInputConv
 from .upsample import Upsample
 
 
@@ -51,13 +50,15 @@ class RVRT(nn.Module):
         if cfg.upscale == 4:
             self.feat_extract = extract_body
         else:
+            # Identity where the official network transposes to (n, c, t, h, w) and back:
+            # the official parameter indices (1, 3, 6) stay.
             self.feat_extract = nn.Sequential(
-                Rearrange("n d c h w -> n c d h w"),
-                nn.Conv3d(cfg.in_channels, dim, (1, 3, 3), (1, 2, 2), (0, 1, 1)),
+                nn.Identity(),
+                FrameConv(cfg.in_channels, dim, (1, 3, 3), (1, 2, 2), (0, 1, 1)),
                 nn.LeakyReLU(0.1),
-                nn.Conv3d(dim, dim, (1, 3, 3), (1, 2, 2), (0, 1, 1)),
+                FrameConv(dim, dim, (1, 3, 3), (1, 2, 2), (0, 1, 1)),
                 nn.LeakyReLU(0.1),
-                Rearrange("n c d h w -> n d c h w"),
+                nn.Identity(),
                 extract_body)
 
         self.backbone = nn.ModuleDict()
@@ -73,10 +74,10 @@ class RVRT(nn.Module):
         self.reconstruction = RSTBWithInputConv(
             5 * cfg.embed_dims[0], cfg.embed_dims[2], cfg.inputconv_groups[5], cfg.num_blocks[2], cfg.depths[2],
             cfg.num_heads[2], frame_window, cfg.mlp_ratio)
-        self.conv_before_upsampler = nn.Sequential(nn.Conv3d(cfg.embed_dims[-1], 64, kernel_size=1),
+        self.conv_before_upsampler = nn.Sequential(FrameConv(cfg.embed_dims[-1], 64, kernel_size=1),
                                                    nn.LeakyReLU(0.1))
         self.upsampler = Upsample(64)
-        self.conv_last = nn.Conv3d(64, 3, kernel_size=(1, 3, 3), padding=(0, 1, 1))
+        self.conv_last = FrameConv(64, 3, kernel_size=(1, 3, 3), padding=(0, 1, 1))
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -140,8 +141,8 @@ class RVRT(nn.Module):
         """Restored frames of one clip: lq (n, clip, cin, H, W) and the five feature sets
         (shallow, backward_1, forward_1, backward_2, forward_2), each (n, clip, C, h, w)
         -> (n, clip, 3, H*s, W*s)."""
-        hr = self.reconstruction(torch.cat(features, 2)).transpose(1, 2)
-        hr = self.conv_last(self.upsampler(self.conv_before_upsampler(hr))).transpose(1, 2)
+        hr = self.reconstruction(torch.cat(features, 2))
+        hr = self.conv_last(self.upsampler(self.conv_before_upsampler(hr)))
         rgb = lq[:, :, :3]
         if self.upscale != 1:
             # The official residual is a trilinear resize of (c, h, w) with c unchanged: a

@@ -24,6 +24,28 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class FrameConv(nn.Conv3d):
+    """A Conv3d whose kernel spans one frame, run on (n, t, c, h, w) as a 2-D convolution of every frame.
+
+    Parameters are those of ``nn.Conv3d`` (weight (out, in / groups, 1, kh, kw)), so the
+    checkpoints load unchanged. Frames fold into the batch without a copy and no transpose to
+    (n, c, t, h, w) is needed; CPU backends then run their 2-D convolution kernels instead of
+    a 3-D one (eager PyTorch's slow_conv3d, ONNX Runtime's 3-D Conv).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, groups: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups=groups)
+        if self.kernel_size[0] != 1 or self.stride[0] != 1 or self.padding[0] != 0:
+            raise ValueError(f"FrameConv needs a kernel spanning one frame, got kernel {self.kernel_size}, "
+                             f"stride {self.stride}, padding {self.padding}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, t, in_channels, h, w) -> (n, t, out_channels, h', w')."""
+        y = F.conv2d(x.flatten(0, 1), self.weight.squeeze(2), self.bias, self.stride[1:], self.padding[1:],
+                     self.dilation[1:], self.groups)
+        return y.unflatten(0, x.shape[:2])
+
+
 def effective_window(size: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...]):
     """A window no larger than the input, and no shift along axes the window covers whole."""
     window = tuple(s if s <= w else w for s, w in zip(size, window))
@@ -139,7 +161,7 @@ class STL(nn.Module):
 
 
 class STG(nn.Module):
-    """A group of Swin layers alternating plain and shifted windows: (B, C, D, H, W) -> same."""
+    """A group of Swin layers alternating plain and shifted windows: (B, D, H, W, C) -> same."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: tuple, mlp_ratio: float):
         super().__init__()
@@ -150,18 +172,17 @@ class STG(nn.Module):
             for i in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, d, h, w = x.shape
+        _, d, h, w, _ = x.shape
         window, shift = effective_window((d, h, w), self.window_size, self.shift_size)
         padded = tuple(-(-s // win) * win for s, win in zip((d, h, w), window))
         mask = torch.as_tensor(shifted_window_mask(*padded, window, shift), device=x.device, dtype=x.dtype)
-        x = x.permute(0, 2, 3, 4, 1)
         for block in self.blocks:
             x = block(x, mask)
-        return x.permute(0, 4, 1, 2, 3)
+        return x
 
 
 class RSTB(nn.Module):
-    """Residual Swin Transformer block: x + Linear(STG(x)) on (B, C, D, H, W)."""
+    """Residual Swin Transformer block: x + Linear(STG(x)) on channels-last (B, D, H, W, C)."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: tuple, mlp_ratio: float):
         super().__init__()
@@ -169,27 +190,29 @@ class RSTB(nn.Module):
         self.linear = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.linear(self.residual_group(x).transpose(1, 4)).transpose(1, 4)
+        return x + self.linear(self.residual_group(x))
 
 
 class RSTBWithInputConv(nn.Module):
     """Grouped (1,3,3) conv, LayerNorm, RSTBs, LayerNorm: (n, t, in_channels, h, w) -> (n, t, dim, h, w).
 
     The Sequential's indices are those of the official checkpoints (``main.1``, ``main.3``,
-    ``main.5.<block>``, ``main.7``), so the einops layers stay in place.
+    ``main.5.<block>``, ``main.7``); the layers between them hold no parameters, and the
+    Identity ones stand where the official network transposes to (n, c, t, h, w), which the
+    per-frame convolution and the channels-last blocks here do not need.
     """
 
     def __init__(self, in_channels: int, dim: int, groups: int, num_blocks: int, depth: int, num_heads: int,
                  window_size: tuple, mlp_ratio: float):
         super().__init__()
         self.main = nn.Sequential(
-            Rearrange("n d c h w -> n c d h w"),
-            nn.Conv3d(in_channels, dim, kernel_size=(1, 3, 3), padding=(0, 1, 1), groups=groups),
-            Rearrange("n c d h w -> n d h w c"),
+            nn.Identity(),
+            FrameConv(in_channels, dim, kernel_size=(1, 3, 3), padding=(0, 1, 1), groups=groups),
+            Rearrange("n d c h w -> n d h w c"),
             nn.LayerNorm(dim),
-            Rearrange("n d h w c -> n c d h w"),
+            nn.Identity(),
             nn.Sequential(*[RSTB(dim, depth, num_heads, window_size, mlp_ratio) for _ in range(num_blocks)]),
-            Rearrange("n c d h w -> n d h w c"),
+            nn.Identity(),
             nn.LayerNorm(dim),
             Rearrange("n d h w c -> n d c h w"),
         )

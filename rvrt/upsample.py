@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops.layers.torch import Rearrange
+
+from .swin import FrameConv
 
 
 class FramewisePixelShuffle(nn.Module):
@@ -25,15 +26,18 @@ class FramewisePixelShuffle(nn.Module):
 
 
 class Upsample(nn.Sequential):
-    """x4 upsampling of (n, C, t, h, w) features: two (conv, pixel shuffle x2, LeakyReLU) + conv."""
+    """x4 upsampling of (n, t, C, h, w) features: two (conv, pixel shuffle x2, LeakyReLU) + conv.
+
+    The Identity layers stand where the official network transposes between (n, c, t, h, w)
+    and (n, t, c, h, w), keeping the official parameter indices."""
 
     def __init__(self, num_feat: int = 64):
         layers: list[nn.Module] = []
         for _ in range(2):
-            layers += [nn.Conv3d(num_feat, 4 * num_feat, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
-                       Rearrange("n c d h w -> n d c h w"),
+            layers += [FrameConv(num_feat, 4 * num_feat, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
+                       nn.Identity(),
                        FramewisePixelShuffle(2),
-                       Rearrange("n d c h w -> n c d h w"),
+                       nn.Identity(),
                        nn.LeakyReLU(0.1)]
-        layers.append(nn.Conv3d(num_feat, num_feat, kernel_size=(1, 3, 3), padding=(0, 1, 1)))
+        layers.append(FrameConv(num_feat, num_feat, kernel_size=(1, 3, 3), padding=(0, 1, 1)))
         super().__init__(*layers)
