@@ -18,6 +18,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <exception>
@@ -160,32 +164,73 @@ void store8(float* target, Float8 v)
     memcpy(target, &v, sizeof v);
 }
 
-// target[x * channels + c] = scale * source[c * sourceStride + x] for x < width, c < channels: a
-// channel-major row to pixel-major. Blocks of 16 channels keep both sides on few cache lines.
-void toPixelMajor(float const* source, int64_t sourceStride, int32_t channels, int32_t width, float scale,
-    float* target)
+// target[j * targetStride + i] = scale * source[i * sourceStride + j] for an 8 x 8 block.
+void transpose8x8(float const* source, int64_t sourceStride, float* target, int64_t targetStride, float scale)
 {
-    constexpr int32_t kBlock = 16;
-    for (int32_t first = 0; first < channels; first += kBlock)
+#if defined(__AVX__)
+    __m256 r[8];
+    for (int32_t i = 0; i < 8; ++i)
+        r[i] = _mm256_loadu_ps(source + i * sourceStride);
+    __m256 t[8];
+    for (int32_t i = 0; i < 8; i += 2)
     {
-        int32_t const last = std::min(first + kBlock, channels);
-        for (int32_t x = 0; x < width; ++x)
-            for (int32_t c = first; c < last; ++c)
-                target[static_cast<int64_t>(x) * channels + c] = scale * source[c * sourceStride + x];
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
     }
+    __m256 u[8];
+    for (int32_t i = 0; i < 8; i += 4)
+    {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    __m256 const factor = _mm256_set1_ps(scale);
+    for (int32_t j = 0; j < 4; ++j)
+    {
+        _mm256_storeu_ps(target + j * targetStride, _mm256_mul_ps(factor, _mm256_permute2f128_ps(u[j], u[j + 4], 0x20)));
+        _mm256_storeu_ps(
+            target + (j + 4) * targetStride, _mm256_mul_ps(factor, _mm256_permute2f128_ps(u[j], u[j + 4], 0x31)));
+    }
+#else
+    for (int32_t i = 0; i < 8; ++i)
+        for (int32_t j = 0; j < 8; ++j)
+            target[j * targetStride + i] = scale * source[i * sourceStride + j];
+#endif
 }
 
-// The inverse: target[c * targetStride + x] = source[x * channels + c].
-void toChannelMajor(float const* source, int32_t channels, int32_t width, float* target, int64_t targetStride)
+// target[x * targetStride + c] = scale * source[c * sourceStride + x] for c < channels, x < width:
+// 8 x 8 blocks, then the ragged edges one value at a time.
+void transpose(float const* source, int64_t sourceStride, int32_t channels, int32_t width, float* target,
+    int64_t targetStride, float scale)
 {
-    constexpr int32_t kBlock = 16;
-    for (int32_t first = 0; first < width; first += kBlock)
-    {
-        int32_t const last = std::min(first + kBlock, width);
-        for (int32_t c = 0; c < channels; ++c)
-            for (int32_t x = first; x < last; ++x)
-                target[c * targetStride + x] = source[static_cast<int64_t>(x) * channels + c];
-    }
+    int32_t const fullChannels = channels / 8 * 8;
+    int32_t const fullWidth = width / 8 * 8;
+    for (int32_t c = 0; c < fullChannels; c += 8)
+        for (int32_t x = 0; x < fullWidth; x += 8)
+            transpose8x8(source + c * sourceStride + x, sourceStride, target + x * targetStride + c, targetStride,
+                scale);
+    for (int32_t c = 0; c < channels; ++c)
+        for (int32_t x = c < fullChannels ? fullWidth : 0; x < width; ++x)
+            target[x * targetStride + c] = scale * source[c * sourceStride + x];
+}
+
+// The sums of eight vectors' lanes: result[i] = v[i][0] + ... + v[i][7].
+Float8 laneSums(Float8 const* v)
+{
+#if defined(__AVX__)
+    __m256 h[4];
+    for (int32_t i = 0; i < 4; ++i)
+        h[i] = _mm256_hadd_ps(v[2 * i], v[2 * i + 1]);
+    __m256 const low = _mm256_hadd_ps(h[0], h[1]);
+    __m256 const high = _mm256_hadd_ps(h[2], h[3]);
+    return _mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20), _mm256_permute2f128_ps(low, high, 0x31));
+#else
+    Float8 sums;
+    for (int32_t i = 0; i < 8; ++i)
+        sums[i] = ((v[i][0] + v[i][4]) + (v[i][1] + v[i][5])) + ((v[i][2] + v[i][6]) + (v[i][3] + v[i][7]));
+    return sums;
+#endif
 }
 
 // A non-empty tap of sampled point n * K + k: its four corners as pixels (rows of groupChannels)
@@ -274,8 +319,8 @@ public:
         int64_t const plane = s_.plane();
         int64_t const blockStart = static_cast<int64_t>(y0) * s_.width;
         float const scale = 1.f / sqrtf(static_cast<float>(s_.headDim()));
-        toPixelMajor(q_ + static_cast<int64_t>(b) * s_.channels * plane + blockStart, plane, s_.channels,
-            rows * s_.width, scale, query_.data());
+        transpose(q_ + static_cast<int64_t>(b) * s_.channels * plane + blockStart, plane, s_.channels,
+            rows * s_.width, query_.data(), s_.channels, scale);
         switch (vectorLength_)
         {
         case 8: block<1>(b, y0, rows); break;
@@ -285,8 +330,8 @@ public:
         case 64: block<8>(b, y0, rows); break;
         default: block<0>(b, y0, rows); break;
         }
-        toChannelMajor(accumulated_.data(), s_.channels, rows * s_.width,
-            out_ + static_cast<int64_t>(b) * s_.channels * plane + blockStart, plane);
+        transpose(accumulated_.data(), s_.channels, rows * s_.width, s_.channels,
+            out_ + static_cast<int64_t>(b) * s_.channels * plane + blockStart, plane, 1.f);
     }
 
 private:
@@ -383,13 +428,21 @@ private:
                         Float8 queryChunks[kChunks > 0 ? kChunks : 1];
                         for (int32_t j = 0; j < kChunks; ++j)
                             queryChunks[j] = load8(queryRun + 8 * j);
-                        for (int32_t t = 0; t < count; ++t)
+                        // Eight taps' partial products are summed across lanes together.
+                        for (int32_t first = 0; first < count; first += 8)
                         {
-                            Float8 partial = queryChunks[0] * taps[t].sample8(run.inGroup);
-                            for (int32_t j = 1; j < kChunks; ++j)
-                                partial += queryChunks[j] * taps[t].sample8(run.inGroup + 8 * j);
-                            runScores[taps[t].point * stride] += ((partial[0] + partial[4]) + (partial[1] + partial[5]))
-                                + ((partial[2] + partial[6]) + (partial[3] + partial[7]));
+                            int32_t const batch = std::min(8, count - first);
+                            Float8 partials[8] = {};
+                            for (int32_t i = 0; i < batch; ++i)
+                            {
+                                PointTap const& tap = taps[first + i];
+                                partials[i] = queryChunks[0] * tap.sample8(run.inGroup);
+                                for (int32_t j = 1; j < kChunks; ++j)
+                                    partials[i] += queryChunks[j] * tap.sample8(run.inGroup + 8 * j);
+                            }
+                            Float8 const dots = laneSums(partials);
+                            for (int32_t i = 0; i < batch; ++i)
+                                runScores[taps[first + i].point * stride] += dots[i];
                         }
                     }
                     else
@@ -479,8 +532,8 @@ void forward(GdaShape const& s, float const* q, float const* kv, float const* of
             for (int32_t g = 0; g < s.groups; ++g)
             {
                 int64_t const groupPlane = static_cast<int64_t>(f) * s.groups + g;
-                toPixelMajor(kv + groupPlane * groupChannels * plane + rowStart, plane, groupChannels, s.width, 1.f,
-                    kvGroups + (groupPlane * plane + rowStart) * groupChannels);
+                transpose(kv + groupPlane * groupChannels * plane + rowStart, plane, groupChannels, s.width,
+                    kvGroups + (groupPlane * plane + rowStart) * groupChannels, groupChannels, 1.f);
             }
         };
     });
