@@ -9,18 +9,19 @@ is printed with its ratio to the fused kernel, the same for process CPU time (al
 shared machine less disturbed by other processes than wall time), and the max abs difference to
 the float32 PyTorch reference. Offsets: --offsets random (std 3 px, independent per pixel: scattered reads, the hard
 case) or smooth (a smooth field plus +-1 px residue, like flow-guided offsets). --memory adds
-the peak memory each implementation adds over its inputs (one call, each in a fresh process).
+the peak memory each implementation adds over its inputs (one call, each in a fresh process;
+Linux only).
 The CPU twin is single-threaded by design and slow: it runs once.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import onnx
 import onnxruntime as ort
@@ -104,12 +105,23 @@ def peak_memory_mb(name: str, architecture: str, args) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
+def status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (VmRSS: resident now, VmHWM: resident peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
 def measure_memory(name: str, architecture: str, args) -> float:
+    """Linux: the resident peak during one call minus the resident size before it. (getrusage's
+    peak would not do: a child process starts with its parent's.)"""
     q, kv, offset, attributes = make_inputs(ARCHITECTURES[architecture], args.size, args.offsets)
     run = implementation(name, q, kv, offset, attributes, args.threads)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")       # restarts VmHWM from the current size
+    before = status_kb("VmRSS")
     run()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return (status_kb("VmHWM") - before) / 1024
 
 
 def main() -> None:

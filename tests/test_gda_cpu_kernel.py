@@ -223,3 +223,31 @@ def test_library_cache_is_keyed_by_cpu(monkeypatch):
     here = build.cpu_library_path(compiler)
     monkeypatch.setattr(build, "cpu_identity", lambda: "x86_64\nmodel name=another CPU\nflags=sse2")
     assert build.cpu_library_path(compiler) != here
+
+
+def test_samples_exactly_on_the_image_border():
+    """Positions exactly at -1, -0.5, 0, H-1 and H-0.5: the zero-corner rule at its edges, in the
+    kernel's eight-pixel taps as in the reference."""
+    channels, heads, groups = ARCHITECTURES["deblur-denoise"]
+    q, kv, offset = random_inputs(1, 2, channels, 4, 11, groups, (3, 3), seed=6)
+    edges = torch.tensor([-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5])
+    offset = edges[torch.randint(0, len(edges), offset.shape, generator=torch.Generator().manual_seed(7))]
+    got = guided_deform_attn_cpu(q, kv, offset, 3, 3, 1, heads, groups, 2)
+    want = guided_deform_attn_reference(q.double(), kv.double(), offset.double(), 3, 3, 1, heads, groups, 2)
+    assert max_error(got, want) <= FP32_TOLERANCE
+
+
+def test_tiny_model_forward_with_the_kernel_matches_the_reference(monkeypatch):
+    """The network's GDA calls go through the kernel on CPU; the output stays the reference's."""
+    from conftest import random_clip, tiny_model
+
+    model = tiny_model("sr").eval()
+    lq = random_clip("sr", 4)
+    monkeypatch.setenv("RVRT_GDA", "reference")
+    with torch.no_grad():
+        want = model(lq)
+    monkeypatch.delenv("RVRT_GDA")
+    with torch.no_grad():
+        got = model(lq)
+    assert not torch.equal(got, want)
+    assert max_error(got, want) <= 1e-4

@@ -2,11 +2,20 @@
 //
 // - rvrt_gda_cpu_twin_f32: the CUDA kernel's per-(pixel, head) routine from gda_math.h driven by
 //   plain loops, so the GPU arithmetic is tested on machines without a GPU.
-// - rvrt_gda_cpu_forward_f32: the fast kernel. The same shared pieces (bilinearTap, kvFrameIndex,
-//   offsetChannel, validateGeometry, bilinearTap8, softmax8), arranged for a CPU: kv is copied once per call
-//   to channel-last, so each bilinear corner of a group is one contiguous run of channels and the
-//   channel loops vectorise; each tap is computed once per (pixel, point, group) for all the
-//   group's channels; rows of (frame, y) are spread over threads.
+// - rvrt_gda_cpu_forward_f32: the fast multi-threaded kernel, built from gda_math.h's pieces
+//   (validateGeometry, kvFrameIndex, offsetChannel, bilinearTap8 = bilinearTap for eight pixels,
+//   softmax8) arranged for a CPU:
+//   * kv is copied once per call to group-major (frame, group, H, W, group channels), so a
+//     bilinear corner of a group is one contiguous run of channels and a group's samples stay in
+//     one compact plane;
+//   * work items are blocks of rows of one query frame, spread over std::threads; inside a block
+//     the work goes group by group, so the kv rows a group's samples reach stay in cache;
+//   * each tap is computed once per (pixel, point, group), eight pixels at a time, and serves all
+//     the group's heads; channel loops run on eight-float vectors (GCC/Clang vector extensions,
+//     AVX where the compiler targets it) with per-head sums kept in registers;
+//   * scores of all clip * K points are kept, then one softmax per (head, pixel), eight pixels
+//     at a time.
+//   Results do not depend on the thread count.
 #if defined(__GNUC__) && !defined(__clang__)
 // Vectors pass between inline functions of this translation unit only: built without AVX, GCC
 // would warn about an ABI that no caller outside sees.
