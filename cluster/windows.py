@@ -111,20 +111,21 @@ class WindowWorker:
         """Answers once the worker is up again after a restart; fails once Ray gave up on it."""
         return os.getpid()
 
-    def restore(self, window: np.ndarray, tiling: Tiling) -> tuple[np.ndarray, float, int]:
+    def restore(self, window: np.ndarray, tiling: Tiling) -> tuple[np.ndarray, float, float, int]:
         """window (n, t, cin, H, W) from ``pack_window`` -> (restored (n, t, 3, H*s, W*s) float32,
-        seconds spent, this process's id)."""
-        start = time.perf_counter()
+        seconds spent, CPU seconds of this process meanwhile, this process's id)."""
+        start, cpu = time.perf_counter(), time.process_time()
         backend = self.loaded()
         restored = restore_window(backend.restore, unpack_window(window), backend.config.upscale, tiling,
                                   backend.config.min_tile)
-        return restored.numpy(), time.perf_counter() - start, os.getpid()
+        return restored.numpy(), time.perf_counter() - start, time.process_time() - cpu, os.getpid()
 
 
 @dataclass
 class WorkerStats:
     """One worker's share of the work: windows restored, their frames, seconds spent restoring,
-    and failures (windows that failed on it, deaths included)."""
+    the CPU seconds its process used meanwhile (below ``seconds`` x threads when the machine is
+    shared or the work waits on a GPU), and failures (windows that failed on it, deaths included)."""
 
     index: int
     node: str
@@ -132,13 +133,14 @@ class WorkerStats:
     windows: int = 0
     frames: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     failures: int = 0
 
     def line(self) -> str:
         rate = f", {self.frames / self.seconds:.2f} frames/s" if self.seconds else ""
         failed = f", {self.failures} failed" if self.failures else ""
         return (f"worker {self.index} ({self.node}, pid {self.pid}): {self.windows} windows, {self.frames} frames, "
-                f"{self.seconds:.1f} s{rate}{failed}")
+                f"{self.seconds:.1f} s ({self.cpu_seconds:.1f} s CPU){rate}{failed}")
 
 
 @dataclass
@@ -180,9 +182,9 @@ class RayWindows:
     used and left alone. workers: actors (default: one per GPU for backends that need a GPU,
     else one per node), each with ``threads`` CPUs (ONNX Runtime / PyTorch threads; default:
     the machine's CPUs shared out on a local cluster, 1 on a joined one) and one GPU where the
-    backend needs one. max_in_flight: windows read and not yet handed
-    back (default 2 per worker): memory stays flat in the video's length. attempts: tries per
-    window before the run stops with :class:`WindowFailed`.
+    backend needs one. max_in_flight: windows read and not yet handed back (default 2 per
+    worker): memory stays flat in the video's length. attempts: tries per window, on another
+    worker where one is free, before the run stops with :class:`WindowFailed`.
 
     Entering starts the workers and loads their backends (load errors are raised as they are);
     ``backend`` then describes the model for ``restore_video``. Entering again while entered
@@ -192,8 +194,7 @@ class RayWindows:
     """
 
     def __init__(self, load_args: dict, *, address: str = "local", workers: int | None = 1,
-                 threads: int | None = None,
-                 max_in_flight: int | None = None, attempts: int = 3,
+                 threads: int | None = None, max_in_flight: int | None = None, attempts: int = 3,
                  loader: Callable[..., Backend] = load_backend):
         if workers is not None and workers < 1:
             raise ValueError(f"--workers must be at least 1, got {workers}")
@@ -374,10 +375,11 @@ class RayWindows:
             if task.ping:
                 worker.stats.pid = value
             elif job is not None:
-                result, seconds, worker.stats.pid = value
+                result, seconds, cpu_seconds, worker.stats.pid = value
                 worker.stats.windows += 1
                 worker.stats.frames += job.frames
                 worker.stats.seconds += seconds
+                worker.stats.cpu_seconds += cpu_seconds
                 job.result = result
             return None
         worker.stats.failures += 1

@@ -1,0 +1,118 @@
+"""Windows of one video spread over Ray workers: restore time for each worker count, side by side in one run.
+
+The full-size SR network (random weights, announced) is exported once with
+``rvrt-export onnx --task sr --tile 64 --random-weights`` and cached under runs/. A clip of
+``--frames`` LR frames (``--size`` px square, bicubic x4 down of a pan-and-zoom clip) is
+restored in windows of ``--window`` frames through ``RayWindows(address="local")`` (what
+``rvrt-run --ray local`` uses) with each worker count of ``--workers``, every worker with
+``--threads`` ONNX Runtime threads. Printed per run: seconds to start the cluster and load the
+model on every worker, seconds restoring (what scales), windows per worker, peak memory of the
+driver and of each worker; then the speed-up over the first worker count and whether all
+outputs are bit-identical (``--single-process`` also compares with an in-process run).
+
+    python benchmarks/ray_scaling.py                 # 24 frames 64x64, workers 1 and 2, 1 thread each
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rvrt_cluster import RayWindows
+from rvrt_engines.backends import load_backend
+from rvrt_engines.restore import restore_video
+from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
+from rvrt_engines.video import open_frames
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def export(directory: Path) -> Path:
+    if (directory / "manifest.json").is_file():
+        print(f"export: cached {directory}")
+        return directory
+    print(f"export: full-size SR network with RANDOM WEIGHTS (outputs are not restorations), tile 64 -> {directory} "
+          f"(about 2 min)", flush=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["rvrt-export", "onnx", "--task", "sr", "--tile", "64", "--random-weights", "-o", str(directory)],
+                   check=True)
+    return directory
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of a live local process (a worker on this machine)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_cluster(model: Path, clip: Path, out: Path, workers: int, threads: int, window: int) -> dict:
+    began = time.perf_counter()
+    with RayWindows({"model": str(model)}, address="local", workers=workers, threads=threads) as pool:
+        ready = time.perf_counter()
+        summary = restore_video(pool.backend, clip, out, window=window, windows=pool)
+        restoring = time.perf_counter() - ready
+        workers_rss = [peak_rss_mib(stats.pid) for stats in pool.stats]
+        report = pool.report()
+    return dict(start=ready - began, restore=restoring, frames=summary.frames, report=report, rss=workers_rss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--size", type=int, default=64, help="LR frame width and height")
+    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
+    parser.add_argument("--export", type=Path, default=ROOT / "runs" / "ray-scaling" / "sr-tile64-random")
+    parser.add_argument("--single-process", action="store_true",
+                        help="also restore in this process (same threads) and compare")
+    args = parser.parse_args()
+
+    model = export(args.export)
+    with tempfile.TemporaryDirectory(prefix="ray-scaling-") as scratch:
+        scratch = Path(scratch)
+        size = args.size * 4
+        clip = scratch / "clip"
+        write_video(clip, degrade(moving_photo_frames(args.frames, size, size, seed=7), "sr"))
+        print(f"clip: {args.frames} frames {args.size}x{args.size} (PNG), windows of {args.window}, "
+              f"{args.threads} thread(s) per worker, --ray local on {len(os.sched_getaffinity(0))} cores", flush=True)
+        outputs, results = {}, {}
+        for workers in args.workers:
+            outputs[workers] = scratch / f"out-{workers}"
+            results[workers] = run_cluster(model, clip, outputs[workers], workers, args.threads, args.window)
+            result = results[workers]
+            print(f"workers {workers}: start {result['start']:.1f} s, restore {result['restore']:.1f} s "
+                  f"({result['frames'] / result['restore']:.3f} fps), worker peak RSS "
+                  f"{', '.join(f'{rss:.0f}' for rss in result['rss'])} MiB", flush=True)
+            for line in result["report"]:
+                print(f"    {line}")
+        if args.single_process:
+            outputs["single"] = scratch / "out-single"
+            began = time.perf_counter()
+            restore_video(load_backend(model, threads=args.threads), clip, outputs["single"], window=args.window)
+            print(f"single process: {time.perf_counter() - began:.1f} s (model load included)")
+        frames = {key: np.stack(list(open_frames(path))) for key, path in outputs.items()}
+        first = args.workers[0]
+        for workers in args.workers[1:]:
+            base, other = results[first], results[workers]
+            print(f"speed-up {workers} vs {first} workers: restore {base['restore'] / other['restore']:.2f}x, "
+                  f"start included {(base['restore'] + base['start']) / (other['restore'] + other['start']):.2f}x")
+        identical = all(np.array_equal(frames[first], other) for other in frames.values())
+        print(f"outputs bit-identical ({', '.join(map(str, outputs))}): {'yes' if identical else 'NO'}")
+        print(f"driver peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        if not identical:
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
