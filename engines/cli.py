@@ -15,7 +15,7 @@ from rvrt_export.manifest import ArtifactError, read_manifest
 from .backends import load_backend
 from .progress import ProgressDisplay
 from .restore import check_sigma, open_source, output_writer, restore_video
-from .video import Terminated, VideoInputError, VideoOutputError, signals_as_exceptions
+from .video import Terminated, VideoInputError, VideoOutputError, check_output_path, signals_as_exceptions
 
 USER_ERRORS = (VideoInputError, VideoOutputError, ArtifactError, CheckpointError, ValueError, FileExistsError)
 
@@ -124,6 +124,7 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
         raise ValueError(f"--sigma {sigma:g}: expected a noise level from 0 to 255 (the 8-bit scale)")
     if workers is not None and ray is None:
         raise ValueError("--workers sets the number of Ray workers: it needs --ray (local, auto or an address)")
+    check_output_path(output, inputs=(source,), overwrite=overwrite)
     frame_source = open_source(source, fps, start, frames)
     if known is not None:
         # Every output choice is checked by opening the real encoder before the model is loaded.

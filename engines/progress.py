@@ -38,7 +38,7 @@ class Status:
         """Frames' worth of computation finished (fractional)."""
         if self.total and self.work_total:
             return self.total * self.work_done / self.work_total
-        return max(float(self.frames_written), self.work_done)
+        return float(self.frames_written)
 
     @property
     def fps(self) -> float:

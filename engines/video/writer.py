@@ -30,10 +30,11 @@ from .streams import StreamCopy, copy_chapters, copy_container_tags
 
 VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".webm", ".avi")
 PIPE_SUFFIX = ".y4m"
+PIPE_CODEC = "wrapped_avframe"  # what FFmpeg's yuv4mpegpipe muxer takes: raw frames
 CRF_RANGES = {"libx264": (0, 51, 18), "libx265": (0, 51, 20), "libvpx-vp9": (0, 63, 30), "libsvtav1": (0, 63, 30)}
 LOSSLESS_OPTIONS = {"libx264": {"qp": "0"}, "libx264rgb": {"qp": "0"}, "libx265": {"x265-params": "lossless=1"},
-                    "libvpx-vp9": {"lossless": "1"}, "ffv1": {}, "rawvideo": {}}
-ODD_SIZE_CODECS = {"libvpx-vp9", "libsvtav1", "ffv1", "rawvideo"}
+                    "libvpx-vp9": {"lossless": "1"}, "ffv1": {}}
+ODD_SIZE_CODECS = {"libvpx-vp9", "libsvtav1", "ffv1", PIPE_CODEC}
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Encoding:
 
 def default_codec(suffix: str, depth: int, lossless: bool) -> str:
     if suffix == PIPE_SUFFIX:
-        return "rawvideo"
+        return PIPE_CODEC
     if lossless:
         if suffix in (".mkv", ".avi"):
             return "ffv1"
@@ -86,7 +87,7 @@ def format_depth(pix_fmt: str) -> int:
 
 def choose_pix_fmt(codec: av.codec.Codec, depth: int, lossless: bool) -> str:
     formats = [f.name for f in codec.video_formats or []]
-    if codec.name == "rawvideo":
+    if codec.name == PIPE_CODEC:
         return "yuv420p" if depth <= 8 else "yuv420p10le"
     if lossless:
         rgb = ["rgb24", "bgr0", "gbrp"] if depth <= 8 else ["gbrp10le"]
@@ -117,8 +118,8 @@ def choose_encoding(suffix: str, width: int, height: int, *, depth: int, codec: 
                                f"frame folders (16-bit PNG)")
     if lossless and crf is not None:
         raise VideoOutputError("--crf sets the quality of lossy output; it does not go with --lossless")
-    if suffix == PIPE_SUFFIX and (codec or crf is not None):
-        raise VideoOutputError("-o - writes uncompressed YUV4MPEG2: --codec and --crf do not apply")
+    if suffix == PIPE_SUFFIX and (codec or crf is not None or lossless):
+        raise VideoOutputError("-o - writes uncompressed YUV4MPEG2: --codec, --crf and --lossless do not apply")
     chosen = encoder(codec or default_codec(suffix, depth, lossless))
     notes = []
     if codec is None and suffix == ".webm" and depth > 8:
@@ -205,9 +206,9 @@ class VideoWriter:
             self.timestamps = None
         stream.codec_context.time_base = self.time_base
         self.colour = (colour or Colour()).for_output(width, height)
+        context = stream.codec_context
+        context.color_primaries, context.color_trc = self.colour.primaries, self.colour.trc
         if is_yuv(encoding.pix_fmt):
-            context = stream.codec_context
-            context.color_primaries, context.color_trc = self.colour.primaries, self.colour.trc
             context.colorspace, context.color_range = self.colour.matrix, self.colour.range
         if like is not None:
             if like.sample_aspect_ratio:
