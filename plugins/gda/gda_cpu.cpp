@@ -197,9 +197,10 @@ void transpose8x8(float const* source, int64_t sourceStride, float* target, int6
     __m256 const factor = _mm256_set1_ps(scale);
     for (int32_t j = 0; j < 4; ++j)
     {
-        _mm256_storeu_ps(target + j * targetStride, _mm256_mul_ps(factor, _mm256_permute2f128_ps(u[j], u[j + 4], 0x20)));
-        _mm256_storeu_ps(
-            target + (j + 4) * targetStride, _mm256_mul_ps(factor, _mm256_permute2f128_ps(u[j], u[j + 4], 0x31)));
+        __m256 const low = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
+        __m256 const high = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
+        _mm256_storeu_ps(target + j * targetStride, _mm256_mul_ps(factor, low));
+        _mm256_storeu_ps(target + (j + 4) * targetStride, _mm256_mul_ps(factor, high));
     }
 #else
     for (int32_t i = 0; i < 8; ++i)
@@ -282,14 +283,15 @@ std::vector<GroupSpan> groupSpans(std::vector<ChannelRun> const& runs)
     return spans;
 }
 
-// Rows per work item. Work goes group by group over a block of rows, so the kv rows one group's
-// samples reach (the block plus the offsets' reach) stay in the core's cache across the block
-// instead of all groups' channels competing for it pixel by pixel.
+// Rows per work item. Work goes group by group over a block of rows of all query frames of a
+// clip, so the kv rows one group's samples reach (the block plus the offsets' reach, in the
+// clip's kv frames) stay in the core's cache across the block instead of all groups' channels
+// competing for it pixel by pixel.
 constexpr int32_t kBlockRows = 8;
 // Pixels whose taps are computed together (bilinearTap8): eight consecutive x of one row.
 constexpr int32_t kLanes = 8;
 
-// One block of output rows (query frame b, rows y0..y0+rows-1) at a time. Its queries and
+// One block at a time: rows y0..y0+rows-1 of the query frames of one clip. Its queries and
 // outputs live pixel-major in per-thread scratch so the channel loops walk contiguous memory;
 // scores live (head, point, pixel) so eight pixels' softmaxes run as one (softmax8).
 class BlockKernel
@@ -306,7 +308,7 @@ public:
         , valueRuns_(valueRuns)
         , keySpans_(groupSpans(keyRuns))
         , valueSpans_(groupSpans(valueRuns))
-        , blockPixels_(static_cast<size_t>(std::min(kBlockRows, s.height)) * s.width)
+        , blockPixels_(static_cast<size_t>(s.clip) * std::min(kBlockRows, s.height) * s.width)
         , query_(blockPixels_ * s.channels)
         , accumulated_(blockPixels_ * s.channels)
         , scores_((blockPixels_ + kLanes) * s.heads * s.clip * s.points())
@@ -315,32 +317,38 @@ public:
     {
     }
 
-    static int32_t blocksPerFrame(GdaShape const& s)
+    static int32_t items(GdaShape const& s)
     {
-        return (s.height + kBlockRows - 1) / kBlockRows;
+        return s.frames / s.clip * ((s.height + kBlockRows - 1) / kBlockRows);
     }
 
+    // Item: the same rows of every query frame of one clip, which all sample the same kv frames.
     void operator()(int32_t item)
     {
-        int32_t const b = item / blocksPerFrame(s_);
-        int32_t const y0 = item % blocksPerFrame(s_) * kBlockRows;
+        int32_t const blocks = (s_.height + kBlockRows - 1) / kBlockRows;
+        int32_t const b0 = item / blocks * s_.clip;
+        int32_t const y0 = item % blocks * kBlockRows;
         int32_t const rows = std::min(kBlockRows, s_.height - y0);
+        int32_t const framePixels = rows * s_.width;
         int64_t const plane = s_.plane();
         int64_t const blockStart = static_cast<int64_t>(y0) * s_.width;
         float const scale = 1.f / sqrtf(static_cast<float>(s_.headDim()));
-        transpose(q_ + static_cast<int64_t>(b) * s_.channels * plane + blockStart, plane, s_.channels,
-            rows * s_.width, query_.data(), s_.channels, scale);
+        for (int32_t t = 0; t < s_.clip; ++t)
+            transpose(q_ + static_cast<int64_t>(b0 + t) * s_.channels * plane + blockStart, plane, s_.channels,
+                framePixels, query_.data() + static_cast<size_t>(t) * framePixels * s_.channels, s_.channels, scale);
         switch (vectorLength_)
         {
-        case 8: block<1>(b, y0, rows); break;
-        case 16: block<2>(b, y0, rows); break;
-        case 24: block<3>(b, y0, rows); break;
-        case 32: block<4>(b, y0, rows); break;
-        case 64: block<8>(b, y0, rows); break;
-        default: block<0>(b, y0, rows); break;
+        case 8: block<1>(b0, y0, rows); break;
+        case 16: block<2>(b0, y0, rows); break;
+        case 24: block<3>(b0, y0, rows); break;
+        case 32: block<4>(b0, y0, rows); break;
+        case 64: block<8>(b0, y0, rows); break;
+        default: block<0>(b0, y0, rows); break;
         }
-        transpose(accumulated_.data(), s_.channels, rows * s_.width, s_.channels,
-            out_ + static_cast<int64_t>(b) * s_.channels * plane + blockStart, plane, 1.f);
+        for (int32_t t = 0; t < s_.clip; ++t)
+            transpose(accumulated_.data() + static_cast<size_t>(t) * framePixels * s_.channels, s_.channels,
+                framePixels, s_.channels, out_ + static_cast<int64_t>(b0 + t) * s_.channels * plane + blockStart,
+                plane, 1.f);
     }
 
 private:
@@ -392,20 +400,24 @@ private:
         }
     }
 
-    // Calls visit(block pixel p, its taps, their number) for every pixel of the block, taps of
-    // `group`, eight pixels' taps computed at a time.
+    // Calls visit(block pixel p, its taps, their number) for every pixel of the block (frame by
+    // frame, row by row), taps of `group`, eight pixels' taps computed at a time.
     template <typename Visit>
-    void forEachPixel(int32_t b, int32_t y0, int32_t rows, int32_t group, Visit const& visit)
+    void forEachPixel(int32_t b0, int32_t y0, int32_t rows, int32_t group, Visit const& visit)
     {
         size_t const sampled = static_cast<size_t>(s_.clip) * s_.points();
-        for (int32_t row = 0; row < rows; ++row)
+        for (int32_t t = 0; t < s_.clip; ++t)
         {
-            for (int32_t x0 = 0; x0 < s_.width; x0 += kLanes)
+            for (int32_t row = 0; row < rows; ++row)
             {
-                int32_t const lanes = std::min(kLanes, s_.width - x0);
-                gatherTaps(b, y0 + row, x0, lanes, group);
-                for (int32_t l = 0; l < lanes; ++l)
-                    visit(row * s_.width + x0 + l, taps_.data() + l * sampled, tapCounts_[l]);
+                int32_t const rowStart = (t * rows + row) * s_.width;
+                for (int32_t x0 = 0; x0 < s_.width; x0 += kLanes)
+                {
+                    int32_t const lanes = std::min(kLanes, s_.width - x0);
+                    gatherTaps(b0 + t, y0 + row, x0, lanes, group);
+                    for (int32_t l = 0; l < lanes; ++l)
+                        visit(rowStart + x0 + l, taps_.data() + l * sampled, tapCounts_[l]);
+                }
             }
         }
     }
@@ -415,17 +427,17 @@ private:
     // and then each run (one head's channels) goes over them with its query or sums in registers.
     // kChunks > 0: every run is kChunks Float8 long; 0: runs of any length, scalar loops.
     template <int32_t kChunks>
-    void block(int32_t b, int32_t y0, int32_t rows)
+    void block(int32_t b0, int32_t y0, int32_t rows)
     {
         // Scores are (head, point, pixel) with the pixels of a row of the layout padded to lanes.
-        int32_t const pixels = rows * s_.width;
+        int32_t const pixels = s_.clip * rows * s_.width;
         int32_t const stride = (pixels + kLanes - 1) / kLanes * kLanes;
         int32_t const sampled = s_.clip * s_.points();
         float* scores = scores_.data();
         std::fill(scores_.begin(), scores_.begin() + static_cast<size_t>(stride) * s_.heads * sampled, 0.f);
         for (GroupSpan const& span : keySpans_)
         {
-            forEachPixel(b, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
+            forEachPixel(b0, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
                 float const* query = query_.data() + static_cast<size_t>(p) * s_.channels;
                 for (size_t r = span.first; r < span.end; ++r)
                 {
@@ -474,7 +486,7 @@ private:
         // Every output channel belongs to exactly one run, which writes it once.
         for (GroupSpan const& span : valueSpans_)
         {
-            forEachPixel(b, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
+            forEachPixel(b0, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
                 float* accumulated = accumulated_.data() + static_cast<size_t>(p) * s_.channels - s_.channels;
                 for (size_t r = span.first; r < span.end; ++r)
                 {
@@ -548,7 +560,7 @@ void forward(GdaShape const& s, float const* q, float const* kv, float const* of
     });
     std::vector<ChannelRun> const keyRuns = channelRuns(s, 0);
     std::vector<ChannelRun> const valueRuns = channelRuns(s, 1);
-    parallelFor(s.frames * BlockKernel::blocksPerFrame(s), threads,
+    parallelFor(BlockKernel::items(s), threads,
         [&]() { return BlockKernel(s, q, kvGroups, offset, out, keyRuns, valueRuns); });
 }
 
