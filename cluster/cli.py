@@ -152,7 +152,7 @@ def summary_lines(items: list[Item], pool: RayWindows | None, seconds: float) ->
         elif item.state == "pending":
             lines.append(f"not restored: {item.source}")
         else:
-            lines.append(f"failed: {item.source}: {item.reason}")
+            lines.append(f"failed: {item.source}: {item.reason.removeprefix(f'{item.source}: ')}")
     counts = {state: sum(item.state == state for item in items) for state in ("done", "failed", "skipped")}
     lines.append(f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in {seconds:.1f} s")
     if pool is not None:
