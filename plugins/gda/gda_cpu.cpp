@@ -158,8 +158,8 @@ Float8 load8(float const* source)
 }
 
 // The first `lanes` of eight floats, the others 0: rows whose width is not a multiple of 8 end
-// without reading past them.
-Float8 loadLanes(float const* source, int32_t lanes)
+// without reading past them. Always inlined: a partly inlined copy would pass a vector by value.
+__attribute__((always_inline)) inline Float8 loadLanes(float const* source, int32_t lanes)
 {
     if (lanes == 8)
         return load8(source);
