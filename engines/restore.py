@@ -10,6 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -206,8 +207,9 @@ def open_source(source, fps: float | None = None, start: float | None = None, fr
     """A frame source from a path or ``-``, or ``source`` itself when already open."""
     if isinstance(source, FrameSource):
         return source
-    if fps is not None and fps <= 0:
-        raise ValueError(f"--fps {fps:g}: expected a positive frame rate")
+    if fps is not None and (fps <= 0 or not Path(source).is_dir()):
+        raise ValueError(f"--fps {fps:g}: expected a positive frame rate, for a folder of frames (videos and "
+                         f"streams keep their own rate)")
     if start is not None and start < 0:
         raise ValueError(f"--start {start:g}: expected a time from 0")
     if frames is not None and frames < 1:

@@ -98,6 +98,9 @@ def test_overwritten_file_is_replaced_atomically_with_usual_permissions(tmp_path
     (["-o", "{tmp}/a.mp4", "--sigma", "5"], "--sigma only applies to denoising"),
     (["-o", "{tmp}/a.mp4", "--start", "1:xx"], "--start 1:xx"),
     (["-o", "{tmp}/a.mp4", "--start", "9"], "past the last frame"),
+    (["-o", "{tmp}/a.mp4", "--fps", "30"], "--fps 30: expected a positive frame rate, for a folder of frames"),
+    (["-o", "-", "--crf", "20"], "-o - writes uncompressed YUV4MPEG2"),
+    (["-o", "{tmp}/frames", "--codec", "libx264"], "the output is a frame folder"),
 ])
 def test_bad_choices_fail_before_any_work_and_leave_nothing(tmp_path, clip, args, message):
     out_dir = tmp_path / "out"
