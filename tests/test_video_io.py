@@ -1,5 +1,6 @@
 """Video input/output: exact lossless round trips, natural frame order, atomic writes."""
 
+import av
 import numpy as np
 import pytest
 
@@ -80,3 +81,14 @@ def test_degradations_have_the_expected_shapes_and_effects():
     noisy = degrade(FRAMES, "denoise", sigma=20).astype(int)
     assert 10 < np.std(noisy - FRAMES.astype(int)) < 25
     assert np.abs(np.diff(FRAMES.astype(int), axis=0)).mean() > 1
+
+
+@pytest.mark.parametrize("lossless,codec", [(False, "h264"), (True, "ffv1")])
+def test_avi_is_writable(tmp_path, lossless, codec):
+    write_video(tmp_path / "clip.avi", FRAMES, lossless=lossless)
+    source = open_frames(tmp_path / "clip.avi")
+    back = np.stack(list(source))
+    assert back.shape == FRAMES.shape and float(source.frame_rate) == 25
+    with av.open(str(tmp_path / "clip.avi")) as container:
+        assert container.streams.video[0].codec_context.name == codec
+    assert np.array_equal(back, FRAMES) == lossless
