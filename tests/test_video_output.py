@@ -153,3 +153,22 @@ def test_sigterm_leaves_no_file(tmp_path, name):
     process.wait(timeout=60)
     assert process.returncode != 0
     assert os.listdir(out_dir) == []
+
+
+def test_sigterm_to_rvrt_run_exits_143_and_leaves_no_file(tmp_path, tiny_export):
+    _, _, export_dir = tiny_export("sr")
+    source = tmp_path / "long.mkv"
+    write_video(source, np.repeat(FRAMES, 20, axis=0), lossless=True)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    process = subprocess.Popen(["rvrt-run", str(export_dir), str(source), "-o", str(out_dir / "x.mp4"),
+                                "--window", "4"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not os.listdir(out_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.listdir(out_dir), "the temporary output appears while working"
+    time.sleep(2)
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143 and "stopped by SIGTERM" in stderr, stderr
+    assert os.listdir(out_dir) == []
