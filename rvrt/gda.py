@@ -11,7 +11,8 @@ official RVRT CUDA operator) with standard tensor ops, on any device: it is the 
   (built with nvcc on first use);
 - anything else (other dtypes, devices): the reference.
 
-``RVRT_GDA=reference`` in the environment selects the reference everywhere. A kernel that
+``RVRT_GDA=reference`` in the environment selects the reference everywhere (``native``, the
+default, the kernels above). A kernel that
 cannot be built or loaded (no compiler, compile error) warns once, naming why, and the
 reference runs instead.
 """
@@ -95,9 +96,8 @@ def guided_deform_attn(q: torch.Tensor, kv: torch.Tensor, offset: torch.Tensor, 
     return guided_deform_attn_reference(q, kv, offset, kernel_h, kernel_w, padding, heads, groups, clip)
 
 
-# Device type -> why its kernel is unavailable; filled on the first failure so that a kernel that
-# cannot be built is neither retried nor warned about on every call.
-_UNAVAILABLE: dict[str, str] = {}
+# Device types whose kernel failed to build or load: it is neither retried nor warned about again.
+_UNAVAILABLE: set[str] = set()
 
 
 def use_reference() -> bool:
@@ -109,7 +109,7 @@ def use_reference() -> bool:
 
 
 def _kernel_unavailable(device_type: str, reason: BaseException) -> None:
-    _UNAVAILABLE[device_type] = str(reason)
+    _UNAVAILABLE.add(device_type)
     warnings.warn(f"GDA: the fused {device_type.upper()} kernel is unavailable, using the PyTorch reference "
                   f"(slower, more memory). Reason: {reason}", RuntimeWarning, stacklevel=3)
 

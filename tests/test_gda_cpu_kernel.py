@@ -35,7 +35,9 @@ OTHER_SHAPES = [
     (12, 1, 6, (3, 3)),      # one head spanning three key groups
     (12, 3, 3, (3, 3)),      # odd groups: group 1 holds both keys and values
     (160, 2, 4, (3, 3)),     # head dim 80, beyond the CUDA kernel's 64
-    (40, 5, 10, (1, 3)),     # head dim 8, one Vec8 per run
+    (40, 5, 10, (1, 3)),     # head dim 8, one vector per run, one head per group
+    (48, 6, 4, (3, 3)),      # three heads per group: a pair, then one
+    (64, 4, 4, (3, 3)),      # head dim 16, two heads per group
     (20, 4, 10, (5, 3)),
 ]
 

@@ -439,91 +439,127 @@ private:
         int32_t const pixels = s_.clip * rows * s_.width;
         int32_t const stride = (pixels + kLanes - 1) / kLanes * kLanes;
         int32_t const sampled = s_.clip * s_.points();
+        size_t const headStride = static_cast<size_t>(sampled) * stride;
         float* scores = scores_.data();
         std::fill(scores_.begin(), scores_.begin() + static_cast<size_t>(stride) * s_.heads * sampled, 0.f);
         for (GroupSpan const& span : keySpans_)
         {
             forEachPixel(b0, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
                 float const* query = query_.data() + static_cast<size_t>(p) * s_.channels;
+                if (kChunks > 0)
+                {
+                    // Two heads of a group at a time share each tap's loads.
+                    size_t r = span.first;
+                    for (; r + 2 <= span.end; r += 2)
+                        scoreRuns<kChunks, 2>(&keyRuns_[r], query, taps, count, scores + p, headStride, stride);
+                    if (r < span.end)
+                        scoreRuns<kChunks, 1>(&keyRuns_[r], query, taps, count, scores + p, headStride, stride);
+                    return;
+                }
                 for (size_t r = span.first; r < span.end; ++r)
                 {
                     ChannelRun const& run = keyRuns_[r];
                     float const* queryRun = query + run.start;
-                    float* runScores = scores + static_cast<size_t>(run.head) * sampled * stride + p;
-                    if (kChunks > 0)
+                    float* runScores = scores + run.head * headStride + p;
+                    for (int32_t t = 0; t < count; ++t)
                     {
-                        Float8 queryChunks[kChunks > 0 ? kChunks : 1];
-                        for (int32_t j = 0; j < kChunks; ++j)
-                            queryChunks[j] = load8(queryRun + 8 * j);
-                        // Eight taps' partial products are summed across lanes together.
-                        for (int32_t first = 0; first < count; first += 8)
-                        {
-                            int32_t const batch = std::min(8, count - first);
-                            Float8 partials[8] = {};
-                            for (int32_t i = 0; i < batch; ++i)
-                            {
-                                PointTap const& tap = taps[first + i];
-                                partials[i] = queryChunks[0] * tap.sample8(run.inGroup);
-                                for (int32_t j = 1; j < kChunks; ++j)
-                                    partials[i] += queryChunks[j] * tap.sample8(run.inGroup + 8 * j);
-                            }
-                            Float8 const dots = laneSums(partials);
-                            for (int32_t i = 0; i < batch; ++i)
-                                runScores[taps[first + i].point * stride] += dots[i];
-                        }
-                    }
-                    else
-                    {
-                        for (int32_t t = 0; t < count; ++t)
-                        {
-                            float dot = 0.f;
-                            for (int32_t c = 0; c < run.length; ++c)
-                                dot += queryRun[c] * taps[t].sample(run.inGroup + c);
-                            runScores[taps[t].point * stride] += dot;
-                        }
+                        float dot = 0.f;
+                        for (int32_t c = 0; c < run.length; ++c)
+                            dot += queryRun[c] * taps[t].sample(run.inGroup + c);
+                        runScores[taps[t].point * stride] += dot;
                     }
                 }
             });
         }
         for (int32_t head = 0; head < s_.heads; ++head)
             for (int32_t p = 0; p < pixels; p += kLanes)
-                rvrt::gda::softmax8(scores + static_cast<size_t>(head) * sampled * stride + p, sampled, stride);
+                rvrt::gda::softmax8(scores + head * headStride + p, sampled, stride);
 
         // Every output channel belongs to exactly one run, which writes it once.
         for (GroupSpan const& span : valueSpans_)
         {
             forEachPixel(b0, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
                 float* accumulated = accumulated_.data() + static_cast<size_t>(p) * s_.channels - s_.channels;
+                if (kChunks > 0)
+                {
+                    size_t r = span.first;
+                    for (; r + 2 <= span.end; r += 2)
+                        sumRuns<kChunks, 2>(&valueRuns_[r], taps, count, scores + p, headStride, stride, accumulated);
+                    if (r < span.end)
+                        sumRuns<kChunks, 1>(&valueRuns_[r], taps, count, scores + p, headStride, stride, accumulated);
+                    return;
+                }
                 for (size_t r = span.first; r < span.end; ++r)
                 {
                     ChannelRun const& run = valueRuns_[r];
-                    float const* weights = scores + static_cast<size_t>(run.head) * sampled * stride + p;
+                    float const* weights = scores + run.head * headStride + p;
                     float* accumulatedRun = accumulated + run.start;
-                    if (kChunks > 0)
+                    std::fill(accumulatedRun, accumulatedRun + run.length, 0.f);
+                    for (int32_t t = 0; t < count; ++t)
                     {
-                        Float8 sums[kChunks > 0 ? kChunks : 1] = {};
-                        for (int32_t t = 0; t < count; ++t)
-                        {
-                            float const weight = weights[taps[t].point * stride];
-                            for (int32_t j = 0; j < kChunks; ++j)
-                                sums[j] += weight * taps[t].sample8(run.inGroup + 8 * j);
-                        }
-                        for (int32_t j = 0; j < kChunks; ++j)
-                            store8(accumulatedRun + 8 * j, sums[j]);
-                    }
-                    else
-                    {
-                        std::fill(accumulatedRun, accumulatedRun + run.length, 0.f);
-                        for (int32_t t = 0; t < count; ++t)
-                        {
-                            float const weight = weights[taps[t].point * stride];
-                            for (int32_t c = 0; c < run.length; ++c)
-                                accumulatedRun[c] += weight * taps[t].sample(run.inGroup + c);
-                        }
+                        float const weight = weights[taps[t].point * stride];
+                        for (int32_t c = 0; c < run.length; ++c)
+                            accumulatedRun[c] += weight * taps[t].sample(run.inGroup + c);
                     }
                 }
             });
         }
+    }
+
+    // Adds to scores (at the pixel; heads headStride apart, points stride apart) the dot products
+    // of kRuns runs of queries with their keys at each tap, runs of kChunks Float8. Each tap's
+    // corners are read once for all kRuns runs; eight taps' products are summed across lanes together.
+    template <int32_t kChunks, int32_t kRuns>
+    static void scoreRuns(ChannelRun const* runs, float const* query, PointTap const* taps, int32_t count,
+        float* scores, size_t headStride, int32_t stride)
+    {
+        Float8 queryChunks[kRuns][kChunks];
+        for (int32_t r = 0; r < kRuns; ++r)
+            for (int32_t j = 0; j < kChunks; ++j)
+                queryChunks[r][j] = load8(query + runs[r].start + 8 * j);
+        for (int32_t first = 0; first < count; first += 8)
+        {
+            int32_t const batch = std::min(8, count - first);
+            Float8 partials[kRuns][8] = {};
+            for (int32_t i = 0; i < batch; ++i)
+            {
+                PointTap const& tap = taps[first + i];
+                for (int32_t r = 0; r < kRuns; ++r)
+                {
+                    partials[r][i] = queryChunks[r][0] * tap.sample8(runs[r].inGroup);
+                    for (int32_t j = 1; j < kChunks; ++j)
+                        partials[r][i] += queryChunks[r][j] * tap.sample8(runs[r].inGroup + 8 * j);
+                }
+            }
+            for (int32_t r = 0; r < kRuns; ++r)
+            {
+                Float8 const dots = laneSums(partials[r]);
+                float* runScores = scores + runs[r].head * headStride;
+                for (int32_t i = 0; i < batch; ++i)
+                    runScores[taps[first + i].point * stride] += dots[i];
+            }
+        }
+    }
+
+    // Writes the outputs of kRuns value runs (kChunks Float8 each) at one pixel: the sum over taps
+    // of softmax weight times sampled values, in registers, each tap's corners read once.
+    template <int32_t kChunks, int32_t kRuns>
+    static void sumRuns(ChannelRun const* runs, PointTap const* taps, int32_t count, float const* weights,
+        size_t headStride, int32_t stride, float* accumulated)
+    {
+        Float8 sums[kRuns][kChunks] = {};
+        for (int32_t t = 0; t < count; ++t)
+        {
+            for (int32_t r = 0; r < kRuns; ++r)
+            {
+                float const weight = weights[runs[r].head * headStride + taps[t].point * stride];
+                for (int32_t j = 0; j < kChunks; ++j)
+                    sums[r][j] += weight * taps[t].sample8(runs[r].inGroup + 8 * j);
+            }
+        }
+        for (int32_t r = 0; r < kRuns; ++r)
+            for (int32_t j = 0; j < kChunks; ++j)
+                store8(accumulated + runs[r].start + 8 * j, sums[r][j]);
     }
 
     GdaShape const& s_;
