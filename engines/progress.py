@@ -79,8 +79,9 @@ class Meter:
         self.steps = 0
         self._update()
 
-    def window_done(self) -> None:
-        self.completed_work += self.length
+    def window_done(self, length: int) -> None:
+        """A window of ``length`` frames came back (from this process or another runner)."""
+        self.completed_work += length
         self.length = self.calls = 0
         self._update()
 

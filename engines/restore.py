@@ -277,7 +277,7 @@ def restore_video(backend: Backend, source, output: str | os.PathLike, *,
         runner = windows or LocalWindows(backend, meter)
         feed = WindowFeed(source_frames, frame_to_tensor(sigma), tiling)
         with runner:
-            restored_windows = counted_windows(runner.map(feed.windows(), tiling), meter)
+            restored_windows = counted_windows(runner.map(feed.windows(), tiling), feed.spans, meter)
             # A stream's length is known only at its end: blend as far as the spans known so far
             # say, and stop at the last frame (feed.count) rather than at a count given up front.
             for frame in blend_windows(feed.spans, restored_windows, count or sys.maxsize):
@@ -297,7 +297,7 @@ def source_notes(frames: FrameSource) -> list[str]:
         [f"note: {frames.colour.guessed}"] if frames.colour.guessed else [])
 
 
-def counted_windows(restored, meter: Meter):
-    for window in restored:
-        meter.window_done()
+def counted_windows(restored, spans: list[tuple[int, int]], meter: Meter):
+    for index, window in enumerate(restored):
+        meter.window_done(spans[index][1] - spans[index][0])
         yield window

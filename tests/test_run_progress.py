@@ -34,6 +34,13 @@ def test_eta_is_elapsed_per_work_times_work_left():
     assert abs(status.eta - 30.0 / 3 * 9) < 0.5 and abs(status.fps - 2.5 / 30) < 1e-3
 
 
+def test_runners_that_report_only_windows_still_advance():
+    """A distributed runner reports nothing inside a window; work advances by whole windows."""
+    meter = Meter(total=10, window_lengths=[6, 6])
+    meter.window_done(6)
+    assert meter.status.work_done == 6 and meter.status.eta is not None
+
+
 def test_plain_lines_without_a_terminal():
     stream = io.StringIO()
     display = ProgressDisplay(interval=0, stream=stream)
