@@ -153,8 +153,10 @@ def summary_lines(items: list[Item], pool: RayWindows | None, seconds: float) ->
             lines.append(f"not restored: {item.source}")
         else:
             lines.append(f"failed: {item.source}: {item.reason.removeprefix(f'{item.source}: ')}")
-    counts = {state: sum(item.state == state for item in items) for state in ("done", "failed", "skipped")}
-    lines.append(f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in {seconds:.1f} s")
+    counts = {state: sum(item.state == state for item in items) for state in ("done", "failed", "skipped", "pending")}
+    stopped = f", {counts['pending']} not restored" if counts["pending"] else ""
+    lines.append(f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped{stopped} "
+                 f"in {seconds:.1f} s")
     if pool is not None:
         lines.extend(pool.report())
     return lines

@@ -19,10 +19,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +63,18 @@ def unpack_window(window: np.ndarray) -> torch.Tensor:
     if window.dtype in (np.uint8, np.uint16):
         return torch.from_numpy(window.astype(np.float32)) / float(np.iinfo(window.dtype).max)
     return torch.from_numpy(window)
+
+
+@contextmanager
+def signal_exceptions_unwrapped():
+    """An exception that a signal handler raises while Ray waits (rvrt-run's Terminated on SIGTERM, a
+    BaseException) leaves Ray's compiled wait as a SystemError caused by it: raise it as itself."""
+    try:
+        yield
+    except SystemError as err:
+        if isinstance(err.__cause__, BaseException) and not isinstance(err.__cause__, Exception):
+            raise err.__cause__ from None
+        raise
 
 
 def needs_gpu(load_args: dict) -> bool:
@@ -241,11 +256,17 @@ class RayWindows:
     def _start(self) -> None:
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            main_thread = threading.current_thread() is threading.main_thread()
+            previous = signal.getsignal(signal.SIGTERM) if main_thread else None
             if self.address == "local":
                 ray.init(**options)
             else:
                 ray.init(address=self.address, **options)
             self._connected = True
+            if callable(previous):
+                # ray.init replaces the SIGTERM handler with one that exits at once; the caller's own
+                # (rvrt-run's raises Terminated) unwinds through __exit__, which stops Ray as well.
+                signal.signal(signal.SIGTERM, previous)
         gpus = 1 if needs_gpu(self.load_args) else 0
         if self.workers is None:
             alive = sum(1 for node in ray.nodes() if node["Alive"])
@@ -258,7 +279,8 @@ class RayWindows:
                   for _ in range(self.workers)]
         self._pool = [_Worker(actor, WorkerStats(index, "", 0)) for index, actor in enumerate(actors)]
         try:
-            described = ray.get([actor.describe.remote() for actor in actors])
+            with signal_exceptions_unwrapped():
+                described = ray.get([actor.describe.remote() for actor in actors])
         except RayTaskError as err:
             raise err.cause from None
         for worker, (backend, node, pid) in zip(self._pool, described):
@@ -352,7 +374,8 @@ class RayWindows:
 
     def _complete_one(self, queue: deque[_Job]) -> _Job | None:
         """Wait for one call to finish and account for it; returns a window that is out of attempts."""
-        ready, _ = ray.wait(list(self._running), num_returns=1)
+        with signal_exceptions_unwrapped():
+            ready, _ = ray.wait(list(self._running), num_returns=1)
         task = self._running.pop(ready[0])
         worker, job = task.worker, task.job
         try:

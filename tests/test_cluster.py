@@ -181,7 +181,9 @@ def test_batch_restores_a_folder_and_reports_the_broken_file(cluster, video_fold
         in again.stdout
 
 
-def test_ctrl_c_stops_workers_and_the_local_cluster_leaving_nothing(video, tiny_export, tmp_path):
+@pytest.mark.parametrize("signum,message", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")])
+def test_ctrl_c_and_sigterm_stop_workers_and_the_local_cluster_leaving_nothing(signum, message, video, tiny_export,
+                                                                                tmp_path):
     ray_dir = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))      # Ray's socket paths must stay short
     out = tmp_path / "restored"
     batch = subprocess.Popen(
@@ -193,11 +195,11 @@ def test_ctrl_c_stops_workers_and_the_local_cluster_leaving_nothing(video, tiny_
         while not (out.is_dir() and any(out.iterdir())) and batch.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert batch.poll() is None, batch.stderr.read()
-        batch.send_signal(signal.SIGINT)
-        assert batch.wait(60) == 130
+        batch.send_signal(signum)
+        assert batch.wait(60) == 128 + signum
     finally:
         batch.kill()
-    assert "interrupted; the file in progress was not written" in batch.stderr.read()
+    assert f"rvrt-batch: {message}; the file in progress was not written" in batch.stderr.read()
     assert list(out.iterdir()) == []
     deadline = time.monotonic() + 20
     while ray_processes(ray_dir) and time.monotonic() < deadline:
