@@ -36,6 +36,7 @@ class StreamCopy:
         self.output = output
         self.input = av.open(str(source.path))
         self.streams = {}
+        self.kept: list[str] = []
         for stream in self.input.streams:
             if stream.index == source.stream_index:
                 continue
@@ -52,6 +53,7 @@ class StreamCopy:
                 copy.metadata.update(kept_tags(stream.metadata))
                 copy.disposition = stream.disposition
                 self.streams[stream.index] = copy
+                self.kept.append(what)
         self.origin = Fraction(0)
         self.end = None
         if not source.segment.whole:

@@ -227,8 +227,10 @@ class VideoWriter:
             self.container.start_encoding()
         except av.error.FFmpegError as err:
             hardware = any(tag in encoding.codec for tag in ("nvenc", "qsv", "vaapi", "amf", "videotoolbox", "v4l2m2m"))
+            copied = (f" or one of the copied streams ({', '.join(self.copy.kept)})"
+                      if self.copy and self.copy.kept else "")
             raise VideoOutputError(
-                f"--codec {encoding.codec} ({encoding.pix_fmt}) could not be opened ({describe(err)}); "
+                f"--codec {encoding.codec} ({encoding.pix_fmt}){copied} could not be opened ({describe(err)}); "
                 + ("it is a hardware encoder and needs its GPU and driver on this machine" if hardware else
                    "check --codec, --crf, --pix-fmt, --bit-depth and the output suffix")) from None
         self.index = 0
