@@ -196,6 +196,12 @@ RVRT_GDA_HD BilinearTap bilinearTap(float y, float x, int32_t height, int32_t wi
 // kernel, whose taps were the bulk of its scalar work. Each lane computes what bilinearTap does,
 // in the same order, so lane l equals bilinearTap(y[l], x[l], height, width) bit for bit; keep the
 // two side by side. floorf becomes truncation corrected downwards, exact for the range kept.
+#if !defined(__clang__)
+// Without AVX, GCC warns that these 32-byte vectors pass by value under a changed ABI, even where
+// the functions go unused; they are inline and never cross a library boundary.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 typedef float Float8 __attribute__((vector_size(32)));
 typedef int32_t Int8 __attribute__((vector_size(32)));
 
@@ -309,6 +315,9 @@ inline void softmax8(float* values, int32_t count, int64_t stride)
         memcpy(values + i * stride, &row, sizeof row);
     }
 }
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 template <typename T>
