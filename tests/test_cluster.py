@@ -1,6 +1,7 @@
 """rvrt-run's windows on a real local Ray cluster: same frames as one process, workers killed, windows
 that fail, rvrt-batch over a folder, Ctrl-C."""
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -14,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+import torch
 from click.testing import CliRunner
 
+from rvrt import Tiling
 from rvrt_cluster import RayWindows, WindowFailed
+from rvrt_cluster.windows import pack_window, unpack_window
 from rvrt_cluster.cli import main as batch_cli
 from rvrt_engines.backends import load_backend
 from rvrt_engines.restore import restore_video
@@ -100,13 +104,38 @@ def loader_refusing_black_frames(**load_args):
 
 
 def test_cluster_gives_the_frames_of_one_process(cluster, video, tiny_export, single_process, tmp_path):
-    with RayWindows({"model": tiny_export("sr")[2]}, workers=2, threads=1) as pool:
+    with RayWindows({"model": tiny_export("sr")[2]}, workers=2, threads=1, max_in_flight=2) as pool:
         summary = restore_video(pool.backend, video, tmp_path / "out", windows=pool, **OPTIONS)
-        stats = pool.stats
+        stats = [dataclasses.replace(s) for s in pool.stats]
+
+        # Windows are read only as far as max_in_flight allows ahead of those handed back.
+        read = []
+        def windows():
+            for index in range(5):
+                read.append(index)
+                yield torch.rand(1, 2, 3, 48, 48, generator=torch.Generator().manual_seed(index))
+        for handed, window in enumerate(pool.map(windows(), Tiling(window=2, tile=48)), 1):
+            assert window.shape == (1, 2, 3, 192, 192) and len(read) <= handed + 2
     assert summary.frames == 14 and summary.backend == "onnxruntime"
     assert np.array_equal(read_all(tmp_path / "out"), single_process)
     assert sum(s.windows for s in stats) == 3 and all(s.windows for s in stats)
     assert sum(s.frames for s in stats) == 18
+
+
+def test_windows_travel_as_the_levels_they_were_decoded_from():
+    eight = torch.from_numpy(np.arange(256, dtype=np.uint8).reshape(1, 1, 1, 16, 16)).float() / 255.0
+    assert pack_window(eight).dtype == np.uint8 and torch.equal(unpack_window(pack_window(eight)), eight)
+    sixteen = torch.from_numpy(np.arange(1, 65536, 256, dtype=np.float32).reshape(1, 1, 1, 16, 16)) / 65535.0
+    assert pack_window(sixteen).dtype == np.uint16 and torch.equal(unpack_window(pack_window(sixteen)), sixteen)
+    sigma = torch.full((1, 1, 1, 4, 4), 12.5 / 255.0)
+    assert pack_window(sigma).dtype == np.float32 and torch.equal(unpack_window(pack_window(sigma)), sigma)
+
+
+def test_a_model_the_workers_cannot_load_is_a_usage_error(cluster, video_folder, tmp_path):
+    result = CliRunner().invoke(batch_cli, [str(tmp_path), str(video_folder), "-o", str(tmp_path / "out"),
+                                            "--workers", "1", "--threads", "1"])
+    assert result.exit_code == 2 and "is not an export directory" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_worker_killed_mid_window_costs_a_retry_not_the_run(cluster, video, tiny_export, single_process,
