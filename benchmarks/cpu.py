@@ -1,0 +1,323 @@
+"""CPU inference of RVRT: end-to-end time, steady-state speed, peak memory and achieved GFLOP/s, in one run.
+
+    python benchmarks/cpu.py                       # every case and runtime (~10 min on 2 quiet cores)
+    python benchmarks/cpu.py --cases sr-8 --runtimes onnxruntime,eager-reference
+
+Each measurement is one ``rvrt-run`` subprocess under ``/usr/bin/time`` (process start, imports,
+model or session loading, decoding and writing PNG frames all included, as a user runs it), so
+its peak resident memory is its own. Runtimes:
+
+- ``eager-reference``: eager PyTorch with the pure-PyTorch GDA (``RVRT_GDA=reference``), the
+  official code's way of computing: the baseline of the speed-ups;
+- ``eager-fused``: eager PyTorch with the fused CPU GDA kernel (the default);
+- ``onnxruntime``: ``rvrt-run`` on an ONNX export (ONNX Runtime stage sessions, GDA steps split
+  around the fused kernel).
+
+Cases (input size, frames): ``sr-8`` and ``sr-32`` full-size SR x4 at 64x64, ``denoise-4``
+non-blind denoising at 256x256. Steady-state frames per second are (32 - 8) / (time of sr-32 -
+time of sr-8): what a longer video approaches once start-up and the first window are paid.
+
+The weights are random (no checkpoint can be downloaded here; seeded, with a random offset head
+so that GDA samples away from the flow): outputs are not restorations, but every runtime computes
+the same network, and the benchmark prints how far apart their uint8 outputs are. The random
+checkpoint, the exports (made with ``rvrt-export onnx`` on first use, ~2 min each) and the
+frames are cached under ``--work-dir``, keyed by the sources of the model and exporter.
+
+FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over the eager forward (run on the meta
+device: shapes only) plus GDA counted analytically (a custom op the counter cannot see): per
+query pixel and sampling point, 2C channels bilinearly sampled (8 FLOPs each), a C-long dot
+product and a C-long weighted sum (2C each), C the query channels. The ceiling is float32
+``torch.matmul`` of 2048x2048 matrices on the same number of threads, measured in this run.
+``--stages`` adds a table of each ONNX Runtime stage of the SR export: time per call and GFLOP/s
+as a share of that ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+RUNTIMES = ("eager-reference", "eager-fused", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    task: str
+    frames: int
+    size: int
+    tile: int
+    sigma: float | None = None
+
+
+CASES = {case.name: case for case in (
+    Case("sr-8", "sr", 8, 64, 64),
+    Case("sr-32", "sr", 32, 64, 64),
+    Case("denoise-4", "denoise", 4, 256, 256, sigma=20.0),
+)}
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    peak_rss_gb: float
+    output: Path
+
+
+# What the exported graphs are made from: a change to any of these makes the cached exports again.
+GRAPH_SOURCES = ("rvrt/*.py", "export/onnx_export.py", "export/gda_onnx.py", "export/stages.py")
+
+
+def source_digest() -> str:
+    sha = hashlib.sha256()
+    for pattern in GRAPH_SOURCES:
+        for path in sorted(REPO.glob(pattern)):
+            sha.update(path.name.encode() + path.read_bytes())
+    return sha.hexdigest()[:10]
+
+
+def matmul_ceiling_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.matmul(a, b)
+    best = min(timed(lambda: torch.matmul(a, b))[1] for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def random_model(task_name: str):
+    """Seeded random weights; the offset head random too (the official init zeroes it)."""
+    from rvrt import build_model, get_task
+
+    model = build_model(get_task(task_name).id, random_weights=True, seed=0)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(1)
+        for align in model.deform_align.values():
+            align.conv_offset[-1].weight.normal_(0, 0.02)
+    return model.eval()
+
+
+def checkpoint_for(task_name: str, work: Path) -> Path:
+    path = work / f"weights-{task_name}-seed0-{source_digest()}.pth"
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        torch.save({"params": random_model(task_name).state_dict()}, partial)
+        partial.replace(path)
+    return path
+
+
+def export_for(case: Case, work: Path, log) -> Path:
+    out = work / f"onnx-{case.task}-tile{case.tile}-{source_digest()}"
+    if not out.exists():
+        log(f"exporting {case.task} (tile {case.tile}) to {out} once (~2 min) ...")
+        run([shutil.which("rvrt-export") or "rvrt-export", "onnx", "--task", case.task, "--tile", str(case.tile),
+             "--checkpoint", str(checkpoint_for(case.task, work)), "-o", str(out)], check=True)
+    return out
+
+
+def input_frames(case: Case, work: Path) -> Path:
+    from rvrt_engines.synthetic import degrade, moving_photo_frames
+
+    folder = work / f"frames-{case.task}-{case.frames}x{case.size}"
+    if not folder.exists():
+        if case.task == "sr":
+            frames = degrade(moving_photo_frames(case.frames, 4 * case.size, 4 * case.size, seed=0), "sr")
+        else:
+            frames = degrade(moving_photo_frames(case.frames, case.size, case.size, seed=0), case.task,
+                             sigma=case.sigma)
+        partial = Path(tempfile.mkdtemp(dir=work))
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(partial / f"{index:05d}.png")
+        partial.rename(folder)
+    return folder
+
+
+def run(command, env=None, check=False) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(map(str, command))}\n{result.stderr[-3000:]}")
+    return result
+
+
+def rvrt_run(runtime: str, case: Case, frames: Path, work: Path, threads: int, log) -> Measurement:
+    """One ``rvrt-run`` process, timed from before its start to after its exit."""
+    output = work / "outputs" / f"{case.name}-{runtime}"
+    shutil.rmtree(output, ignore_errors=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env.pop("RVRT_GDA", None)
+    if runtime == "onnxruntime":
+        model = [str(export_for(case, work, log))]
+    else:
+        model = [case.task, "--checkpoint", str(checkpoint_for(case.task, work))]
+        if runtime == "eager-reference":
+            env["RVRT_GDA"] = "reference"
+    command = [shutil.which("rvrt-run") or "rvrt-run", *model, str(frames), "-o", str(output), "--threads",
+               str(threads), "--quiet"]
+    if case.sigma is not None:
+        command += ["--sigma", str(case.sigma)]
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        start = time.perf_counter()
+        result = run(["/usr/bin/time", "-f", "%M", "-o", report.name, *command], env=env)
+        seconds = time.perf_counter() - start
+        peak_kb = int(report.read().strip().splitlines()[-1])
+    if result.returncode != 0:
+        raise SystemExit(f"{runtime} on {case.name} failed:\n{' '.join(command)}\n{result.stderr[-3000:]}")
+    log(f"  {case.name:10s} {runtime:16s} {seconds:7.1f} s  peak RSS {peak_kb / 1e6:5.2f} GB")
+    return Measurement(seconds, peak_kb / 1e6, output)
+
+
+def gda_flops(q_shape, clip: int, kernel_h: int, kernel_w: int) -> int:
+    frames, _, channels, height, width = q_shape
+    return frames * height * width * clip * kernel_h * kernel_w * (8 * 2 * channels + 2 * channels + 2 * channels)
+
+
+def count_flops(fn) -> int:
+    """FLOPs of ``fn()`` run on meta tensors: the counter's aten formulas plus GDA analytically."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import rvrt.gda  # noqa: F401  (registers the op)
+
+    def gda_formula(q_shape, kv_shape, offset_shape, kernel_h, kernel_w, padding, heads, groups, clip,
+                    out_shape=None):
+        return gda_flops(q_shape, clip, kernel_h, kernel_w)
+
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.rvrt.guided_deform_attn: gda_formula}) as counter:
+        with torch.no_grad():
+            fn()
+    return counter.get_total_flops()
+
+
+def case_flops(case: Case) -> int:
+    """FLOPs of restoring the case's clip (one window, one tile: the input is the tile)."""
+    from rvrt import get_task
+
+    model = random_model(case.task).to("meta")
+    channels = get_task(case.task).config.in_channels
+    lq = torch.zeros(1, case.frames, channels, case.size, case.size, device="meta")
+    return count_flops(lambda: model(lq))
+
+
+def uint8_frames(folder: Path) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))]).astype(np.int16)
+
+
+def stage_table(case: Case, work: Path, threads: int, ceiling: float, log) -> None:
+    """Each ONNX Runtime stage of the case's export: seconds per call, GFLOP/s, share of the ceiling."""
+    from rvrt_engines.onnxrt import onnxruntime_stages
+    from rvrt_export.manifest import read_manifest
+    from rvrt_export.stages import stage_specs
+
+    export = export_for(case, work, log)
+    manifest = read_manifest(export)
+    model = random_model(case.task)
+    specs = {spec.name: spec for spec in stage_specs(model, manifest["tile"], manifest["batch"])}
+    meta_model = random_model(case.task).to("meta")
+    stages = onnxruntime_stages(export, threads=threads)
+    log(f"\nONNX Runtime stages of {export.name} ({threads} threads; best of 3 calls after one warm-up):")
+    log(f"  {'stage':18s} {'s/call':>7s} {'GFLOP':>7s} {'GFLOP/s':>8s} {'of ceiling':>10s}")
+    with stages:
+        for name, runner in stages.runners.items():
+            spec = specs[name]
+            inputs = spec.example_inputs(torch.Generator().manual_seed(0))
+            feed = {n: t.numpy() for n, t in zip(spec.input_names, inputs)}
+            meta_inputs = [torch.zeros(shape, device="meta") for _, shape in spec.inputs]
+            flops = count_flops(lambda: spec.module(meta_model)(*meta_inputs))
+            runner.infer(feed)
+            seconds = min(timed(lambda: runner.infer(feed))[1] for _ in range(3))
+            rate = flops / seconds / 1e9
+            log(f"  {name:18s} {seconds:7.3f} {flops / 1e9:7.2f} {rate:8.1f} {100 * rate / ceiling:9.0f} %")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"comma-separated, of {', '.join(RUNTIMES)}")
+    parser.add_argument("--threads", type=int, default=2, help="threads of every runtime and of the ceiling [2]")
+    parser.add_argument("--stages", action="store_true", help="also time each ONNX Runtime stage of the SR export")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "cpu-bench")
+    args = parser.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    unknown = [c for c in cases if c not in CASES] + [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        parser.error(f"unknown case or runtime {', '.join(unknown)}; cases: {', '.join(CASES)}; runtimes: "
+                     f"{', '.join(RUNTIMES)}")
+    if not Path("/usr/bin/time").exists():
+        parser.error("needs /usr/bin/time (Debian package 'time') to read each run's peak memory")
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    began = time.perf_counter()
+    log(f"CPU benchmark, {args.threads} threads, {os.cpu_count()} CPUs visible; random seeded weights (outputs are "
+        f"not restorations)")
+    ceiling = matmul_ceiling_gflops(args.threads)
+    log(f"float32 matmul 2048^3 ceiling: {ceiling:.1f} GFLOP/s (measured again at the end; the larger is used)")
+    for case in (CASES[c] for c in cases):
+        if "onnxruntime" in runtimes:
+            export_for(case, args.work_dir, log)
+
+    results: dict[tuple[str, str], Measurement] = {}
+    flops = {}
+    for case in (CASES[c] for c in cases):
+        frames = input_frames(case, args.work_dir)
+        flops[case.name] = case_flops(case)
+        for runtime in runtimes:
+            results[case.name, runtime] = rvrt_run(runtime, case, frames, args.work_dir, args.threads, log)
+
+    again = matmul_ceiling_gflops(args.threads)
+    if again > 1.2 * ceiling or ceiling > 1.2 * again:
+        log(f"warning: the matmul ceiling moved from {ceiling:.1f} to {again:.1f} GFLOP/s during the run: the "
+            f"machine is not quiet, timings are noisy")
+    ceiling = max(ceiling, again)
+    log(f"\n{'case':10s} {'runtime':16s} {'end to end':>10s} {'fps':>6s} {'speed-up':>8s} {'peak RSS':>8s} "
+        f"{'GFLOP/s':>8s} {'of ceiling':>10s} {'max |diff| vs eager-reference':>30s}")
+    for case in (CASES[c] for c in cases):
+        baseline = results.get((case.name, "eager-reference"))
+        reference_frames = uint8_frames(baseline.output) if baseline else None
+        for runtime in runtimes:
+            m = results[case.name, runtime]
+            rate = flops[case.name] / m.seconds / 1e9
+            speedup = f"{baseline.seconds / m.seconds:7.2f}x" if baseline else "       -"
+            diff = (f"{int(np.abs(uint8_frames(m.output) - reference_frames).max())} uint8 levels"
+                    if reference_frames is not None else "-")
+            log(f"{case.name:10s} {runtime:16s} {m.seconds:9.1f}s {case.frames / m.seconds:6.2f} {speedup:>8s} "
+                f"{m.peak_rss_gb:6.2f}GB {rate:8.1f} {100 * rate / ceiling:9.0f} % {diff:>30s}")
+    if {"sr-8", "sr-32"} <= set(cases):
+        log("\nsteady state, full-size SR 64x64 ((32 - 8) frames / (time of sr-32 - time of sr-8)):")
+        base = None
+        for runtime in runtimes:
+            extra = results["sr-32", runtime].seconds - results["sr-8", runtime].seconds
+            fps = 24 / extra if extra > 0 else float("inf")
+            base = fps if runtime == "eager-reference" else base
+            rate = (flops["sr-32"] - flops["sr-8"]) / extra / 1e9 if extra > 0 else float("inf")
+            ratio = f", {fps / base:.2f}x eager-reference" if base else ""
+            log(f"  {runtime:16s} {fps:6.2f} fps, {rate:6.1f} GFLOP/s ({100 * rate / ceiling:.0f} % of ceiling){ratio}")
+    if args.stages:
+        stage_table(CASES["sr-8"], args.work_dir, args.threads, ceiling, log)
+    log(f"\nbenchmark took {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
