@@ -42,6 +42,7 @@ WORKER_RESTARTS = 3
 """How often Ray brings a dead worker back (a new process, same resources; on another node
 when its node is lost) before the worker counts as lost."""
 
+
 class WindowFailed(RuntimeError):
     """A temporal window that failed on every attempt; the message names it and the last error."""
 
