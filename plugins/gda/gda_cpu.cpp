@@ -315,6 +315,7 @@ public:
         , accumulated_(blockPixels_ * s.channels)
         , scores_((blockPixels_ + kLanes) * s.heads * s.clip * s.points())
         , taps_(static_cast<size_t>(kLanes) * s.clip * s.points())
+        , scoreTile_(static_cast<size_t>(s.heads) * s.clip * s.points() * kLanes)
         , vectorLength_(commonVectorLength(keyRuns, valueRuns))
     {
     }
@@ -406,10 +407,11 @@ private:
         }
     }
 
-    // Calls visit(block pixel p, its taps, their number) for every pixel of the block (frame by
-    // frame, row by row), taps of `group`, eight pixels' taps computed at a time.
-    template <typename Visit>
-    void forEachPixel(int32_t b0, int32_t y0, int32_t rows, int32_t group, Visit const& visit)
+    // Calls visit(block pixel p, lane, its taps, their number) for every pixel of the block (frame
+    // by frame, row by row), taps of `group`, eight pixels' (lanes') taps computed at a time, and
+    // finish(first pixel, lanes) after each eight.
+    template <typename Visit, typename Finish>
+    void forEachPixel(int32_t b0, int32_t y0, int32_t rows, int32_t group, Visit const& visit, Finish const& finish)
     {
         size_t const sampled = static_cast<size_t>(s_.clip) * s_.points();
         for (int32_t t = 0; t < s_.clip; ++t)
@@ -422,7 +424,8 @@ private:
                     int32_t const lanes = std::min(kLanes, s_.width - x0);
                     gatherTaps(b0 + t, y0 + row, x0, lanes, group);
                     for (int32_t l = 0; l < lanes; ++l)
-                        visit(rowStart + x0 + l, taps_.data() + l * sampled, tapCounts_[l]);
+                        visit(rowStart + x0 + l, l, taps_.data() + l * sampled, tapCounts_[l]);
+                    finish(rowStart + x0, lanes);
                 }
             }
         }
@@ -442,20 +445,50 @@ private:
         size_t const headStride = static_cast<size_t>(sampled) * stride;
         float* scores = scores_.data();
         std::fill(scores_.begin(), scores_.begin() + static_cast<size_t>(stride) * s_.heads * sampled, 0.f);
+        // Key scores of eight pixels go to scoreTile_ as (run of the group, point, lane) first and
+        // then, eight lanes at a time, into the (head, point, pixel) scores.
+        size_t const tileRun = static_cast<size_t>(sampled) * kLanes;
+        auto const addTile = [&](GroupSpan const& span, int32_t p0, int32_t lanes) {
+            for (size_t r = span.first; r < span.end; ++r)
+            {
+                float const* tile = scoreTile_.data() + (r - span.first) * tileRun;
+                float* headScores = scores + keyRuns_[r].head * headStride + p0;
+                for (int32_t point = 0; point < sampled; ++point)
+                {
+                    float* target = headScores + point * stride;
+                    if (lanes == kLanes)
+                        store8(target, load8(target) + load8(tile + point * kLanes));
+                    else
+                        for (int32_t l = 0; l < lanes; ++l)
+                            target[l] += tile[point * kLanes + l];
+                }
+            }
+            std::fill(scoreTile_.begin(), scoreTile_.begin() + (span.end - span.first) * tileRun, 0.f);
+        };
         for (GroupSpan const& span : keySpans_)
         {
-            forEachPixel(b0, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
+            if (kChunks > 0)
+            {
+                std::fill(scoreTile_.begin(), scoreTile_.begin() + (span.end - span.first) * tileRun, 0.f);
+                forEachPixel(
+                    b0, y0, rows, span.group,
+                    [&](int32_t p, int32_t lane, PointTap const* taps, int32_t count) {
+                        // Two heads of a group at a time share each tap's loads.
+                        float const* query = query_.data() + static_cast<size_t>(p) * s_.channels;
+                        float* tile = scoreTile_.data() + lane;
+                        size_t r = span.first;
+                        for (; r + 2 <= span.end; r += 2)
+                            scoreRuns<kChunks, 2>(&keyRuns_[r], query, taps, count, tile + (r - span.first) * tileRun,
+                                tileRun);
+                        if (r < span.end)
+                            scoreRuns<kChunks, 1>(&keyRuns_[r], query, taps, count, tile + (r - span.first) * tileRun,
+                                tileRun);
+                    },
+                    [&](int32_t p0, int32_t lanes) { addTile(span, p0, lanes); });
+                continue;
+            }
+            forEachPixel(b0, y0, rows, span.group, [&](int32_t p, int32_t, PointTap const* taps, int32_t count) {
                 float const* query = query_.data() + static_cast<size_t>(p) * s_.channels;
-                if (kChunks > 0)
-                {
-                    // Two heads of a group at a time share each tap's loads.
-                    size_t r = span.first;
-                    for (; r + 2 <= span.end; r += 2)
-                        scoreRuns<kChunks, 2>(&keyRuns_[r], query, taps, count, scores + p, headStride, stride);
-                    if (r < span.end)
-                        scoreRuns<kChunks, 1>(&keyRuns_[r], query, taps, count, scores + p, headStride, stride);
-                    return;
-                }
                 for (size_t r = span.first; r < span.end; ++r)
                 {
                     ChannelRun const& run = keyRuns_[r];
@@ -469,7 +502,7 @@ private:
                         runScores[taps[t].point * stride] += dot;
                     }
                 }
-            });
+            }, [](int32_t, int32_t) {});
         }
         for (int32_t head = 0; head < s_.heads; ++head)
             for (int32_t p = 0; p < pixels; p += kLanes)
@@ -478,7 +511,7 @@ private:
         // Every output channel belongs to exactly one run, which writes it once.
         for (GroupSpan const& span : valueSpans_)
         {
-            forEachPixel(b0, y0, rows, span.group, [&](int32_t p, PointTap const* taps, int32_t count) {
+            forEachPixel(b0, y0, rows, span.group, [&](int32_t p, int32_t, PointTap const* taps, int32_t count) {
                 float* accumulated = accumulated_.data() + static_cast<size_t>(p) * s_.channels - s_.channels;
                 if (kChunks > 0)
                 {
@@ -502,16 +535,16 @@ private:
                             accumulatedRun[c] += weight * taps[t].sample(run.inGroup + c);
                     }
                 }
-            });
+            }, [](int32_t, int32_t) {});
         }
     }
 
-    // Adds to scores (at the pixel; heads headStride apart, points stride apart) the dot products
-    // of kRuns runs of queries with their keys at each tap, runs of kChunks Float8. Each tap's
-    // corners are read once for all kRuns runs; eight taps' products are summed across lanes together.
+    // Writes to tile[r * tileRun + point * kLanes] the dot products of kRuns runs r of queries with
+    // their keys at each tap, runs of kChunks Float8. Each tap's corners are read once for all kRuns
+    // runs; eight taps' products are summed across lanes together.
     template <int32_t kChunks, int32_t kRuns>
     static void scoreRuns(ChannelRun const* runs, float const* query, PointTap const* taps, int32_t count,
-        float* scores, size_t headStride, int32_t stride)
+        float* tile, size_t tileRun)
     {
         Float8 queryChunks[kRuns][kChunks];
         for (int32_t r = 0; r < kRuns; ++r)
@@ -534,9 +567,8 @@ private:
             for (int32_t r = 0; r < kRuns; ++r)
             {
                 Float8 const dots = laneSums(partials[r]);
-                float* runScores = scores + runs[r].head * headStride;
                 for (int32_t i = 0; i < batch; ++i)
-                    runScores[taps[first + i].point * stride] += dots[i];
+                    tile[r * tileRun + taps[first + i].point * kLanes] = dots[i];
             }
         }
     }
@@ -576,6 +608,7 @@ private:
     std::vector<float> accumulated_;
     std::vector<float> scores_;
     std::vector<PointTap> taps_;
+    std::vector<float> scoreTile_;
     int32_t tapCounts_[kLanes];
     int32_t vectorLength_;
 };
