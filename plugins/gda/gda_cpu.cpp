@@ -408,10 +408,11 @@ private:
     }
 
     // Calls visit(block pixel p, lane, its taps, their number) for every pixel of the block (frame
-    // by frame, row by row), taps of `group`, eight pixels' (lanes') taps computed at a time, and
-    // finish(first pixel, lanes) after each eight.
-    template <typename Visit, typename Finish>
-    void forEachPixel(int32_t b0, int32_t y0, int32_t rows, int32_t group, Visit const& visit, Finish const& finish)
+    // by frame, row by row), taps of `group`, eight pixels' (lanes') taps computed at a time, with
+    // begin(first pixel, lanes) before and end(first pixel, lanes) after each eight.
+    template <typename Visit, typename Begin, typename End>
+    void forEachPixel(
+        int32_t b0, int32_t y0, int32_t rows, int32_t group, Visit const& visit, Begin const& begin, End const& end)
     {
         size_t const sampled = static_cast<size_t>(s_.clip) * s_.points();
         for (int32_t t = 0; t < s_.clip; ++t)
@@ -423,9 +424,10 @@ private:
                 {
                     int32_t const lanes = std::min(kLanes, s_.width - x0);
                     gatherTaps(b0 + t, y0 + row, x0, lanes, group);
+                    begin(rowStart + x0, lanes);
                     for (int32_t l = 0; l < lanes; ++l)
                         visit(rowStart + x0 + l, l, taps_.data() + l * sampled, tapCounts_[l]);
-                    finish(rowStart + x0, lanes);
+                    end(rowStart + x0, lanes);
                 }
             }
         }
@@ -484,7 +486,7 @@ private:
                             scoreRuns<kChunks, 1>(&keyRuns_[r], query, taps, count, tile + (r - span.first) * tileRun,
                                 tileRun);
                     },
-                    [&](int32_t p0, int32_t lanes) { addTile(span, p0, lanes); });
+                    [](int32_t, int32_t) {}, [&](int32_t p0, int32_t lanes) { addTile(span, p0, lanes); });
                 continue;
             }
             forEachPixel(b0, y0, rows, span.group, [&](int32_t p, int32_t, PointTap const* taps, int32_t count) {
@@ -502,26 +504,51 @@ private:
                         runScores[taps[t].point * stride] += dot;
                     }
                 }
-            }, [](int32_t, int32_t) {});
+            }, [](int32_t, int32_t) {}, [](int32_t, int32_t) {});
         }
         for (int32_t head = 0; head < s_.heads; ++head)
             for (int32_t p = 0; p < pixels; p += kLanes)
                 rvrt::gda::softmax8(scores + head * headStride + p, sampled, stride);
 
-        // Every output channel belongs to exactly one run, which writes it once.
+        // Every output channel belongs to exactly one run, which writes it once. The softmax
+        // weights of eight pixels are copied to scoreTile_ as (run of the group, point, lane) first.
+        auto const loadTile = [&](GroupSpan const& span, int32_t p0, int32_t lanes) {
+            for (size_t r = span.first; r < span.end; ++r)
+            {
+                float* tile = scoreTile_.data() + (r - span.first) * tileRun;
+                float const* headWeights = scores + valueRuns_[r].head * headStride + p0;
+                for (int32_t point = 0; point < sampled; ++point)
+                {
+                    if (lanes == kLanes)
+                        store8(tile + point * kLanes, load8(headWeights + point * stride));
+                    else
+                        std::copy(headWeights + point * stride, headWeights + point * stride + lanes,
+                            tile + point * kLanes);
+                }
+            }
+        };
         for (GroupSpan const& span : valueSpans_)
         {
+            if (kChunks > 0)
+            {
+                forEachPixel(
+                    b0, y0, rows, span.group,
+                    [&](int32_t p, int32_t lane, PointTap const* taps, int32_t count) {
+                        float* accumulated = accumulated_.data() + static_cast<size_t>(p) * s_.channels - s_.channels;
+                        float const* tile = scoreTile_.data() + lane;
+                        size_t r = span.first;
+                        for (; r + 2 <= span.end; r += 2)
+                            sumRuns<kChunks, 2>(&valueRuns_[r], taps, count, tile + (r - span.first) * tileRun, tileRun,
+                                accumulated);
+                        if (r < span.end)
+                            sumRuns<kChunks, 1>(&valueRuns_[r], taps, count, tile + (r - span.first) * tileRun, tileRun,
+                                accumulated);
+                    },
+                    [&](int32_t p0, int32_t lanes) { loadTile(span, p0, lanes); }, [](int32_t, int32_t) {});
+                continue;
+            }
             forEachPixel(b0, y0, rows, span.group, [&](int32_t p, int32_t, PointTap const* taps, int32_t count) {
                 float* accumulated = accumulated_.data() + static_cast<size_t>(p) * s_.channels - s_.channels;
-                if (kChunks > 0)
-                {
-                    size_t r = span.first;
-                    for (; r + 2 <= span.end; r += 2)
-                        sumRuns<kChunks, 2>(&valueRuns_[r], taps, count, scores + p, headStride, stride, accumulated);
-                    if (r < span.end)
-                        sumRuns<kChunks, 1>(&valueRuns_[r], taps, count, scores + p, headStride, stride, accumulated);
-                    return;
-                }
                 for (size_t r = span.first; r < span.end; ++r)
                 {
                     ChannelRun const& run = valueRuns_[r];
@@ -535,7 +562,7 @@ private:
                             accumulatedRun[c] += weight * taps[t].sample(run.inGroup + c);
                     }
                 }
-            }, [](int32_t, int32_t) {});
+            }, [](int32_t, int32_t) {}, [](int32_t, int32_t) {});
         }
     }
 
@@ -574,17 +601,18 @@ private:
     }
 
     // Writes the outputs of kRuns value runs (kChunks Float8 each) at one pixel: the sum over taps
-    // of softmax weight times sampled values, in registers, each tap's corners read once.
+    // of softmax weight (tile[r * tileRun + point * kLanes]) times sampled values, in registers,
+    // each tap's corners read once.
     template <int32_t kChunks, int32_t kRuns>
-    static void sumRuns(ChannelRun const* runs, PointTap const* taps, int32_t count, float const* weights,
-        size_t headStride, int32_t stride, float* accumulated)
+    static void sumRuns(ChannelRun const* runs, PointTap const* taps, int32_t count, float const* tile,
+        size_t tileRun, float* accumulated)
     {
         Float8 sums[kRuns][kChunks] = {};
         for (int32_t t = 0; t < count; ++t)
         {
             for (int32_t r = 0; r < kRuns; ++r)
             {
-                float const weight = weights[runs[r].head * headStride + taps[t].point * stride];
+                float const weight = tile[r * tileRun + taps[t].point * kLanes];
                 for (int32_t j = 0; j < kChunks; ++j)
                     sums[r][j] += weight * taps[t].sample8(runs[r].inGroup + 8 * j);
             }
