@@ -143,7 +143,8 @@ def test_a_segment_cuts_audio_to_match(tmp_path):
 
 
 def test_ten_bit_bt2020_stays_ten_bit_and_tagged(tmp_path):
-    source = make_clip(tmp_path / "in.mkv", codec="libx265", pix_fmt="yuv420p10le", tags=BT2020_PQ, rotation=0)
+    # libx264 High 10: libx265 aborts (heap corruption) on 48x48 frames now and then, here and in Debian's ffmpeg.
+    source = make_clip(tmp_path / "in.mkv", codec="libx264", pix_fmt="yuv420p10le", tags=BT2020_PQ, rotation=0)
     frames = open_frames(source)
     assert frames.depth == 10 and next(iter(frames)).dtype == np.uint16
     out = tmp_path / "out.mkv"
