@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -89,13 +91,15 @@ def known_task(model: str, task: str | None):
                                                 "this program wrote (never other files).")
 @click.option("--allow-unvalidated", is_flag=True, help="Serve an export without a passing validation record.")
 @click.option("--ray", help="Restore windows on a Ray cluster: local, auto or an address.")
-@click.option("--workers", type=int, help="Ray workers [one per node].")
+@click.option("--workers", type=int, help="Ray workers [one per GPU for GPU backends, else one per node].")
 @click.option("--quiet", is_flag=True, help="No progress.")
 def main(model, source, output, task, checkpoint, random_weights, runtime, fp16, sigma, window, window_overlap, tile,
          tile_overlap, batch, device, threads, start_time, frame_limit, fps, codec, crf, lossless, bit_depth, pix_fmt,
          overwrite, allow_unvalidated, ray, workers, quiet):
     """Restore SOURCE (video file, folder of frames, or - for YUV4MPEG2 on standard input) with
     MODEL: an export directory (ONNX Runtime, TensorRT), an official checkpoint or a task name."""
+    if not quiet:
+        show_build_messages()
     try:
         with signals_as_exceptions():
             run(model, source, output, task=task, checkpoint=checkpoint, random_weights=random_weights,
@@ -115,6 +119,16 @@ def main(model, source, output, task, checkpoint, random_weights, runtime, fp16,
         raise click.ClickException(str(err)) from None
 
 
+def show_build_messages() -> None:
+    """A first use of --runtime exports (minutes): its progress goes to stderr, line by line."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("rvrt_engines.cache", "rvrt_export"):
+        log = logging.getLogger(name)
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp16, sigma, tiling, device, threads,
         start, frames, fps, encoding, overwrite, allow_unvalidated, ray, workers, quiet):
     known = known_task(model, task)
@@ -132,20 +146,32 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
     load_args = dict(model=model, task=task, checkpoint=checkpoint, random_weights=random_weights, device=device,
                      threads=threads, allow_unvalidated=allow_unvalidated)
     if runtime is not None:
-        load_args["runtime"] = runtime
+        # A task or checkpoint on an exported runtime is exported for the tile and batch asked for.
+        load_args.update(runtime=runtime, tile=tiling["tile"], batch=tiling["batch"])
     if fp16:
         load_args["fp16"] = True
-    backend = load_backend(**load_args)
+    with contextlib.ExitStack() as stack:
+        windows = None
+        if ray is not None:
+            from rvrt_cluster import RayWindows
+            # The workers load the model; the driver only needs its description.
+            windows = stack.enter_context(RayWindows(load_args, address=ray, workers=workers, threads=threads))
+            backend = windows.backend
+        else:
+            backend = load_backend(**load_args)
+        restore_with(backend, windows, frame_source, output, sigma=sigma, tiling=tiling, encoding=encoding,
+                     overwrite=overwrite, allow_unvalidated=allow_unvalidated, random_weights=random_weights,
+                     quiet=quiet)
+
+
+def restore_with(backend, windows, frame_source, output, *, sigma, tiling, encoding, overwrite, allow_unvalidated,
+                 random_weights, quiet):
     if allow_unvalidated:
         click.secho("warning: --allow-unvalidated: this model's outputs have not been checked against "
                     "eager PyTorch", fg="yellow", err=True)
     if getattr(backend, "random_weights", False) or (backend.name == "pytorch" and random_weights):
         click.secho("warning: random weights: the output is not a restoration (demo/test mode)", fg="yellow",
                     err=True)
-    windows = None
-    if ray is not None:
-        from rvrt_cluster import RayWindows
-        windows = RayWindows(load_args, address=ray, workers=workers, threads=threads)
     display = ProgressDisplay(enabled=not quiet)
     try:
         summary = restore_video(backend, frame_source, output, sigma=sigma, overwrite=overwrite, progress=display,

@@ -3,6 +3,7 @@ and real engines against eager PyTorch where they exist (marked gpu, skipped wit
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -11,6 +12,7 @@ from conftest import random_clip
 from rvrt import Tiling, restore_tiled
 from rvrt_engines.backends import load_backend
 from rvrt_engines.cli import main as run_cli
+from rvrt_engines.synthetic import write_video
 from rvrt_engines.tensorrt import TensorRTUnavailable, tensorrt_unavailable
 from rvrt_export.cli import main as export_cli
 from rvrt_export.manifest import ArtifactError, read_manifest
@@ -45,8 +47,10 @@ def test_engine_directory_is_refused_with_the_reason(tiny_export, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TensorRTUnavailable, match="TensorRT Python bindings not importable|no CUDA GPU"):
         load_backend(tmp_path)
-    result = CliRunner().invoke(run_cli, [str(tmp_path), str(tmp_path / "in.mp4"), "-o", str(tmp_path / "out.mp4")])
-    assert result.exit_code == 1 and REASON in result.output
+    video = tmp_path / "in.mkv"
+    write_video(video, np.zeros((2, 48, 48, 3), np.uint8))
+    result = CliRunner().invoke(run_cli, [str(tmp_path), str(video), "-o", str(tmp_path / "out.mp4")])
+    assert result.exit_code == 1 and REASON in result.output and not (tmp_path / "out.mp4").exists()
     with pytest.raises(ArtifactError, match="pass the engine directory"):
         load_backend(tmp_path / "stage.plan")
 
