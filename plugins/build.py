@@ -34,7 +34,7 @@ CPU_SOURCES = ("gda_math.h", "gda_cpu.cpp")
 # cpu_identity(), so a library is never loaded on another CPU); threads are std::thread.
 CPU_FLAGS = ("-O3", "-march=native", "-pthread", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra")
 PLUGIN_SOURCES = ("CMakeLists.txt", "gda_math.h", "gda_cpu.cpp", "gda_kernel.cu", "gda_kernel.h", "gda_plugin.h",
-                  "gda_plugin.cpp", "gda_library_entry.cpp", "gda_autoregister.cpp")
+                  "gda_plugin.cpp", "gda_library_entry.cpp", "gda_autoregister.cpp", "gda_kernel_entry.cpp")
 DEFAULT_CUDA_ARCHITECTURES = "75;80;86;89;90"
 PLUGIN_LIBRARY_NAME = "librvrt_gda_plugin.so"
 AUTOREGISTER_LIBRARY_NAME = "librvrt_gda_plugin_autoregister.so"
