@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import onnx
 import onnx.utils
+from onnx.external_data_helper import uses_external_data
 
 # As in rvrt_export.gda_onnx, which is not imported here: it loads torch's exporter and onnxscript.
 GDA_DOMAIN = "rvrt"
@@ -186,7 +187,15 @@ def gda_split_session(path: str | os.PathLike, make_session, threads: int | None
     """A :class:`SplitGdaSession` for the graph at ``path``, or None where it has no GDA node or
     the kernel is unavailable (then with a warning: the caller runs the whole graph, GDA
     through its function body). ``make_session(model_bytes)`` creates an ONNX Runtime session."""
-    model = onnx.load(os.fspath(path))
+    with open(path, "rb") as stream:
+        serialized = stream.read()
+    # The op type is stored as plain text: without it there is nothing to split, and no need to parse.
+    if GDA_OP_TYPE.encode() not in serialized:
+        return None
+    model = onnx.load_from_string(serialized)
+    del serialized
+    if any(uses_external_data(tensor) for tensor in model.graph.initializer):
+        model = onnx.load(os.fspath(path))
     split = split_at_gda(model)
     del model
     if split is None:
