@@ -71,7 +71,8 @@ class SessionFromPath:
         if self.threads:
             options.intra_op_num_threads = self.threads
         # Idle pool threads that spin wait for work take a core from the session, or the GDA
-        # kernel, running next: 8 frames of full-size SR took 23 s with spinning, 7 s without.
+        # kernel, running next: 8 frames of full-size SR took 23 s with spinning, 7 s without
+        # (2 cores shared with other jobs, one run each).
         options.add_session_config_entry(ALLOW_INTRA_OP_SPINNING, "0")
         if self.cpu_only:
             register_shared_cpu_allocator()
