@@ -168,7 +168,9 @@ def rvrt_run(runtime: str, case: Case, frames: Path, work: Path, threads: int, l
     if runtime == "onnxruntime":
         model = [str(export_for(case, work, log))]
     else:
-        model = [case.task, "--checkpoint", str(checkpoint_for(case.task, work))]
+        # The export's tile: a frame smaller than the tile is mirror-padded up to it (4x the work for
+        # 64x64 frames and the official 128 px tile).
+        model = [case.task, "--checkpoint", str(checkpoint_for(case.task, work)), "--tile", str(case.tile)]
         if runtime == "eager-reference":
             env["RVRT_GDA"] = "reference"
     command = [shutil.which("rvrt-run") or "rvrt-run", *model, str(frames), "-o", str(output), "--threads",
