@@ -15,7 +15,6 @@ from rvrt_export.manifest import ArtifactError, read_manifest
 from rvrt_export.reference import config_from_manifest
 
 from .cache import ArtefactCache, ModelSource, cached_artefacts
-from .pytorch_cuda import cuda_stages, require_cuda
 
 RANDOM_SEED = 0
 """Random weights everywhere in rvrt-run: one seed, so eager and cached exports compute alike."""
@@ -134,14 +133,17 @@ def eager_backend(spec: Task, checkpoint: Path | None, *, device: str, fp16: boo
     """Eager PyTorch: the official network from ``checkpoint``, or random weights (seed 0, the
     seed cached exports of random weights record, so every runtime restores alike). fp16: the
     CUDA float16 runtime (:mod:`.pytorch_cuda`), float32 islands as in the float16 graphs."""
-    if fp16:
-        if torch.device(device).type == "cpu":
-            raise ValueError("--fp16 with --runtime pytorch needs --device cuda: float16 eager PyTorch runs on CUDA "
-                             "GPUs only (on a CPU, --runtime onnxruntime --fp16 shows float16 accuracy)")
+    on_cuda = torch.device(device).type == "cuda"
+    if fp16 and not on_cuda:
+        raise ValueError("--fp16 with --runtime pytorch needs --device cuda: float16 eager PyTorch runs on CUDA "
+                         "GPUs only (on a CPU, --runtime onnxruntime --fp16 shows float16 accuracy)")
+    if on_cuda:
+        # Imported here: the float16 policy brings the exporter's libraries, a second of start-up on a CPU.
+        from .pytorch_cuda import cuda_stages, require_cuda
         require_cuda(device)
     net = build_model(spec.id, checkpoint, random_weights=checkpoint is None,
                       seed=RANDOM_SEED if checkpoint is None else None)
-    stages = cuda_stages(net, "float16", device) if fp16 else EagerStages(net.to(device))
+    stages = cuda_stages(net, "float16" if fp16 else "float32", device) if on_cuda else EagerStages(net.to(device))
     return Backend("pytorch", spec, net.config, stages, device=device, random_weights=checkpoint is None)
 
 
