@@ -11,7 +11,14 @@ its peak resident memory is its own. Runtimes:
   official code's way of computing: the baseline of the speed-ups;
 - ``eager-fused``: eager PyTorch with the fused CPU GDA kernel (the default);
 - ``onnxruntime``: ``rvrt-run`` on an ONNX export (ONNX Runtime stage sessions, GDA steps split
-  around the fused kernel).
+  around the fused kernel);
+- ``official``: the official RVRT code (its network and its script's tiling, GDA in pure
+  PyTorch) through ``benchmarks/official_run.py``, where ``--official-dir`` or
+  ``$RVRT_OFFICIAL_DIR`` names a checkout of github.com/JingyunLiang/RVRT (nothing of it is
+  bundled); speed-ups are then also given against it.
+
+Console scripts are those of this interpreter's environment (``bin/`` beside ``sys.executable``),
+not a version manager's shims, which add their own start-up (0.3 s for pyenv's here).
 
 Cases (input size, frames): ``sr-8`` and ``sr-32`` full-size SR x4 at 64x64, ``denoise-4``
 non-blind denoising at 256x256. Steady-state frames per second are (32 - 8) / (time of sr-32 -
@@ -51,7 +58,7 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-RUNTIMES = ("eager-reference", "eager-fused", "onnxruntime")
+RUNTIMES = ("official", "eager-reference", "eager-fused", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ def export_for(case: Case, work: Path, log) -> Path:
     out = work / f"onnx-{case.task}-tile{case.tile}-{source_digest()}"
     if not out.exists():
         log(f"exporting {case.task} (tile {case.tile}) to {out} once (~2 min) ...")
-        run([shutil.which("rvrt-export") or "rvrt-export", "onnx", "--task", case.task, "--tile", str(case.tile),
+        run([console_script("rvrt-export"), "onnx", "--task", case.task, "--tile", str(case.tile),
              "--checkpoint", str(checkpoint_for(case.task, work)), "-o", str(out)], check=True)
     return out
 
@@ -158,8 +165,15 @@ def run(command, env=None, check=False) -> subprocess.CompletedProcess:
     return result
 
 
-def rvrt_run(runtime: str, case: Case, frames: Path, work: Path, threads: int, log) -> Measurement:
-    """One ``rvrt-run`` process, timed from before its start to after its exit."""
+def console_script(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name) or name
+
+
+def rvrt_run(runtime: str, case: Case, frames: Path, work: Path, threads: int, log,
+             official_dir: Path | None = None) -> Measurement:
+    """One ``rvrt-run`` process (or the official code's, for ``official``), timed from before its
+    start to after its exit."""
     output = work / "outputs" / f"{case.name}-{runtime}"
     shutil.rmtree(output, ignore_errors=True)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +187,11 @@ def rvrt_run(runtime: str, case: Case, frames: Path, work: Path, threads: int, l
         model = [case.task, "--checkpoint", str(checkpoint_for(case.task, work)), "--tile", str(case.tile)]
         if runtime == "eager-reference":
             env["RVRT_GDA"] = "reference"
-    command = [shutil.which("rvrt-run") or "rvrt-run", *model, str(frames), "-o", str(output), "--threads",
-               str(threads), "--quiet"]
+    command = [console_script("rvrt-run"), *model, str(frames), "-o", str(output), "--threads", str(threads), "--quiet"]
+    if runtime == "official":
+        command = [sys.executable, str(REPO / "benchmarks" / "official_run.py"), "--official-dir", str(official_dir),
+                   "--task", case.task, "--checkpoint", str(checkpoint_for(case.task, work)), "--tile", str(case.tile),
+                   "--threads", str(threads), str(frames), "-o", str(output)]
     if case.sigma is not None:
         command += ["--sigma", str(case.sigma)]
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
@@ -253,17 +270,24 @@ def stage_table(case: Case, work: Path, threads: int, ceiling: float, log) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
-    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"comma-separated, of {', '.join(RUNTIMES)}")
+    parser.add_argument("--runtimes", help=f"comma-separated, of {', '.join(RUNTIMES)} [all; official where a "
+                                           f"checkout is named]")
+    parser.add_argument("--official-dir", type=Path, default=os.environ.get("RVRT_OFFICIAL_DIR") or None,
+                        help="checkout of github.com/JingyunLiang/RVRT, for the official runtime [$RVRT_OFFICIAL_DIR]")
     parser.add_argument("--threads", type=int, default=2, help="threads of every runtime and of the ceiling [2]")
     parser.add_argument("--stages", action="store_true", help="also time each ONNX Runtime stage of the SR export")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "cpu-bench")
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
-    runtimes = [r for r in args.runtimes.split(",") if r]
+    runtimes = ([r for r in args.runtimes.split(",") if r] if args.runtimes
+                else [r for r in RUNTIMES if r != "official" or args.official_dir])
     unknown = [c for c in cases if c not in CASES] + [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         parser.error(f"unknown case or runtime {', '.join(unknown)}; cases: {', '.join(CASES)}; runtimes: "
                      f"{', '.join(RUNTIMES)}")
+    if "official" in runtimes and not (args.official_dir and (args.official_dir / "main_test_rvrt.py").is_file()):
+        parser.error(f"--runtimes official needs --official-dir (or $RVRT_OFFICIAL_DIR) naming a checkout of "
+                     f"github.com/JingyunLiang/RVRT; got {args.official_dir or 'none'}")
     if not Path("/usr/bin/time").exists():
         parser.error("needs /usr/bin/time (Debian package 'time') to read each run's peak memory")
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -286,36 +310,41 @@ def main() -> None:
         frames = input_frames(case, args.work_dir)
         flops[case.name] = case_flops(case)
         for runtime in runtimes:
-            results[case.name, runtime] = rvrt_run(runtime, case, frames, args.work_dir, args.threads, log)
+            results[case.name, runtime] = rvrt_run(runtime, case, frames, args.work_dir, args.threads, log,
+                                                   args.official_dir)
 
     again = matmul_ceiling_gflops(args.threads)
     if again > 1.2 * ceiling or ceiling > 1.2 * again:
         log(f"warning: the matmul ceiling moved from {ceiling:.1f} to {again:.1f} GFLOP/s during the run: the "
             f"machine is not quiet, timings are noisy")
     ceiling = max(ceiling, again)
-    log(f"\n{'case':10s} {'runtime':16s} {'end to end':>10s} {'fps':>6s} {'speed-up':>8s} {'peak RSS':>8s} "
-        f"{'GFLOP/s':>8s} {'of ceiling':>10s} {'max |diff| vs eager-reference':>30s}")
+    baselines = [r for r in ("eager-reference", "official") if r in runtimes]
+    short = {"eager-reference": "vs eager-ref", "official": "vs official"}
+    log(f"\n{'case':10s} {'runtime':16s} {'end to end':>10s} {'fps':>6s} "
+        + "".join(f"{short[b]:>13s}" for b in baselines)
+        + f" {'peak RSS':>8s} {'GFLOP/s':>8s} {'of ceiling':>10s} {'max |diff| vs eager-reference':>30s}")
     for case in (CASES[c] for c in cases):
-        baseline = results.get((case.name, "eager-reference"))
-        reference_frames = uint8_frames(baseline.output) if baseline else None
+        reference = results.get((case.name, "eager-reference"))
+        reference_frames = uint8_frames(reference.output) if reference else None
         for runtime in runtimes:
             m = results[case.name, runtime]
             rate = flops[case.name] / m.seconds / 1e9
-            speedup = f"{baseline.seconds / m.seconds:7.2f}x" if baseline else "       -"
+            speedups = "".join(f"{results[case.name, b].seconds / m.seconds:12.2f}x" for b in baselines)
             diff = (f"{int(np.abs(uint8_frames(m.output) - reference_frames).max())} uint8 levels"
                     if reference_frames is not None else "-")
-            log(f"{case.name:10s} {runtime:16s} {m.seconds:9.1f}s {case.frames / m.seconds:6.2f} {speedup:>8s} "
+            log(f"{case.name:10s} {runtime:16s} {m.seconds:9.1f}s {case.frames / m.seconds:6.2f} {speedups} "
                 f"{m.peak_rss_gb:6.2f}GB {rate:8.1f} {100 * rate / ceiling:9.0f} % {diff:>30s}")
     if {"sr-8", "sr-32"} <= set(cases):
         log("\nsteady state, full-size SR 64x64 ((32 - 8) frames / (time of sr-32 - time of sr-8)):")
-        base = None
+        steady = {}
         for runtime in runtimes:
             extra = results["sr-32", runtime].seconds - results["sr-8", runtime].seconds
-            fps = 24 / extra if extra > 0 else float("inf")
-            base = fps if runtime == "eager-reference" else base
-            rate = (flops["sr-32"] - flops["sr-8"]) / extra / 1e9 if extra > 0 else float("inf")
-            ratio = f", {fps / base:.2f}x eager-reference" if base else ""
-            log(f"  {runtime:16s} {fps:6.2f} fps, {rate:6.1f} GFLOP/s ({100 * rate / ceiling:.0f} % of ceiling){ratio}")
+            steady[runtime] = 24 / extra if extra > 0 else float("inf")
+        for runtime in runtimes:
+            rate = (flops["sr-32"] - flops["sr-8"]) / 24 * steady[runtime] / 1e9
+            ratios = "".join(f", {steady[runtime] / steady[b]:.2f}x {b}" for b in baselines)
+            log(f"  {runtime:16s} {steady[runtime]:6.2f} fps, {rate:6.1f} GFLOP/s ({100 * rate / ceiling:.0f} % of "
+                f"ceiling){ratios}")
     if args.stages:
         stage_table(CASES["sr-8"], args.work_dir, args.threads, ceiling, log)
     log(f"\nbenchmark took {time.perf_counter() - began:.0f} s")

@@ -5,14 +5,12 @@ elsewhere. The official GDA (a CUDA extension) is replaced by this project's ref
 which test_gda.py checks against the loop transliteration of shared/GDA.md.
 """
 
-import sys
-import types
 from argparse import Namespace
 
 import pytest
 import torch
 
-from official import OFFICIAL_DIR, official_network, randomize_
+from official import OFFICIAL_DIR, official_network, official_test_video, randomize_
 from rvrt import RVRT, Tiling, get_task, restore_tiled
 
 pytestmark = pytest.mark.skipif(not OFFICIAL_DIR, reason="set RVRT_OFFICIAL_DIR to a checkout of "
@@ -31,15 +29,6 @@ def test_full_size_forward_equals_official(task, size):
     with torch.no_grad():
         diff = (official(lq) - ours(lq)).abs().max().item()
     assert diff <= 2e-4
-
-
-def official_test_video():
-    for name in ("cv2", "requests", "utils", "utils.utils_image", "data", "data.dataset_video_test"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    sys.modules["data.dataset_video_test"].__dict__.update(
-        VideoRecurrentTestDataset=None, VideoTestVimeo90KDataset=None, SingleVideoRecurrentTestDataset=None)
-    import main_test_rvrt
-    return main_test_rvrt.test_video
 
 
 def test_tiling_equals_official_test_video():
