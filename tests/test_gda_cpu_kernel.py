@@ -1,5 +1,6 @@
 """The fused multi-threaded GDA CPU kernel (plugins/gda/gda_cpu.cpp through rvrt_plugins.gda_cpu)
-against the PyTorch reference, its numpy entry, and torch.ops.rvrt.guided_deform_attn on the CPU."""
+against the PyTorch reference, its numpy entries (NCHW and channels-last), and
+torch.ops.rvrt.guided_deform_attn on the CPU."""
 
 import os
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from rvrt.config import DEBLUR, SR
 from rvrt.gda import guided_deform_attn, guided_deform_attn_reference
 from rvrt_plugins import build
-from rvrt_plugins.gda_cpu import gda_cpu_numpy, guided_deform_attn_cpu
+from rvrt_plugins.gda_cpu import gda_cpu_numpy, gda_cpu_numpy_channels_last, guided_deform_attn_cpu
 
 FP32_TOLERANCE = 1e-5
 
@@ -253,3 +254,82 @@ def test_tiny_model_forward_with_the_kernel_matches_the_reference(monkeypatch):
         got = model(lq)
     assert not torch.equal(got, want)
     assert max_error(got, want) <= 1e-4
+
+
+def channels_last(q, kv):
+    """The channels-last entry's q, k, v for NCHW q and kv: C-contiguous (B*clip, H, W, C) arrays."""
+    frames, _, channels, height, width = q.shape
+    kv = kv.reshape(frames, 2 * channels, height, width)
+    return tuple(np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+                 for array in (q[:, 0], kv[:, :channels], kv[:, channels:]))
+
+
+def assert_channels_last_equals_nchw(q, kv, offset, threads=2, **attributes):
+    want = gda_cpu_numpy(q, kv, offset, **attributes, threads=threads)
+    got = gda_cpu_numpy_channels_last(*channels_last(q, kv), offset, **attributes, threads=threads)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == channels_last(q, kv)[0].shape
+    assert np.array_equal(got, want[:, 0].transpose(0, 2, 3, 1))
+    return got
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("clip", [1, 2, 3])
+def test_channels_last_entry_equals_nchw_entry_bit_for_bit(architecture, clip):
+    """Same arithmetic, only the layout differs; odd 13x21 with offsets leaving the image."""
+    channels, heads, groups = ARCHITECTURES[architecture]
+    q, kv, offset = (t.numpy() for t in random_inputs(2, clip, channels, 13, 21, groups, (3, 3), seed=10 + clip))
+    assert_channels_last_equals_nchw(q, kv, offset, kernel_h=3, kernel_w=3, padding=1, heads=heads, groups=groups,
+                                     clip=clip)
+
+
+@pytest.mark.parametrize("channels,heads,groups", [
+    (12, 3, 3),     # group channels 8: group 1 holds keys 8..11 and values 0..3
+    (18, 2, 9),     # group channels 4: group 4 holds keys 16, 17 and values 0, 1
+    (15, 3, 5),     # group channels 6, head dim 5 (the scalar path): group 2 holds keys 12..14, values 0..2
+])
+def test_channels_last_entry_with_groups_straddling_keys_and_values(channels, heads, groups):
+    """A group straddles keys and values exactly when the group count is odd (2C / G does not divide C):
+    it is copied from k and v in two runs."""
+    q, kv, offset = (t.numpy() for t in random_inputs(2, 2, channels, 5, 11, groups, (3, 3), seed=20))
+    attributes = dict(kernel_h=3, kernel_w=3, padding=1, heads=heads, groups=groups, clip=2)
+    got = assert_channels_last_equals_nchw(q, kv, offset, **attributes)
+    want = guided_deform_attn_reference(*(torch.from_numpy(a).double() for a in (q, kv, offset)), 3, 3, 1, heads,
+                                        groups, 2)
+    assert max_error(torch.from_numpy(got), want[:, 0].permute(0, 2, 3, 1)) <= FP32_TOLERANCE
+
+
+def test_channels_last_thread_counts_give_identical_results_and_fill_out():
+    channels, heads, groups = ARCHITECTURES["sr"]
+    q, kv, offset = (t.numpy() for t in random_inputs(2, 2, channels, 9, 11, groups, (3, 3), seed=21))
+    q, k, v = channels_last(q, kv)
+    attributes = dict(kernel_h=3, kernel_w=3, padding=1, heads=heads, groups=groups, clip=2)
+    one = gda_cpu_numpy_channels_last(q, k, v, offset, **attributes, threads=1)
+    out = np.full(q.shape, np.nan, dtype=np.float32)
+    assert gda_cpu_numpy_channels_last(q, k, v, offset, **attributes, threads=3, out=out) is out
+    assert np.array_equal(out, one)
+    # Other dtypes and layouts are converted first.
+    strided = np.ascontiguousarray(k.swapaxes(1, 2)).swapaxes(1, 2)
+    assert not strided.flags.c_contiguous
+    assert np.array_equal(gda_cpu_numpy_channels_last(q.astype(np.float64), strided, v, offset, **attributes), one)
+    with pytest.raises(ValueError, match="out must be a writeable float32"):
+        gda_cpu_numpy_channels_last(q, k, v, offset, **attributes, out=out.astype(np.float64))
+    with pytest.raises(ValueError, match="out must not overlap q, k, v or offset"):
+        gda_cpu_numpy_channels_last(q, k, v, offset, **attributes, out=v)
+
+
+@pytest.mark.parametrize("shapes,heads,groups,message", [
+    (((2, 1, 7, 13, 48), (2, 7, 13, 48), (2, 7, 13, 48), (2, 432, 7, 13)), 12, 12,
+     r"q must be \(B\*clip, H, W, C\)"),
+    (((3, 7, 13, 48), (3, 7, 13, 48), (3, 7, 13, 48), (3, 432, 7, 13)), 12, 12, "must be a multiple of clip=2"),
+    (((2, 7, 13, 48), (2, 7, 13, 96), (2, 7, 13, 48), (2, 432, 7, 13)), 12, 12, r"k must be \(2, 7, 13, 48\)"),
+    (((2, 7, 13, 48), (2, 7, 13, 48), (2, 13, 7, 48), (2, 432, 7, 13)), 12, 12, r"v must be \(2, 7, 13, 48\)"),
+    (((2, 7, 13, 48), (2, 7, 13, 48), (2, 7, 13, 48), (2, 432, 13, 7)), 12, 12,
+     r"offset must be \(2, 432, 7, 13\)"),
+    (((2, 7, 13, 48), (2, 7, 13, 48), (2, 7, 13, 48), (2, 360, 7, 13)), 5, 10, "heads must be positive and divide"),
+    (((2, 7, 13, 48), (2, 7, 13, 48), (2, 7, 13, 48), (2, 252, 7, 13)), 12, 7, "groups must be positive and divide"),
+])
+def test_channels_last_bad_shapes_raise_value_error(shapes, heads, groups, message):
+    q, k, v, offset = (np.zeros(shape, dtype=np.float32) for shape in shapes)
+    with pytest.raises(ValueError, match=message):
+        gda_cpu_numpy_channels_last(q, k, v, offset, kernel_h=3, kernel_w=3, padding=1, heads=heads, groups=groups,
+                                    clip=2)

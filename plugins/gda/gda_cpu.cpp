@@ -1,4 +1,4 @@
-// GDA on the CPU, two C functions for ctypes (rvrt_plugins.gda_cpu):
+// GDA on the CPU, three C functions for ctypes (rvrt_plugins.gda_cpu):
 //
 // - rvrt_gda_cpu_twin_f32: the CUDA kernel's per-(pixel, head) routine from gda_math.h driven by
 //   plain loops, so the GPU arithmetic is tested on machines without a GPU.
@@ -16,6 +16,11 @@
 //   * scores of all clip * K points are kept, then one softmax per (head, pixel), eight pixels
 //     at a time.
 //   Results do not depend on the thread count.
+// - rvrt_gda_cpu_forward_channels_last_f32: the same kernel on channels-last q, keys, values and
+//   out (frames, H, W, C), for graphs whose tensors are channels-last anyway (ONNX Runtime): the
+//   kernel works pixel-major inside, so its query and output copies become plain row copies and
+//   the caller's transposes to and from NCHW go away. Results are the NCHW entry's, transposed,
+//   bit for bit.
 #if defined(__GNUC__) && !defined(__clang__)
 // Vectors pass between inline functions of this translation unit only: built without AVX, GCC
 // would warn about an ABI that no caller outside sees.
@@ -283,6 +288,20 @@ std::vector<GroupSpan> groupSpans(std::vector<ChannelRun> const& runs)
     return spans;
 }
 
+// The caller's q, keys (kv channels below C), values (from C) and out, and their memory layout:
+// NCHW, value (frame f, channel c, pixel p) at f * frameStride + c * H * W + p, or channels-last,
+// at (f * H * W + p) * C + c. q and out have frameStride C * H * W; keys and values kvFrameStride
+// (NCHW: the 2C channels of kv, values = keys + C * H * W; channels-last: C * H * W).
+struct Layout
+{
+    bool channelsLast;
+    float const* q;
+    float const* keys;
+    float const* values;
+    int64_t kvFrameStride;
+    float* out;
+};
+
 // Rows per work item. Work goes group by group over a block of rows of all query frames of a
 // clip, so the kv rows one group's samples reach (the block plus the offsets' reach, in the
 // clip's kv frames) stay in the core's cache across the block instead of all groups' channels
@@ -299,13 +318,12 @@ constexpr int32_t kOffsetPrefetch = 16;
 class BlockKernel
 {
 public:
-    BlockKernel(GdaShape const& s, float const* q, float const* kvGroupMajor, float const* offset, float* out,
+    BlockKernel(GdaShape const& s, Layout const& layout, float const* kvGroupMajor, float const* offset,
         std::vector<ChannelRun> const& keyRuns, std::vector<ChannelRun> const& valueRuns)
         : s_(s)
-        , q_(q)
+        , layout_(layout)
         , kv_(kvGroupMajor)
         , offset_(offset)
-        , out_(out)
         , keyRuns_(keyRuns)
         , valueRuns_(valueRuns)
         , keySpans_(groupSpans(keyRuns))
@@ -335,10 +353,23 @@ public:
         int32_t const framePixels = rows * s_.width;
         int64_t const plane = s_.plane();
         int64_t const blockStart = static_cast<int64_t>(y0) * s_.width;
+        int64_t const blockValues = static_cast<int64_t>(framePixels) * s_.channels;
         float const scale = 1.f / sqrtf(static_cast<float>(s_.headDim()));
         for (int32_t t = 0; t < s_.clip; ++t)
-            transpose(q_ + static_cast<int64_t>(b0 + t) * s_.channels * plane + blockStart, plane, s_.channels,
-                framePixels, query_.data() + static_cast<size_t>(t) * framePixels * s_.channels, s_.channels, scale);
+        {
+            float* query = query_.data() + t * blockValues;
+            int64_t const frame = b0 + t;
+            if (layout_.channelsLast)
+            {
+                // The block is already pixel-major: scale it as transpose does (the same products).
+                float const* source = layout_.q + (frame * plane + blockStart) * s_.channels;
+                for (int64_t i = 0; i < blockValues; ++i)
+                    query[i] = scale * source[i];
+            }
+            else
+                transpose(layout_.q + frame * s_.channels * plane + blockStart, plane, s_.channels, framePixels, query,
+                    s_.channels, scale);
+        }
         switch (vectorLength_)
         {
         case 8: block<1>(b0, y0, rows); break;
@@ -349,9 +380,16 @@ public:
         default: block<0>(b0, y0, rows); break;
         }
         for (int32_t t = 0; t < s_.clip; ++t)
-            transpose(accumulated_.data() + static_cast<size_t>(t) * framePixels * s_.channels, s_.channels,
-                framePixels, s_.channels, out_ + static_cast<int64_t>(b0 + t) * s_.channels * plane + blockStart,
-                plane, 1.f);
+        {
+            float const* accumulated = accumulated_.data() + t * blockValues;
+            int64_t const frame = b0 + t;
+            if (layout_.channelsLast)
+                memcpy(layout_.out + (frame * plane + blockStart) * s_.channels, accumulated,
+                    sizeof(float) * blockValues);
+            else
+                transpose(accumulated, s_.channels, framePixels, s_.channels,
+                    layout_.out + frame * s_.channels * plane + blockStart, plane, 1.f);
+        }
     }
 
 private:
@@ -623,10 +661,9 @@ private:
     }
 
     GdaShape const& s_;
-    float const* q_;
+    Layout const& layout_;
     float const* kv_;
     float const* offset_;
-    float* out_;
     std::vector<ChannelRun> const& keyRuns_;
     std::vector<ChannelRun> const& valueRuns_;
     std::vector<GroupSpan> keySpans_;
@@ -641,14 +678,15 @@ private:
     int32_t vectorLength_;
 };
 
-void forward(GdaShape const& s, float const* q, float const* kv, float const* offset, float* out, int32_t threads)
+void forward(GdaShape const& s, Layout const& layout, float const* offset, int32_t threads)
 {
     int64_t const plane = s.plane();
     int32_t const groupChannels = s.groupChannels();
     std::unique_ptr<float[]> kvGroupMajor(new float[static_cast<size_t>(s.frames) * plane * 2 * s.channels]);
     float* kvGroups = kvGroupMajor.get();
-    // (frame, 2C, H, W) = (frame, G, groupChannels, H, W) -> (frame, G, H, W, groupChannels): each
-    // group's samples read contiguous channels from one compact plane. One (frame, row) per item.
+    // The 2C kv channels are (G, groupChannels) -> (frame, G, H, W, groupChannels): each group's
+    // samples read contiguous channels from one compact plane. One (frame, row) per item; a group
+    // is copied as its runs of keys and of values (two when groupChannels does not divide C).
     parallelFor(s.frames * s.height, threads, [&]() {
         return [&](int32_t item) {
             int32_t const f = item / s.height;
@@ -656,20 +694,54 @@ void forward(GdaShape const& s, float const* q, float const* kv, float const* of
             for (int32_t g = 0; g < s.groups; ++g)
             {
                 int64_t const groupPlane = static_cast<int64_t>(f) * s.groups + g;
-                transpose(kv + groupPlane * groupChannels * plane + rowStart, plane, groupChannels, s.width,
-                    kvGroups + (groupPlane * plane + rowStart) * groupChannels, groupChannels, 1.f);
+                float* target = kvGroups + (groupPlane * plane + rowStart) * groupChannels;
+                int32_t const groupEnd = (g + 1) * groupChannels;
+                for (int32_t c = g * groupChannels; c < groupEnd;)
+                {
+                    bool const isValue = c >= s.channels;
+                    int32_t const end = isValue ? groupEnd : std::min(groupEnd, s.channels);
+                    int32_t const channel = isValue ? c - s.channels : c;
+                    float const* frame = (isValue ? layout.values : layout.keys) + f * layout.kvFrameStride;
+                    float* runTarget = target + (c - g * groupChannels);
+                    if (layout.channelsLast)
+                        for (int32_t x = 0; x < s.width; ++x)
+                            memcpy(runTarget + static_cast<int64_t>(x) * groupChannels,
+                                frame + (rowStart + x) * s.channels + channel, sizeof(float) * (end - c));
+                    else
+                        transpose(frame + channel * plane + rowStart, plane, end - c, s.width, runTarget, groupChannels,
+                            1.f);
+                    c = end;
+                }
             }
         };
     });
     std::vector<ChannelRun> const keyRuns = channelRuns(s, 0);
     std::vector<ChannelRun> const valueRuns = channelRuns(s, 1);
     parallelFor(BlockKernel::items(s), threads,
-        [&]() { return BlockKernel(s, q, kvGroups, offset, out, keyRuns, valueRuns); });
+        [&]() { return BlockKernel(s, layout, kvGroups, offset, keyRuns, valueRuns); });
+}
+
+// Runs forward on a validated shape, turning a failure (out of memory) into the C entries' status
+// and message.
+int32_t runForward(GdaShape const& s, Layout const& layout, float const* offset, int32_t threads, char* error,
+    int32_t errorSize)
+{
+    try
+    {
+        forward(s, layout, offset, std::max(threads, 1));
+    }
+    catch (std::exception const& failure)
+    {
+        if (error != nullptr && errorSize > 0)
+            snprintf(error, static_cast<size_t>(errorSize), "GDA CPU kernel failed: %s", failure.what());
+        return 1;
+    }
+    return 0;
 }
 
 } // namespace
 
-// Both functions return 0 on success; otherwise 1 and a message in error (of errorSize bytes,
+// All functions return 0 on success; otherwise 1 and a message in error (of errorSize bytes,
 // may be null). The C ABI keeps exceptions and C++ types off the boundary ctypes calls through.
 extern "C" int32_t rvrt_gda_cpu_twin_f32(float const* q, float const* kv, float const* offset, float* out,
     int32_t frames, int32_t clip, int32_t channels, int32_t height, int32_t width, int32_t kernelH, int32_t kernelW,
@@ -696,15 +768,21 @@ extern "C" int32_t rvrt_gda_cpu_forward_f32(float const* q, float const* kv, flo
     GdaShape const s{frames, clip, channels, height, width, kernelH, kernelW, padding, heads, groups};
     if (reportProblem(rvrt::gda::validateGeometry(s), error, errorSize))
         return 1;
-    try
-    {
-        forward(s, q, kv, offset, out, std::max(threads, 1));
-    }
-    catch (std::exception const& failure)
-    {
-        if (error != nullptr && errorSize > 0)
-            snprintf(error, static_cast<size_t>(errorSize), "GDA CPU kernel failed: %s", failure.what());
+    int64_t const channelPlanes = static_cast<int64_t>(channels) * s.plane();
+    Layout const layout{false, q, kv, kv + channelPlanes, 2 * channelPlanes, out};
+    return runForward(s, layout, offset, threads, error, errorSize);
+}
+
+// rvrt_gda_cpu_forward_f32 on channels-last tensors: q, k, v and out (frames, H, W, C), k and v the
+// key and value halves of the same kv frames; offset as there (frames, offset channels, H, W).
+extern "C" int32_t rvrt_gda_cpu_forward_channels_last_f32(float const* q, float const* k, float const* v,
+    float const* offset, float* out, int32_t frames, int32_t clip, int32_t channels, int32_t height, int32_t width,
+    int32_t kernelH, int32_t kernelW, int32_t padding, int32_t heads, int32_t groups, int32_t threads, char* error,
+    int32_t errorSize)
+{
+    GdaShape const s{frames, clip, channels, height, width, kernelH, kernelW, padding, heads, groups};
+    if (reportProblem(rvrt::gda::validateGeometry(s), error, errorSize))
         return 1;
-    }
-    return 0;
+    Layout const layout{true, q, k, v, static_cast<int64_t>(channels) * s.plane(), out};
+    return runForward(s, layout, offset, threads, error, errorSize);
 }
