@@ -6,6 +6,12 @@ body: about half of a propagation step's time. At load time, a step graph holdin
 cut around it (``onnx.utils.Extractor``, the export stays as it is): one session computes the
 node's inputs and everything else needed later, the fused kernel of
 :mod:`rvrt_plugins.gda_cpu` computes GDA, a second session the rest.
+
+The exporter's GDA node reads and writes (frames, C, H, W) planes, while the layers around it
+work channels-last: its inputs are transposed to planes just for it and its output transposed
+back right after (~15 ms a call here, on top of the kernel's ~22 ms). Where the graph has exactly
+that form, the cut goes around those transposes too and the kernel's channels-last entry reads
+the channels-last tensors and writes the channels-last result: the same values, moved once.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
@@ -33,18 +40,23 @@ class GdaKernelUnavailable(RuntimeError):
 class GdaSplit:
     """A graph cut around its one GDA node.
 
-    before: graph inputs -> the GDA node's inputs, the values computed before the node that
-    ``after`` needs, and the graph outputs that do not depend on GDA. after: the GDA output,
-    those values and graph inputs -> the remaining graph outputs.
+    before: graph inputs -> the kernel's inputs, the values computed before the node that
+    ``after`` needs, and the graph outputs that do not depend on GDA. after: the kernel's
+    result, those values and graph inputs -> the remaining graph outputs.
+    gda_inputs: the values the kernel reads, (q, kv, offset) as the node takes them, or with
+    ``channels_last`` (q, k, v, offset) before the transposes that feed the node (q, k, v:
+    (n, t, H, W, C)); gda_output: the value the kernel's result stands for (with
+    ``channels_last``: the node's output transposed back, (n, t, H, W, C)).
     """
 
     before: onnx.ModelProto
     after: onnx.ModelProto
-    gda_inputs: tuple[str, str, str]
+    gda_inputs: tuple[str, ...]
     gda_output: str
     attributes: dict[str, int]
     inputs: list[str]
     outputs: list[str]
+    channels_last: bool = False
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, int]:
@@ -74,6 +86,78 @@ def _downstream(graph: onnx.GraphProto, value: str) -> set[int]:
     return found
 
 
+def _shapes(graph: onnx.GraphProto) -> dict[str, tuple]:
+    """Static shapes the graph records (value_info, inputs, outputs); dimensions 0 where unknown."""
+    return {value.name: tuple(d.dim_value for d in value.type.tensor_type.shape.dim)
+            for value in [*graph.value_info, *graph.input, *graph.output]
+            if value.type.tensor_type.HasField("shape")}
+
+
+def _channels_last_cut(graph: onnx.GraphProto, gda_index: int, producers: dict[str, int]):
+    """((q, k, v, offset), output, node indices the kernel replaces) where the GDA node is fed and
+    followed by transposes from and to channels-last exactly as the exporter writes them:
+
+        q  = Reshape(Transpose(Q, perm=[0, 1, 4, 2, 3]))                    Q: (n, t, H, W, C)
+        kv = Concat(Transpose(K, same perm), Transpose(V, same perm), axis=2)   K, V: like Q
+        Y  = Transpose(Reshape(GDA(q, kv, offset)), perm=[0, 1, 3, 4, 2])    Y: (n, t, H, W, C)
+
+    None for any other form (the plain cut around the node then serves). The values in between
+    must feed nothing else and no graph output."""
+    nodes = graph.node
+    gda = nodes[gda_index]
+    shapes = _shapes(graph)
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(index)
+
+    def made_by(name, op_type):
+        index = producers.get(name)
+        return index if index is not None and nodes[index].op_type == op_type else None
+
+    def perm(index):
+        return next((list(onnx.helper.get_attribute_value(a)) for a in nodes[index].attribute if a.name == "perm"), None)
+
+    def planes_from_channels_last(name):
+        """The channels-last value a Transpose to (n, t, C, H, W) reads, and that Transpose."""
+        index = made_by(name, "Transpose")
+        if index is None or perm(index) != [0, 1, 4, 2, 3] or len(shapes.get(nodes[index].input[0], ())) != 5:
+            return None
+        return nodes[index].input[0], index
+
+    q_reshape = made_by(gda.input[0], "Reshape")
+    kv_concat = made_by(gda.input[1], "Concat")
+    out_users = consumers.get(gda.output[0], [])
+    if q_reshape is None or kv_concat is None or len(out_users) != 1 or nodes[out_users[0]].op_type != "Reshape":
+        return None
+    out_reshape = out_users[0]
+    out_transposes = consumers.get(nodes[out_reshape].output[0], [])
+    if len(out_transposes) != 1 or nodes[out_transposes[0]].op_type != "Transpose" \
+            or perm(out_transposes[0]) != [0, 1, 3, 4, 2]:
+        return None
+    out_transpose = out_transposes[0]
+    q_source = planes_from_channels_last(nodes[q_reshape].input[0])
+    concat = nodes[kv_concat]
+    axis = next((onnx.helper.get_attribute_value(a) for a in concat.attribute if a.name == "axis"), None)
+    kv_sources = [planes_from_channels_last(name) for name in concat.input]
+    if q_source is None or axis != 2 or len(kv_sources) != 2 or None in kv_sources:
+        return None
+    q_shape = shapes[q_source[0]]
+    frames, _, channels, height, width = shapes.get(gda.input[0], (0,) * 5)
+    out_shape = shapes.get(nodes[out_reshape].output[0], ())
+    expected = (q_shape[0] * q_shape[1], height, width, channels)
+    if 0 in q_shape or (frames, *q_shape[2:]) != expected or any(shapes[k] != q_shape for k, _ in kv_sources) \
+            or len(out_shape) != 5 or out_shape[:2] != q_shape[:2] or out_shape[2:] != (channels, height, width):
+        return None
+    replaced = {gda_index, q_reshape, q_source[1], kv_concat, *(i for _, i in kv_sources), out_reshape, out_transpose}
+    between = {name for index in replaced - {out_transpose} for name in nodes[index].output}
+    outputs = {value.name for value in graph.output}
+    if between & outputs or any(set(consumers.get(name, [])) - replaced for name in between):
+        return None
+    inputs = (q_source[0], kv_sources[0][0], kv_sources[1][0], gda.input[2])
+    return inputs, nodes[out_transpose].output[0], replaced
+
+
 def split_at_gda(model: onnx.ModelProto) -> GdaSplit | None:
     """Cut ``model`` around its GDA node; None where the graph has no GDA node (or more than one)."""
     graph = model.graph
@@ -81,14 +165,16 @@ def split_at_gda(model: onnx.ModelProto) -> GdaSplit | None:
     if len(gda_nodes) != 1:
         return None
     gda = gda_nodes[0]
+    gda_index = list(graph.node).index(gda)
     attributes = {attr.name: onnx.helper.get_attribute_value(attr) for attr in gda.attribute}
     missing = [name for name in GDA_ATTRIBUTES if name not in attributes]
     if missing:
         raise ValueError(f"GDA node {gda.name!r} lacks attribute(s) {', '.join(missing)}")
-    gda_output = gda.output[0]
     graph_inputs = [value.name for value in graph.input]
     graph_outputs = [value.name for value in graph.output]
     producers = _producers(graph)
+    cut = _channels_last_cut(graph, gda_index, producers)
+    kernel_inputs, gda_output, replaced = cut or (tuple(gda.input), gda.output[0], {gda_index})
     after_nodes = _downstream(graph, gda_output)
     after_outputs = [name for name in graph_outputs if producers.get(name) in after_nodes]
     early_outputs = [name for name in graph_outputs if name not in after_outputs]
@@ -98,7 +184,7 @@ def split_at_gda(model: onnx.ModelProto) -> GdaSplit | None:
     input_set = set(graph_inputs)
     depends_on_input = set(input_set)
     for index, node in enumerate(graph.node):
-        if index not in after_nodes and node is not gda and depends_on_input.intersection(node.input):
+        if index not in after_nodes and index not in replaced and depends_on_input.intersection(node.input):
             depends_on_input.update(node.output)
     consumed_after = {name for index in after_nodes for name in graph.node[index].input if name}
     carried = [name for name in sorted(consumed_after & depends_on_input)
@@ -110,7 +196,7 @@ def split_at_gda(model: onnx.ModelProto) -> GdaSplit | None:
                    for name in graph.node[index].input}
     after_inputs = [name for name in after_inputs if name in after_reads or name in after_outputs]
 
-    before_outputs = list(dict.fromkeys([*gda.input, *carried, *early_outputs]))
+    before_outputs = list(dict.fromkeys([*kernel_inputs, *carried, *early_outputs]))
     before_reads = {name for index in _upstream(graph, producers, before_outputs, input_set)
                     for name in graph.node[index].input}
     before_inputs = [name for name in graph_inputs if name in before_reads or name in before_outputs]
@@ -118,24 +204,34 @@ def split_at_gda(model: onnx.ModelProto) -> GdaSplit | None:
     extractor = onnx.utils.Extractor(model)
     return GdaSplit(before=extractor.extract_model(before_inputs, before_outputs),
                     after=extractor.extract_model(after_inputs, after_outputs),
-                    gda_inputs=tuple(gda.input), gda_output=gda_output,
+                    gda_inputs=kernel_inputs, gda_output=gda_output,
                     attributes={name: int(attributes[name]) for name in GDA_ATTRIBUTES},
-                    inputs=graph_inputs, outputs=graph_outputs)
+                    inputs=graph_inputs, outputs=graph_outputs, channels_last=cut is not None)
 
 
-def load_gda_kernel(threads: int | None = None):
-    """The fused CPU GDA kernel as ``kernel(q, kv, offset, **attributes) -> output`` on float32
-    numpy arrays, built now if needed; raises :class:`GdaKernelUnavailable` with the reason."""
+@dataclass(frozen=True)
+class GdaKernel:
+    """The fused CPU GDA kernel's two entries on float32 numpy arrays, ``(..., **attributes) -> output``:
+    planes(q, kv, offset) as the GDA node takes them; channels_last(q, k, v, offset) with q, k, v
+    and the output (frames, H, W, C)."""
+
+    planes: Callable
+    channels_last: Callable
+
+
+def load_gda_kernel(threads: int | None = None) -> GdaKernel:
+    """The fused CPU GDA kernel, built now if needed; raises :class:`GdaKernelUnavailable` with the reason."""
     try:
         from rvrt_plugins.build import PluginBuildError
-        from rvrt_plugins.gda_cpu import gda_cpu_numpy, load_library
+        from rvrt_plugins.gda_cpu import gda_cpu_numpy, gda_cpu_numpy_channels_last, load_library
     except ImportError as error:
         raise GdaKernelUnavailable(f"rvrt_plugins.gda_cpu cannot be imported: {error}") from error
     try:
         load_library()
     except PluginBuildError as error:
         raise GdaKernelUnavailable(str(error)) from error
-    return functools.partial(gda_cpu_numpy, threads=threads)
+    return GdaKernel(functools.partial(gda_cpu_numpy, threads=threads),
+                     functools.partial(gda_cpu_numpy_channels_last, threads=threads))
 
 
 class SplitGdaSession:
@@ -159,6 +255,14 @@ class SplitGdaSession:
         self._inputs = [args[name] for name in split.inputs if name in args]
         self._outputs = [outputs[name] for name in split.outputs]
 
+    def _gda(self, *inputs):
+        if not self.split.channels_last:
+            return self.kernel.planes(*inputs, **self.split.attributes)
+        q, k, v, offset = inputs
+        frames = (-1, *q.shape[2:])
+        return self.kernel.channels_last(q.reshape(frames), k.reshape(frames), v.reshape(frames), offset,
+                                         **self.split.attributes).reshape(q.shape)
+
     def get_inputs(self):
         return self._inputs
 
@@ -170,8 +274,7 @@ class SplitGdaSession:
         values.update(zip(self._before_outputs,
                           self.before.run(self._before_outputs, {name: feed[name] for name in self._before_inputs},
                                           run_options)))
-        values[self.split.gda_output] = self.kernel(*(values[name] for name in self.split.gda_inputs),
-                                                    **self.split.attributes)
+        values[self.split.gda_output] = self._gda(*(values[name] for name in self.split.gda_inputs))
         values.update(zip(self._after_outputs,
                           self.after.run(self._after_outputs, {name: values[name] for name in self._after_inputs},
                                          run_options)))

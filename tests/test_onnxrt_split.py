@@ -58,6 +58,46 @@ def test_split_pieces_hold_no_gda_node(sr_export):
         assert not piece.functions
 
 
+def test_exported_steps_are_cut_around_the_channels_last_transposes(sr_export):
+    import onnx
+
+    _, out = sr_export
+    for stage in BRANCHES:
+        gda = next(node for node in onnx.load(out / f"{stage}.onnx").graph.node if node.op_type == "GuidedDeformAttention")
+        split = SessionFromPath(out / f"{stage}.onnx", threads=2)().split
+        assert split.channels_last, stage
+        before = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+                  for value in split.before.graph.output}
+        q, k, v, _ = (before[name] for name in split.gda_inputs)
+        assert q == k == v and len(q) == 5, stage           # (n, t, H, W, C)
+        assert not set(gda.input[:2]) & set(before), stage   # the node's planes are never made
+        nodes = {name for piece in (split.before, split.after) for node in piece.graph.node for name in node.output}
+        assert gda.output[0] not in nodes and split.gda_output not in nodes
+
+
+def test_a_gda_node_in_another_form_is_cut_around_the_node_alone(sr_export, tmp_path):
+    import onnx
+
+    _, out = sr_export
+    model = onnx.load(out / "forward_1.onnx")
+    gda = next(node for node in model.graph.node if node.op_type == "GuidedDeformAttention")
+    index = list(model.graph.node).index(gda)
+    model.graph.node.insert(index, onnx.helper.make_node("Identity", [gda.input[0]], ["q_as_is"]))
+    info = next(value for value in model.graph.value_info if value.name == gda.input[0])
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info("q_as_is", info.type.tensor_type.elem_type,
+                                                                     [d.dim_value for d in info.type.tensor_type.shape.dim]))
+    gda.input[0] = "q_as_is"
+    path = tmp_path / "forward_1.onnx"
+    onnx.save(model, path)
+    split = SessionFromPath(path, threads=2)()
+    whole = SessionFromPath(path, threads=2, fused_gda=False)()
+    assert isinstance(split, SplitGdaSession) and not split.split.channels_last
+    assert split.split.gda_inputs == tuple(gda.input)
+    feed = random_feed(out, "forward_1")
+    for got, want in zip(split.run(None, feed), whole.run(None, feed)):
+        assert np.abs(got - want).max() <= 1e-5
+
+
 def test_split_stages_restore_like_eager_and_like_the_function_body(sr_export):
     model, out = sr_export
     tile = read_manifest(out)["tile"]
