@@ -219,7 +219,8 @@ def test_ctrl_c_and_sigterm_stop_workers_and_the_local_cluster_leaving_nothing(s
     batch = subprocess.Popen(
         [sys.executable, "-m", "rvrt_cluster.cli", str(tiny_export("sr")[2]), str(video), "-o", str(out),
          "--ray", "local", "--workers", "1", "--threads", "1", "--window", "2", "--window-overlap", "0", "--quiet"],
-        env={**os.environ, "RAY_TMPDIR": str(ray_dir)}, stderr=subprocess.PIPE, text=True)
+        env={**os.environ, "RAY_TMPDIR": str(ray_dir)}, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 120
         while not (out.is_dir() and any(out.iterdir())) and batch.poll() is None and time.monotonic() < deadline:
@@ -236,6 +237,12 @@ def test_ctrl_c_and_sigterm_stop_workers_and_the_local_cluster_leaving_nothing(s
         time.sleep(0.5)
     assert ray_processes(ray_dir) == []
     shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def interruptible() -> None:
+    """SIGINT as a terminal's Ctrl-C finds it: a suite started in the background (``cmd &``,
+    nohup) inherits SIGINT ignored, exec keeps it so, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def ray_processes(ray_dir: Path) -> list[str]:
