@@ -4,7 +4,9 @@
 
 For each architecture (SR: C = 288, head dim 24; deblur/denoise: C = 384, head dim 32; 12 heads,
 12 groups, 3x3 window, clip 2, one clip pair = 2 query frames, 64x64 features) every
-implementation runs on the same inputs, alternating, --repeats times; the median time per call
+implementation runs on the same inputs, alternating, --repeats times, each time once after a pause
+(the first call after idling: caches cold, cores waking) and then --back-to-back calls in a row
+(as in a pipeline, where the kernel follows other work at once); the median time per call of each
 is printed with its ratio to the fused kernel, the same for process CPU time (all threads; on a
 shared machine less disturbed by other processes than wall time), and the max abs difference to
 the float32 PyTorch reference. Offsets: --offsets random (std 3 px, independent per pixel: scattered reads, the hard
@@ -86,6 +88,12 @@ class OnnxRuntimeGda:
         return torch.from_numpy(self.session.run(None, self.feeds)[0])
 
 
+def timed_call(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def implementation(name: str, q, kv, offset, attributes, threads: int):
     """A no-argument callable running one GDA call with ``name``."""
     if name == "reference":
@@ -128,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--back-to-back", type=int, default=3, help="calls in a row after each paused call [3]")
     parser.add_argument("--size", type=int, default=64, help="feature height and width")
     parser.add_argument("--offsets", choices=("random", "smooth"), default="random")
     parser.add_argument("--architectures", nargs="+", choices=sorted(ARCHITECTURES), default=list(ARCHITECTURES))
@@ -145,6 +154,7 @@ def main() -> None:
         outputs = {name: run() for name, run in runs.items()}             # warm-up: builds, first touches
         times = {name: [] for name in IMPLEMENTATIONS}
         cpu_times = {name: [] for name in IMPLEMENTATIONS}
+        in_a_row = {name: [] for name in IMPLEMENTATIONS}
         for repeat in range(args.repeats):
             for name, run in runs.items():
                 if name == "twin" and repeat > 0:
@@ -156,20 +166,24 @@ def main() -> None:
                 run()
                 times[name].append(time.perf_counter() - start)
                 cpu_times[name].append(time.process_time() - cpu_start)
+                for _ in range(args.back_to_back if name != "twin" else 0):
+                    in_a_row[name].append(timed_call(run))
         fused = statistics.median(times["fused"])
+        fused_in_a_row = statistics.median(in_a_row["fused"]) if in_a_row["fused"] else float("nan")
         print(f"\n{architecture}: C={q.shape[2]}, heads {attributes['heads']}, groups {attributes['groups']}, "
               f"{args.size}x{args.size}, {q.shape[0]} query frames, {args.offsets} offsets, {args.threads} threads, "
               f"median of {args.repeats}")
         memory = {name: peak_memory_mb(name, architecture, args) if args.memory else float("nan")
                   for name in IMPLEMENTATIONS}
         fused_cpu = statistics.median(cpu_times["fused"])
-        print(f"{'implementation':<14} {'s/call':>9} {'x fused':>8} {'CPU s/call':>11} {'x fused':>8} "
-              f"{'max |diff| to reference':>24} {'peak MB added':>14}")
+        print(f"{'implementation':<14} {'s/call':>9} {'x fused':>8} {'in a row':>9} {'x fused':>8} {'CPU s/call':>11} "
+              f"{'x fused':>8} {'max |diff| to reference':>24} {'peak MB added':>14}")
         for name in IMPLEMENTATIONS:
             seconds, cpu_seconds = statistics.median(times[name]), statistics.median(cpu_times[name])
+            row = statistics.median(in_a_row[name]) if in_a_row[name] else float("nan")
             difference = (outputs[name].double() - outputs["reference"].double()).abs().max().item()
-            print(f"{name:<14} {seconds:>9.4f} {seconds / fused:>8.2f} {cpu_seconds:>11.4f} "
-                  f"{cpu_seconds / fused_cpu:>8.2f} {difference:>24.2e} {memory[name]:>14.0f}")
+            print(f"{name:<14} {seconds:>9.4f} {seconds / fused:>8.2f} {row:>9.4f} {row / fused_in_a_row:>8.2f} "
+                  f"{cpu_seconds:>11.4f} {cpu_seconds / fused_cpu:>8.2f} {difference:>24.2e} {memory[name]:>14.0f}")
         spread = (min(times["fused"]), max(times["fused"]))
         print(f"fused kernel: min {spread[0]:.4f} s, max {spread[1]:.4f} s over the repeats (shared machine noise)")
 
