@@ -86,6 +86,10 @@ def _downstream(graph: onnx.GraphProto, value: str) -> set[int]:
     return found
 
 
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+
+
 def _shapes(graph: onnx.GraphProto) -> dict[str, tuple]:
     """Static shapes the graph records (value_info, inputs, outputs); dimensions 0 where unknown."""
     return {value.name: tuple(d.dim_value for d in value.type.tensor_type.shape.dim)
@@ -116,7 +120,7 @@ def _channels_last_cut(graph: onnx.GraphProto, gda_index: int, producers: dict[s
         return index if index is not None and nodes[index].op_type == op_type else None
 
     def perm(index):
-        return next((list(onnx.helper.get_attribute_value(a)) for a in nodes[index].attribute if a.name == "perm"), None)
+        return list(_attributes(nodes[index]).get("perm", ()))
 
     def planes_from_channels_last(name):
         """The channels-last value a Transpose to (n, t, C, H, W) reads, and that Transpose."""
@@ -138,7 +142,7 @@ def _channels_last_cut(graph: onnx.GraphProto, gda_index: int, producers: dict[s
     out_transpose = out_transposes[0]
     q_source = planes_from_channels_last(nodes[q_reshape].input[0])
     concat = nodes[kv_concat]
-    axis = next((onnx.helper.get_attribute_value(a) for a in concat.attribute if a.name == "axis"), None)
+    axis = _attributes(concat).get("axis")
     kv_sources = [planes_from_channels_last(name) for name in concat.input]
     if q_source is None or axis != 2 or len(kv_sources) != 2 or None in kv_sources:
         return None
@@ -166,7 +170,7 @@ def split_at_gda(model: onnx.ModelProto) -> GdaSplit | None:
         return None
     gda = gda_nodes[0]
     gda_index = list(graph.node).index(gda)
-    attributes = {attr.name: onnx.helper.get_attribute_value(attr) for attr in gda.attribute}
+    attributes = _attributes(gda)
     missing = [name for name in GDA_ATTRIBUTES if name not in attributes]
     if missing:
         raise ValueError(f"GDA node {gda.name!r} lacks attribute(s) {', '.join(missing)}")
