@@ -180,19 +180,21 @@ def rvrt_run(runtime: str, case: Case, frames: Path, work: Path, threads: int, l
     output.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.pop("RVRT_GDA", None)
-    if runtime == "onnxruntime":
-        model = [str(export_for(case, work, log))]
-    else:
-        # The export's tile: a frame smaller than the tile is mirror-padded up to it (4x the work for
-        # 64x64 frames and the official 128 px tile).
-        model = [case.task, "--checkpoint", str(checkpoint_for(case.task, work)), "--tile", str(case.tile)]
-        if runtime == "eager-reference":
-            env["RVRT_GDA"] = "reference"
-    command = [console_script("rvrt-run"), *model, str(frames), "-o", str(output), "--threads", str(threads), "--quiet"]
     if runtime == "official":
         command = [sys.executable, str(REPO / "benchmarks" / "official_run.py"), "--official-dir", str(official_dir),
                    "--task", case.task, "--checkpoint", str(checkpoint_for(case.task, work)), "--tile", str(case.tile),
                    "--threads", str(threads), str(frames), "-o", str(output)]
+    else:
+        if runtime == "onnxruntime":
+            model = [str(export_for(case, work, log))]
+        else:
+            # The export's tile: a frame smaller than the tile is mirror-padded up to it (4x the work for
+            # 64x64 frames and the official 128 px tile).
+            model = [case.task, "--checkpoint", str(checkpoint_for(case.task, work)), "--tile", str(case.tile)]
+            if runtime == "eager-reference":
+                env["RVRT_GDA"] = "reference"
+        command = [console_script("rvrt-run"), *model, str(frames), "-o", str(output), "--threads", str(threads),
+                   "--quiet"]
     if case.sigma is not None:
         command += ["--sigma", str(case.sigma)]
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
