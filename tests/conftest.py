@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny-width models of the three architectures with random weights."""
+"""Shared fixtures: tiny-width models of the three architectures with random weights, random inputs."""
 
 import pytest
 import torch
@@ -34,6 +34,19 @@ def random_clip(kind: str, frames: int, height: int | None = None, width: int | 
     size = KIND_SIZES[kind]
     channels = 4 if kind == "denoise" else 3
     return torch.rand(1, frames, channels, height or size, width or size, generator=gen)
+
+
+def gda_inputs(batch, clip, channels, height, width, groups, kernel, offset_std=3.0, seed=0, dtype=torch.float32):
+    """Random GDA inputs: q (batch*clip, 1, C, H, W), kv (batch, clip, 2C, H, W), offset
+    (batch*clip, clip*groups*kh*kw*2, H, W) of std ``offset_std`` px, so that on small images many
+    samples fall outside."""
+    gen = torch.Generator().manual_seed(seed)
+    kh, kw = kernel
+    q = torch.randn(batch * clip, 1, channels, height, width, dtype=dtype, generator=gen)
+    kv = torch.randn(batch, clip, 2 * channels, height, width, dtype=dtype, generator=gen)
+    offset = offset_std * torch.randn(batch * clip, clip * groups * kh * kw * 2, height, width, dtype=dtype,
+                                      generator=gen)
+    return q, kv, offset
 
 
 _EXPORTS = {}

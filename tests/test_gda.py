@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import gda_inputs
 from gda_oracle import gda_loop
 from rvrt.gda import guided_deform_attn, guided_deform_attn_reference
 
@@ -18,12 +19,8 @@ CASES = [
 
 @pytest.mark.parametrize("batch,clip,channels,height,width,heads,groups,kernel", CASES)
 def test_gda_matches_loop_oracle(batch, clip, channels, height, width, heads, groups, kernel):
-    gen = torch.Generator().manual_seed(0)
     kh, kw = kernel
-    q = torch.randn(batch * clip, 1, channels, height, width, dtype=torch.float64, generator=gen)
-    kv = torch.randn(batch, clip, 2 * channels, height, width, dtype=torch.float64, generator=gen)
-    offset = 3.0 * torch.randn(batch * clip, clip * groups * kh * kw * 2, height, width, dtype=torch.float64,
-                               generator=gen)
+    q, kv, offset = gda_inputs(batch, clip, channels, height, width, groups, kernel, dtype=torch.float64)
     got = guided_deform_attn(q, kv, offset, kh, kw, kh // 2, heads, groups, clip).numpy()
     want = gda_loop(q.numpy(), kv.numpy(), offset.numpy(), kh, kw, kh // 2, heads, groups, clip)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

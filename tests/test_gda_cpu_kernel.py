@@ -2,6 +2,7 @@
 against the PyTorch reference, its numpy entries (NCHW and channels-last), and
 torch.ops.rvrt.guided_deform_attn on the CPU."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import gda_inputs
 from rvrt.config import DEBLUR, SR
 from rvrt.gda import guided_deform_attn, guided_deform_attn_reference
 from rvrt_plugins import build
@@ -43,14 +45,8 @@ OTHER_SHAPES = [
 ]
 
 
-def random_inputs(batch, clip, channels, height, width, groups, kernel, offset_std=4.0, seed=0):
-    """Offsets of std 4 px: on 7x13 images many samples fall outside."""
-    gen = torch.Generator().manual_seed(seed)
-    kh, kw = kernel
-    q = torch.randn(batch * clip, 1, channels, height, width, generator=gen)
-    kv = torch.randn(batch, clip, 2 * channels, height, width, generator=gen)
-    offset = offset_std * torch.randn(batch * clip, clip * groups * kh * kw * 2, height, width, generator=gen)
-    return q, kv, offset
+# Offsets of std 4 px: on 7x13 images many samples fall outside.
+random_inputs = functools.partial(gda_inputs, offset_std=4.0)
 
 
 def max_error(got, want):

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import random_clip, tiny_model
+from conftest import gda_inputs, random_clip, tiny_model
 from rvrt import BRANCHES, guided_deform_attn, guided_deform_attn_reference, run_recurrent
 from rvrt_engines.pytorch_cuda import CudaStages, CudaUnavailableError, cuda_stages, float32_islands, half_precision
 from rvrt_export.accuracy import FLOAT32_TOLERANCE
@@ -38,13 +38,10 @@ needs_toolkit = pytest.mark.skipif(not TOOLS, reason="needs cmake and nvcc (CUDA
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
 
-def gda_inputs(batch, clip, channels, height, width, groups, kernel, dtype=torch.float32, scale=3.0, device="cpu"):
-    gen = torch.Generator().manual_seed(0)
-    kh, kw = kernel
-    q = torch.randn(batch * clip, 1, channels, height, width, generator=gen)
-    kv = torch.randn(batch, clip, 2 * channels, height, width, generator=gen)
-    offset = scale * torch.randn(batch * clip, clip * groups * kh * kw * 2, height, width, generator=gen)
-    return tuple(t.to(device=device, dtype=dtype) for t in (q, kv, offset))
+def inputs_as(batch, clip, channels, height, width, groups, kernel, dtype=torch.float32, scale=3.0, device="cpu"):
+    """:func:`conftest.gda_inputs` drawn in float32, then in ``dtype`` on ``device``."""
+    return tuple(t.to(device=device, dtype=dtype)
+                 for t in gda_inputs(batch, clip, channels, height, width, groups, kernel, offset_std=scale))
 
 
 # -- building the library (no GPU needed) -------------------------------------------------------
@@ -162,7 +159,7 @@ def test_build_without_a_gpu_asks_for_architectures(monkeypatch):
 # -- input checks (no GPU needed: they come before any launch) -----------------------------------
 
 def test_cpu_tensors_are_refused_saying_cuda_is_expected():
-    q, kv, offset = gda_inputs(2, 2, 24, 5, 7, 4, (3, 3))
+    q, kv, offset = inputs_as(2, 2, 24, 5, 7, 4, (3, 3))
     with pytest.raises(ValueError, match=r"expects CUDA tensors on one device, got q on cpu, kv on cpu"):
         gda_cuda.guided_deform_attn_cuda(q, kv, offset, 3, 3, 1, 4, 4, 2)
 
@@ -175,7 +172,7 @@ def test_cpu_tensors_are_refused_saying_cuda_is_expected():
     (lambda q, kv, off: (q.double(), kv.double(), off.double()), r"all float32 or all float16, got float64"),
 ])
 def test_bad_inputs_are_named(change, message):
-    q, kv, offset = change(*gda_inputs(2, 2, 24, 5, 7, 4, (3, 3)))
+    q, kv, offset = change(*inputs_as(2, 2, 24, 5, 7, 4, (3, 3)))
     with pytest.raises(ValueError, match=message):
         gda_cuda.guided_deform_attn_cuda(q, kv, offset, 3, 3, 1, 4, 4, 2)
 
@@ -259,7 +256,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}
 @pytest.mark.parametrize("offset_scale", [3.0, 40.0])
 def test_kernel_matches_reference(dtype, batch, clip, channels, height, width, heads, groups, kernel, offset_scale):
     kh, kw = kernel
-    q, kv, offset = gda_inputs(batch, clip, channels, height, width, groups, kernel, dtype, offset_scale)
+    q, kv, offset = inputs_as(batch, clip, channels, height, width, groups, kernel, dtype, offset_scale)
     got = gda_cuda.guided_deform_attn_cuda(q.cuda(), kv.cuda(), offset.cuda(), kh, kw, kh // 2, heads, groups, clip)
     want = guided_deform_attn_reference(q.double(), kv.double(), offset.double(), kh, kw, kh // 2, heads, groups,
                                         clip)
@@ -272,7 +269,7 @@ def test_kernel_matches_reference(dtype, batch, clip, channels, height, width, h
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_op_on_cuda_runs_the_kernel_on_the_current_stream(dtype, monkeypatch):
     monkeypatch.delenv("RVRT_GDA", raising=False)
-    q, kv, offset = gda_inputs(2, 2, 48, 9, 13, 12, (3, 3), dtype, device="cuda")
+    q, kv, offset = inputs_as(2, 2, 48, 9, 13, 12, (3, 3), dtype, device="cuda")
     args = (q, kv, offset, 3, 3, 1, 2, 12, 2)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())

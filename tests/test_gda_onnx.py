@@ -9,6 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from conftest import gda_inputs
 from rvrt.gda import guided_deform_attn, guided_deform_attn_reference
 from rvrt_export.gda_onnx import (ATTRIBUTES, DOMAIN, OP_TYPE, attach_gda_function, export_with_gda, gda_function,
                                   register_gda_schema)
@@ -21,16 +22,6 @@ CASES = [
     (1, 2, 16, 3, 5, 4, 8, (1, 3)),
     (2, 2, 12, 4, 6, 6, 3, (3, 1)),
 ]
-
-
-def random_inputs(batch, clip, channels, height, width, groups, kernel, seed=0):
-    """Offsets of std 3 px, so many samples fall outside the image (see test_gda.py)."""
-    gen = torch.Generator().manual_seed(seed)
-    kh, kw = kernel
-    q = torch.randn(batch * clip, 1, channels, height, width, generator=gen)
-    kv = torch.randn(batch, clip, 2 * channels, height, width, generator=gen)
-    offset = 3.0 * torch.randn(batch * clip, clip * groups * kh * kw * 2, height, width, generator=gen)
-    return q, kv, offset
 
 
 def one_node_model(attributes, shapes, elem_type=TensorProto.FLOAT, opset=20):
@@ -50,7 +41,7 @@ def run_ort(model, feeds):
 @pytest.mark.parametrize("batch,clip,channels,height,width,heads,groups,kernel", CASES)
 def test_function_body_matches_reference(batch, clip, channels, height, width, heads, groups, kernel):
     register_gda_schema()
-    q, kv, offset = random_inputs(batch, clip, channels, height, width, groups, kernel)
+    q, kv, offset = gda_inputs(batch, clip, channels, height, width, groups, kernel)
     attributes = dict(kernel_h=kernel[0], kernel_w=kernel[1], padding=kernel[0] // 2, heads=heads, groups=groups,
                       clip=clip)
     model = one_node_model(attributes, (q.shape, kv.shape, offset.shape))
@@ -64,7 +55,7 @@ def test_function_body_matches_reference(batch, clip, channels, height, width, h
 @pytest.mark.parametrize("opset", [18, 19, 21, 23])
 def test_function_follows_the_model_opset(opset):
     register_gda_schema()
-    q, kv, offset = random_inputs(1, 2, 12, 5, 7, 6, (3, 3))
+    q, kv, offset = gda_inputs(1, 2, 12, 5, 7, 6, (3, 3))
     attributes = dict(kernel_h=3, kernel_w=3, padding=1, heads=3, groups=6, clip=2)
     model = one_node_model(attributes, (q.shape, kv.shape, offset.shape), opset=opset)
     assert [(i.domain, i.version) for i in model.functions[0].opset_import] == [("", opset)]
@@ -77,7 +68,7 @@ def test_function_follows_the_model_opset(opset):
 def test_function_body_runs_in_float16():
     """onnxruntime CPU runs every op of the body in float16; error is float16 rounding."""
     register_gda_schema()
-    q, kv, offset = (t.half() for t in random_inputs(1, 2, 12, 5, 7, 6, (3, 3)))
+    q, kv, offset = (t.half() for t in gda_inputs(1, 2, 12, 5, 7, 6, (3, 3)))
     attributes = dict(kernel_h=3, kernel_w=3, padding=1, heads=3, groups=6, clip=2)
     model = one_node_model(attributes, (q.shape, kv.shape, offset.shape), elem_type=TensorProto.FLOAT16)
     onnx.checker.check_model(model, full_check=True)

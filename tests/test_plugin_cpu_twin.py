@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import gda_inputs
 from gda_oracle import gda_loop
 from rvrt.gda import guided_deform_attn_reference
 from rvrt_plugins import build
@@ -26,15 +27,6 @@ CASES = [
 ]
 
 
-def random_inputs(batch, clip, channels, height, width, groups, kernel, offset_std=3.0, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    kh, kw = kernel
-    q = torch.randn(batch * clip, 1, channels, height, width, generator=gen)
-    kv = torch.randn(batch, clip, 2 * channels, height, width, generator=gen)
-    offset = offset_std * torch.randn(batch * clip, clip * groups * kh * kw * 2, height, width, generator=gen)
-    return q, kv, offset
-
-
 def run_both(q, kv, offset, kernel, heads, groups, clip, reference_dtype):
     kh, kw = kernel
     args = (kh, kw, kh // 2, heads, groups, clip)
@@ -47,7 +39,7 @@ def run_both(q, kv, offset, kernel, heads, groups, clip, reference_dtype):
 @pytest.mark.parametrize("batch,clip,channels,height,width,heads,groups,kernel", CASES)
 @pytest.mark.parametrize("reference_dtype", [torch.float32, torch.float64])
 def test_twin_matches_reference_fp32(batch, clip, channels, height, width, heads, groups, kernel, reference_dtype):
-    q, kv, offset = random_inputs(batch, clip, channels, height, width, groups, kernel)
+    q, kv, offset = gda_inputs(batch, clip, channels, height, width, groups, kernel)
     got, want = run_both(q, kv, offset, kernel, heads, groups, clip, reference_dtype)
     assert got.dtype == torch.float32 and got.shape == q.shape
     assert (got.double() - want.double()).abs().max().item() <= FP32_TOLERANCE
@@ -56,14 +48,14 @@ def test_twin_matches_reference_fp32(batch, clip, channels, height, width, heads
 @pytest.mark.parametrize("batch,clip,channels,height,width,heads,groups,kernel", CASES[:6])
 def test_twin_matches_reference_on_fp16_rounded_inputs(batch, clip, channels, height, width, heads, groups, kernel):
     """What the fp16 plugin sees: inputs representable in float16, fp32 arithmetic inside."""
-    q, kv, offset = (t.half().float() for t in random_inputs(batch, clip, channels, height, width, groups, kernel,
+    q, kv, offset = (t.half().float() for t in gda_inputs(batch, clip, channels, height, width, groups, kernel,
                                                               seed=1))
     got, want = run_both(q, kv, offset, kernel, heads, groups, clip, torch.float64)
     assert (got.double() - want).abs().max().item() <= FP32_TOLERANCE
 
 
 def test_twin_matches_loop_oracle():
-    q, kv, offset = random_inputs(1, 2, 12, 4, 5, 6, (3, 3), seed=2)
+    q, kv, offset = gda_inputs(1, 2, 12, 4, 5, 6, (3, 3), seed=2)
     got = guided_deform_attn_twin(q, kv, offset, 3, 3, 1, 3, 6, 2).numpy()
     want = gda_loop(q.double().numpy(), kv.double().numpy(), offset.double().numpy(), 3, 3, 1, 3, 6, 2)
     np.testing.assert_allclose(got, want, rtol=0, atol=FP32_TOLERANCE)
@@ -72,7 +64,7 @@ def test_twin_matches_loop_oracle():
 @pytest.mark.parametrize("offset_value", [1e9, -1e9, 1.0e4])
 def test_samples_far_outside_the_image_contribute_zero(offset_value):
     """Huge offsets must not overflow the corner indices; all values sampled are zero."""
-    q, kv, offset = random_inputs(1, 2, 12, 5, 7, 6, (3, 3), seed=3)
+    q, kv, offset = gda_inputs(1, 2, 12, 5, 7, 6, (3, 3), seed=3)
     offset = torch.full_like(offset, offset_value)
     got, want = run_both(q, kv, offset, (3, 3), 3, 6, 2, torch.float64)
     assert torch.count_nonzero(got) == 0
@@ -81,7 +73,7 @@ def test_samples_far_outside_the_image_contribute_zero(offset_value):
 
 def test_samples_on_the_image_border():
     """Positions exactly at -1, -0.5, H-1 and H-0.5: the zero-corner rule at its edges."""
-    q, kv, offset = random_inputs(1, 1, 8, 4, 4, 4, (3, 3), seed=4)
+    q, kv, offset = gda_inputs(1, 1, 8, 4, 4, 4, (3, 3), seed=4)
     edges = torch.tensor([-1.0, -0.5, 0.0, 0.5])
     offset = edges[torch.randint(0, 4, offset.shape, generator=torch.Generator().manual_seed(5))]
     got, want = run_both(q, kv, offset, (3, 3), 2, 4, 1, torch.float64)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from conftest import gda_inputs
 from rvrt.gda import guided_deform_attn_reference
 from rvrt_engines.tensorrt import tensorrt_unavailable
 from rvrt_plugins import build
@@ -81,10 +82,7 @@ def build_engine(logger, model: bytes):
 @pytest.mark.parametrize("batch,clip,channels,height,width,heads,groups,kernel", CASES)
 def test_engine_matches_reference(trt_logger, dtype, batch, clip, channels, height, width, heads, groups, kernel):
     kh, kw = kernel
-    gen = torch.Generator().manual_seed(0)
-    q = torch.randn(batch * clip, 1, channels, height, width, generator=gen).to(dtype)
-    kv = torch.randn(batch, clip, 2 * channels, height, width, generator=gen).to(dtype)
-    offset = (3.0 * torch.randn(batch * clip, clip * groups * kh * kw * 2, height, width, generator=gen)).to(dtype)
+    q, kv, offset = (t.to(dtype) for t in gda_inputs(batch, clip, channels, height, width, groups, kernel))
     attributes = dict(kernel_h=kh, kernel_w=kw, padding=kh // 2, heads=heads, groups=groups, clip=clip)
 
     engine = build_engine(trt_logger, one_node_model(dtype, q.shape, kv.shape, offset.shape, attributes))
