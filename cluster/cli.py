@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from rvrt_engines.cli import USER_ERRORS, UserError, known_task
+from rvrt_engines.cli import USER_ERRORS, UserError, encoding_options, known_task, model_options
 from rvrt_engines.restore import check_sigma, open_source, output_writer, restore_video
 from rvrt_engines.video import Terminated, VideoInputError, VideoOutputError, natural_key, signals_as_exceptions
 from rvrt_engines.video.reader import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -176,26 +176,9 @@ def summary_lines(items: list[Item], pool: RayWindows | None, seconds: float) ->
 @click.option("--workers", type=int, help="Ray workers, each loading the model once [one per GPU for GPU backends, "
                                           "else one per node].")
 @click.option("--threads", type=int, help="CPU threads per worker [the CPUs shared out on a local cluster, else 1].")
-@click.option("--task", help="Task, when MODEL is a checkpoint with a non-official name.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              help="Official .pth for eager PyTorch, when MODEL is a task name.")
-@click.option("--random-weights", is_flag=True, help="Random weights (tests and demos only).")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "tensorrt", "pytorch"]),
-              help="Run MODEL (a task name or checkpoint) on this runtime; exports are made and cached on first use.")
-@click.option("--fp16", is_flag=True, help="float16 graphs/engines (with --runtime).")
-@click.option("--sigma", type=float, help="Noise level (0-255 scale), denoising only.")
-@click.option("--window", type=int, help="Frames per temporal window [task's official value; 100 where the "
-                                         "official script takes the whole video]; 0 = whole video.")
-@click.option("--window-overlap", type=int, help="Frames shared by neighbouring windows [2].")
-@click.option("--tile", type=int, help="Spatial tile, eager only (exports fix it) [task's official value].")
-@click.option("--tile-overlap", type=int, help="Pixels shared by neighbouring tiles [20].")
-@click.option("--batch", type=int, help="Tiles per call, eager only (exports fix it) [1].")
+@model_options
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (one GPU per worker).")
-@click.option("--codec", help="Video codec [libx264; libvpx-vp9 for .webm; lossless: libx264rgb, ffv1].")
-@click.option("--crf", type=int, help="Quality for lossy codecs (lower is better) [18 for H.264, 30 for VP9].")
-@click.option("--lossless", is_flag=True, help="Lossless RGB video output.")
-@click.option("--bit-depth", type=click.Choice(["8", "10", "16"]), help="Output bits per component [as the input].")
-@click.option("--pix-fmt", help="Encoder pixel format, e.g. yuv444p [yuv420p / yuv420p10le].")
+@encoding_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs [they are skipped].")
 @click.option("--allow-unvalidated", is_flag=True, help="Serve an export without a passing validation record.")
 @click.option("--quiet", is_flag=True, help="No progress.")

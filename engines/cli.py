@@ -56,37 +56,56 @@ def known_task(model: str, task: str | None):
         return None
 
 
+def option_group(*options):
+    """One decorator adding ``options`` to a command, in the order listed (as --help shows them)."""
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+# What chooses and shapes the model, and how outputs are encoded: the same for rvrt-run and rvrt-batch.
+model_options = option_group(
+    click.option("--task", help="Task, when MODEL is a checkpoint with a non-official name."),
+    click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Official .pth for eager PyTorch, when MODEL is a task name."),
+    click.option("--random-weights", is_flag=True, help="Random weights (tests and demos only)."),
+    click.option("--runtime", type=click.Choice(["onnxruntime", "tensorrt", "pytorch"]),
+                 help="Run MODEL (a task name or checkpoint) on this runtime; exports are made and cached on first "
+                      "use."),
+    click.option("--fp16", is_flag=True, help="float16 graphs/engines (with --runtime)."),
+    click.option("--sigma", type=float, help="Noise level (0-255 scale), denoising only."),
+    click.option("--window", type=int, help="Frames per temporal window [task's official value; 100 where the "
+                                            "official script takes the whole video]; 0 = whole video."),
+    click.option("--window-overlap", type=int, help="Frames shared by neighbouring windows [2]."),
+    click.option("--tile", type=int, help="Spatial tile, eager only (exports fix it) [task's official value]."),
+    click.option("--tile-overlap", type=int, help="Pixels shared by neighbouring tiles [20]."),
+    click.option("--batch", type=int, help="Tiles per call, eager only (exports fix it) [1]."),
+)
+encoding_options = option_group(
+    click.option("--codec", help="Video codec [libx264; libvpx-vp9 for .webm; lossless: libx264rgb, ffv1]."),
+    click.option("--crf", type=int, help="Quality for lossy codecs (lower is better) [18 for H.264, 30 for VP9]."),
+    click.option("--lossless", is_flag=True, help="Lossless RGB video output."),
+    click.option("--bit-depth", type=click.Choice(["8", "10", "16"]),
+                 help="Output bits per component [8 for 8-bit input; 10 (video) or 16 (PNG) for deeper input]."),
+    click.option("--pix-fmt", help="Encoder pixel format, e.g. yuv444p [yuv420p / yuv420p10le]."),
+)
+
+
 @click.command()
 @click.argument("model")
 @click.argument("source")
 @click.option("-o", "--output", required=True,
               help="Video file (.mp4, .mkv, .mov, .m4v, .webm, .avi), a folder for PNG frames, or - for "
                    "YUV4MPEG2 on standard output.")
-@click.option("--task", help="Task, when MODEL is a checkpoint with a non-official name.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              help="Official .pth for eager PyTorch, when MODEL is a task name.")
-@click.option("--random-weights", is_flag=True, help="Eager PyTorch with random weights (tests and demos only).")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "tensorrt", "pytorch"]),
-              help="Run MODEL (a task name or checkpoint) on this runtime; exports are made and cached on first use.")
-@click.option("--fp16", is_flag=True, help="float16 graphs/engines (with --runtime).")
-@click.option("--sigma", type=float, help="Noise level (0-255 scale), denoising only.")
-@click.option("--window", type=int, help="Frames per temporal window [task's official value; 100 where the "
-                                         "official script takes the whole video]; 0 = whole video.")
-@click.option("--window-overlap", type=int, help="Frames shared by neighbouring windows [2].")
-@click.option("--tile", type=int, help="Spatial tile, eager only (exports fix it) [task's official value].")
-@click.option("--tile-overlap", type=int, help="Pixels shared by neighbouring tiles [20].")
-@click.option("--batch", type=int, help="Tiles per call, eager only (exports fix it) [1].")
+@model_options
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads [all cores].")
 @click.option("--start", "start_time", help="Restore from this time: seconds or HH:MM:SS[.ms] (audio cut to match).")
 @click.option("--frames", "frame_limit", type=int, help="Restore at most this many frames.")
 @click.option("--fps", type=float, help="Frame rate of a folder of frames [25].")
-@click.option("--codec", help="Video codec [libx264; libvpx-vp9 for .webm; lossless: libx264rgb, ffv1].")
-@click.option("--crf", type=int, help="Quality for lossy codecs (lower is better) [18 for H.264, 30 for VP9].")
-@click.option("--lossless", is_flag=True, help="Lossless RGB video output.")
-@click.option("--bit-depth", type=click.Choice(["8", "10", "16"]),
-              help="Output bits per component [8 for 8-bit input; 10 (video) or 16 (PNG) for deeper input].")
-@click.option("--pix-fmt", help="Encoder pixel format, e.g. yuv444p [yuv420p / yuv420p10le].")
+@encoding_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file, or the frames of a frame folder "
                                                 "this program wrote (never other files).")
 @click.option("--allow-unvalidated", is_flag=True, help="Serve an export without a passing validation record.")
