@@ -227,11 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autoregister", action="store_true",
                         help="build the variant that registers itself on load (for Polygraphy --plugins)")
     args = parser.parse_args(argv)
+    if args.cpu:
+        return print_built(cpu_library)
+    return print_built(lambda: plugin_library(args.cuda_architectures, autoregister=args.autoregister))
+
+
+def print_built(build) -> int:
+    """For the build commands: print the path ``build()`` returns (status 0) or why it failed (status 1)."""
     try:
-        if args.cpu:
-            print(cpu_library())
-        else:
-            print(plugin_library(args.cuda_architectures, autoregister=args.autoregister))
+        print(build())
     except PluginBuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

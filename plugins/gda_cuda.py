@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rvrt_plugins.build import GDA_SOURCE_DIR, PluginBuildError, _digest, cache_dir
+from rvrt_plugins.build import GDA_SOURCE_DIR, PluginBuildError, _digest, cache_dir, print_built
 from rvrt_plugins.gda_cpu import check_shapes
 
 KERNEL_SOURCES = ("CMakeLists.txt", "gda_math.h", "gda_kernel.h", "gda_kernel.cu", "gda_kernel_entry.cpp")
@@ -193,12 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda-architectures", default=None,
                         help="CMake CUDA architectures, e.g. '80;90' (default: this machine's GPU)")
     args = parser.parse_args(argv)
-    try:
-        print(kernel_library(args.cuda_architectures))
-    except PluginBuildError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return print_built(lambda: kernel_library(args.cuda_architectures))
 
 
 if __name__ == "__main__":
