@@ -69,35 +69,42 @@ def available_cpus() -> int:
 def check_shapes(q_shape, kv_shape, offset_shape, kernel_h: int, kernel_w: int, heads: int, groups: int,
                  clip: int) -> None:
     """Raise ValueError naming the first input whose shape does not fit q's and the attributes."""
-    q_shape, kv_shape, offset_shape = tuple(q_shape), tuple(kv_shape), tuple(offset_shape)
+    q_shape = tuple(q_shape)
     if len(q_shape) != 5 or q_shape[1] != 1:
         raise ValueError(f"GDA: q must be (B*clip, 1, C, H, W), got {q_shape}")
-    if clip <= 0 or q_shape[0] % clip != 0:
-        raise ValueError(f"GDA: q's first dimension {q_shape[0]} must be a multiple of clip={clip}")
+    _check_clip(q_shape, clip)
     frames, _, channels, height, width = q_shape
-    expected = {
-        "kv": (frames // clip, clip, 2 * channels, height, width),
-        "offset": (frames, clip * groups * kernel_h * kernel_w * 2, height, width),
-    }
-    for name, shape in (("kv", kv_shape), ("offset", offset_shape)):
-        if shape != expected[name]:
-            raise ValueError(f"GDA: {name} must be {expected[name]} for q {q_shape}, got {shape}")
+    _check_inputs(q_shape, {
+        "kv": (kv_shape, (frames // clip, clip, 2 * channels, height, width)),
+        "offset": (offset_shape, (frames, clip * groups * kernel_h * kernel_w * 2, height, width)),
+    })
 
 
 def check_shapes_channels_last(q_shape, k_shape, v_shape, offset_shape, kernel_h: int, kernel_w: int,
                                groups: int, clip: int) -> None:
     """Raise ValueError naming the first channels-last input whose shape does not fit q's and the attributes."""
-    q_shape, k_shape, v_shape, offset_shape = (tuple(shape) for shape in (q_shape, k_shape, v_shape, offset_shape))
+    q_shape = tuple(q_shape)
     if len(q_shape) != 4:
         raise ValueError(f"GDA: q must be (B*clip, H, W, C), got {q_shape}")
+    _check_clip(q_shape, clip)
+    frames, height, width, _ = q_shape
+    _check_inputs(q_shape, {
+        "k": (k_shape, q_shape),
+        "v": (v_shape, q_shape),
+        "offset": (offset_shape, (frames, clip * groups * kernel_h * kernel_w * 2, height, width)),
+    })
+
+
+def _check_clip(q_shape: tuple, clip: int) -> None:
     if clip <= 0 or q_shape[0] % clip != 0:
         raise ValueError(f"GDA: q's first dimension {q_shape[0]} must be a multiple of clip={clip}")
-    frames, height, width, _ = q_shape
-    expected = {"k": q_shape, "v": q_shape,
-                "offset": (frames, clip * groups * kernel_h * kernel_w * 2, height, width)}
-    for name, shape in (("k", k_shape), ("v", v_shape), ("offset", offset_shape)):
-        if shape != expected[name]:
-            raise ValueError(f"GDA: {name} must be {expected[name]} for q {q_shape}, got {shape}")
+
+
+def _check_inputs(q_shape: tuple, inputs: dict[str, tuple]) -> None:
+    """inputs: name -> (its shape, the shape q and the attributes ask for)."""
+    for name, (shape, expected) in inputs.items():
+        if tuple(shape) != expected:
+            raise ValueError(f"GDA: {name} must be {expected} for q {q_shape}, got {tuple(shape)}")
 
 
 def _output(out: np.ndarray | None, shape, inputs: dict[str, np.ndarray]) -> np.ndarray:
