@@ -7,7 +7,7 @@
 2. The whole network, restoring a generated clip through the recurrent driver with the task's
    official tiling: frames per second and peak GPU memory of eager float32 with the reference
    GDA (RVRT_GDA=reference), eager float32 with the fused kernel, and eager float16 (the float16
-   export's precision policy, rvrt_engines.pytorch_cuda), with how far each is from float32.
+   export's precision policy, rvrt_engines.runtimes.pytorch_cuda), with how far each is from float32.
 
     python benchmarks/gpu.py                       # everything
     python benchmarks/gpu.py --skip-model          # GDA only
@@ -117,7 +117,7 @@ def gda_benchmark(repeats: int) -> None:
 
 def model_benchmark(tasks: list[str], frames: int, batch: int) -> None:
     from rvrt import Tiling, build_model, get_task, restore_tiled, run_recurrent
-    from rvrt_engines.pytorch_cuda import cuda_stages
+    from rvrt_engines.runtimes.pytorch_cuda import cuda_stages
     from rvrt_engines.synthetic import moving_photo_frames
 
     for task_name in tasks:

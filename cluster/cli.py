@@ -12,17 +12,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from tqdm import tqdm
 
 from rvrt_engines.cli import USER_ERRORS, UserError, encoding_options, known_task, model_options
+from rvrt_engines.extras import require_extra
 from rvrt_engines.restore import check_sigma, open_source, output_writer, restore_video
 from rvrt_engines.video import Terminated, VideoInputError, VideoOutputError, natural_key, signals_as_exceptions
 from rvrt_engines.video.reader import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from rvrt_engines.video.writer import VIDEO_OUTPUT_SUFFIXES
 
-from .windows import RayWindows, WindowFailed
+if TYPE_CHECKING:
+    from .windows import RayWindows
 
 
 @dataclass
@@ -192,6 +195,9 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, task, che
     pool = None
     try:
         with signals_as_exceptions():
+            require_extra("cluster", "rvrt-batch (its Ray workers)")
+            from .windows import RayWindows
+
             items = plan(collect_inputs(inputs), output_dir, None if suffix is None else
                          ("" if suffix == "png" else suffix))
             encoding = dict(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt,
@@ -263,6 +269,8 @@ def warn(pool: RayWindows, allow_unvalidated: bool) -> None:
 def restore_all(items: list[Item], pool: RayWindows, quiet: bool, options: dict) -> None:
     """Each pending file in turn over the whole pool; a file that fails is recorded and the next one
     goes on, unless the options themselves cannot work (exit 2) or every worker is lost."""
+    from .windows import WindowFailed
+
     pending = [item for item in items if item.state == "pending"]
     progress = BatchProgress(items, pool, enabled=not quiet)
     try:

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -31,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import torch
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from rvrt import Tiling, restore_window
@@ -47,23 +47,22 @@ class WindowFailed(RuntimeError):
     """A temporal window that failed on every attempt; the message names it and the last error."""
 
 
-def pack_window(lq: torch.Tensor) -> np.ndarray:
+def pack_window(lq: np.ndarray) -> np.ndarray:
     """(n, t, cin, H, W) float32 in [0, 1] -> uint8 or uint16 levels where ``unpack_window`` gives
     back the very same floats (4x or 2x less to send), else the float32 array itself."""
-    values = lq.numpy()
     for dtype in (np.uint8, np.uint16):
         top = np.iinfo(dtype).max
-        levels = np.clip(np.rint(values * top), 0, top).astype(dtype)
-        if torch.equal(unpack_window(levels), lq):
+        levels = np.clip(np.rint(lq * top), 0, top).astype(dtype)
+        if np.array_equal(unpack_window(levels), lq):
             return levels
-    return values
+    return lq
 
 
-def unpack_window(window: np.ndarray) -> torch.Tensor:
+def unpack_window(window: np.ndarray) -> np.ndarray:
     """The inverse of ``pack_window``: the reader's own division of 8- or 16-bit levels, bit for bit."""
     if window.dtype in (np.uint8, np.uint16):
-        return torch.from_numpy(window.astype(np.float32)) / float(np.iinfo(window.dtype).max)
-    return torch.from_numpy(window)
+        return window.astype(np.float32) / float(np.iinfo(window.dtype).max)
+    return window
 
 
 @contextmanager
@@ -114,9 +113,10 @@ class WindowWorker:
 
     def loaded(self) -> Backend:
         if self.backend is None:
-            if self.threads:
-                torch.set_num_threads(self.threads)
             self.backend = self.loader(**self.load_args).__enter__()
+            if self.threads and "torch" in sys.modules:
+                # Eager runtimes compute with PyTorch's pool; ONNX Runtime takes ``threads`` itself.
+                sys.modules["torch"].set_num_threads(self.threads)
         return self.backend
 
     def describe(self) -> tuple[Backend, str, int]:
@@ -134,7 +134,7 @@ class WindowWorker:
         backend = self.loaded()
         restored = restore_window(backend.restore, unpack_window(window), backend.config.upscale, tiling,
                                   backend.config.min_tile)
-        return restored.numpy(), time.perf_counter() - start, time.process_time() - cpu, os.getpid()
+        return restored, time.perf_counter() - start, time.process_time() - cpu, os.getpid()
 
 
 @dataclass
@@ -319,7 +319,7 @@ class RayWindows:
             lines.append(f"{self.retries} windows restored again after a failure")
         return lines
 
-    def map(self, windows: Iterable[torch.Tensor], tiling: Tiling) -> Iterator[torch.Tensor]:
+    def map(self, windows: Iterable[np.ndarray], tiling: Tiling) -> Iterator[np.ndarray]:
         """Input windows (n, t, cin, H, W) in order -> restored windows (n, t, 3, H*s, W*s) in the same
         order, restored on the workers with at most ``max_in_flight`` windows read and not yet yielded."""
         if not self._depth:
@@ -345,7 +345,7 @@ class RayWindows:
                     del jobs[emitted]
                     emitted += 1
                     # A copy: arrays from Ray's object store are read-only.
-                    yield torch.from_numpy(done.result.copy())
+                    yield done.result.copy()
                     continue
                 if not jobs:
                     return

@@ -4,20 +4,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from rvrt import CheckpointError, EagerStages, RVRTConfig, Task, build_model, get_task, run_recurrent
+from rvrt import CheckpointError, RVRTConfig, Task, get_task
+from rvrt.arrays import array_namespace
 from rvrt.config import TASKS
-from rvrt_export.manifest import ArtifactError, read_manifest
-from rvrt_export.reference import config_from_manifest
+from rvrt_export.manifest import ArtifactError, config_from_manifest, read_manifest
 
 from .cache import ArtefactCache, ModelSource, cached_artefacts
-
-RANDOM_SEED = 0
-"""Random weights everywhere in rvrt-run: one seed, so eager and cached exports compute alike."""
+from .runtimes.pytorch import RANDOM_SEED, eager_stages, run_on_torch
 
 
 @dataclass
@@ -27,7 +24,9 @@ class Backend:
     tile/batch: the fixed tile (input px) and tiles per call of exported graphs; None for
     eager PyTorch, which takes any size. random_weights: the network has random weights, not
     an official checkpoint's (its output is no restoration). directory: the export or engine
-    directory served, None for eager PyTorch.
+    directory served, None for eager PyTorch. run: how the recurrent driver runs on ``stages``,
+    ``run(stages, lq, device)``, taking host windows to the stages' array kind (numpy for ONNX
+    Runtime, torch tensors on ``device`` otherwise).
     """
 
     name: str
@@ -39,6 +38,7 @@ class Backend:
     device: str = "cpu"
     random_weights: bool = False
     directory: Path | None = None
+    run: Callable = run_on_torch
 
     def __enter__(self):
         enter = getattr(self.stages, "__enter__", None)
@@ -51,13 +51,14 @@ class Backend:
         if leave:
             leave(*exc)
 
-    def restore(self, lq: torch.Tensor) -> torch.Tensor:
-        """(n, t, cin, H, W) -> (n, t, 3, H*s, W*s); pads n up to a fixed batch and drops the padding."""
+    def restore(self, lq):
+        """(n, t, cin, H, W) -> (n, t, 3, H*s, W*s), of the stages' array kind; pads n up to a fixed
+        batch and drops the padding."""
         count = lq.shape[0]
         if self.batch and count < self.batch:
-            lq = torch.cat([lq, lq[-1:].expand(self.batch - count, *lq.shape[1:])])
-        with torch.no_grad():
-            return run_recurrent(self.stages, lq.to(self.device))[:count].cpu()
+            xp = array_namespace(lq)
+            lq = xp.concat([lq, xp.broadcast_to(lq[-1:], (self.batch - count, *lq.shape[1:]))])
+        return self.run(self.stages, lq, self.device)[:count]
 
 
 RUNTIMES = ("onnxruntime", "tensorrt", "pytorch")
@@ -130,21 +131,9 @@ def weights_of(model: str | os.PathLike, path: Path, *, task: str | None, checkp
 
 
 def eager_backend(spec: Task, checkpoint: Path | None, *, device: str, fp16: bool) -> Backend:
-    """Eager PyTorch: the official network from ``checkpoint``, or random weights (seed 0, the
-    seed cached exports of random weights record, so every runtime restores alike). fp16: the
-    CUDA float16 runtime (:mod:`.pytorch_cuda`), float32 islands as in the float16 graphs."""
-    on_cuda = torch.device(device).type == "cuda"
-    if fp16 and not on_cuda:
-        raise ValueError("--fp16 with --runtime pytorch needs --device cuda: float16 eager PyTorch runs on CUDA "
-                         "GPUs only (on a CPU, --runtime onnxruntime --fp16 shows float16 accuracy)")
-    if on_cuda:
-        # Imported here: the float16 policy brings the exporter's libraries, a second of start-up on a CPU.
-        from .pytorch_cuda import cuda_stages, require_cuda
-        require_cuda(device)
-    net = build_model(spec.id, checkpoint, random_weights=checkpoint is None,
-                      seed=RANDOM_SEED if checkpoint is None else None)
-    stages = cuda_stages(net, "float16" if fp16 else "float32", device) if on_cuda else EagerStages(net.to(device))
-    return Backend("pytorch", spec, net.config, stages, device=device, random_weights=checkpoint is None)
+    """Eager PyTorch (:func:`.runtimes.pytorch.eager_stages`)."""
+    stages, config = eager_stages(spec, checkpoint, device=device, fp16=fp16)
+    return Backend("pytorch", spec, config, stages, device=device, random_weights=checkpoint is None)
 
 
 def directory_backend(path: Path, *, task: str | None, runtime: str | None, fp16: bool, device: str,
@@ -164,11 +153,12 @@ def directory_backend(path: Path, *, task: str | None, runtime: str | None, fp16
     random_weights = bool(manifest["checkpoint"].get("random_weights"))
     config = config_from_manifest(manifest)
     if served == "tensorrt":
-        from .tensorrt import tensorrt_stages
+        from .runtimes.tensorrt import tensorrt_stages
         stages = tensorrt_stages(path, allow_unvalidated=allow_unvalidated)
         return Backend("tensorrt", spec, config, stages, manifest["tile"], manifest["batch"], device="cuda",
                        random_weights=random_weights, directory=path)
-    from .onnxrt import onnxruntime_stages
+    from .runtimes.onnxruntime import onnxruntime_stages, run_on_numpy
     stages = onnxruntime_stages(path, device=device, threads=threads, allow_unvalidated=allow_unvalidated)
+    # On a CUDA provider ONNX Runtime still takes and returns host numpy arrays.
     return Backend("onnxruntime", spec, config, stages, manifest["tile"], manifest["batch"],
-                   random_weights=random_weights, directory=path)
+                   random_weights=random_weights, directory=path, run=run_on_numpy)

@@ -31,10 +31,15 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rvrt import RVRTConfig, Task, build_model
-from rvrt.model import RVRT
-from rvrt_export.manifest import MANIFEST, ArtifactError, assembled, sha256_of
+from rvrt import RVRTConfig, Task
+from rvrt_export.manifest import MANIFEST, ArtifactError, assembled, sha256_of, versions
+
+from .extras import require_extra
+
+if TYPE_CHECKING:
+    from rvrt.model import RVRT
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +204,13 @@ class ModelSource:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.seed = seed
         self.config = config or task.config
-        self.build = build or (lambda: build_model(task.id, self.checkpoint, random_weights=self.checkpoint is None,
-                                                   config=self.config, seed=self.seed))
+        self.build = build or self._official_architecture
+
+    def _official_architecture(self) -> RVRT:
+        from rvrt import build_model
+
+        return build_model(self.task.id, self.checkpoint, random_weights=self.checkpoint is None, config=self.config,
+                           seed=self.seed)
 
     @functools.cached_property
     def weights(self) -> str:
@@ -211,11 +221,9 @@ class ModelSource:
         return self.build()
 
     def key(self, *, tile: int, batch: int, precision: str, runtime: str) -> CacheKey:
-        from rvrt_export.onnx_export import versions
-
         software = versions()
         if runtime == "tensorrt":
-            from .tensorrt import gpu_description
+            from .runtimes.tensorrt import gpu_description
 
             gpu = gpu_description()
             runtime_version, device = gpu["tensorrt"], f"{gpu['gpu']} (compute capability {gpu['compute_capability']})"
@@ -232,16 +240,15 @@ def cached_artefacts(source: ModelSource, runtime: str, *, tile: int, batch: int
     ``source`` for ``tile``/``batch``/``precision``, from the cache or made now and cached.
 
     Engines and float16 graphs are made from the float32 export, itself an entry (reused).
-    Raises TensorRTUnavailable before any work where TensorRT or a GPU is missing.
+    Raises TensorRTUnavailable before any work where TensorRT or a GPU is missing, and
+    MissingExtra where an entry must be made and the exporter (PyTorch) is not installed.
     """
-    from rvrt_export.onnx_export import export_onnx
-
     if runtime not in ("onnxruntime", "tensorrt"):
         raise ValueError(f"no cached artefacts for runtime {runtime!r}: expected onnxruntime or tensorrt")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if runtime == "tensorrt":
-        from .tensorrt import require_tensorrt
+        from .runtimes.tensorrt import require_tensorrt
 
         require_tensorrt()
     min_tile = source.config.min_tile
@@ -252,24 +259,35 @@ def cached_artefacts(source: ModelSource, runtime: str, *, tile: int, batch: int
         raise ValueError(f"--batch must be at least 1, got {batch}")
     cache = cache or ArtefactCache()
 
+    def made(key: CacheKey, make: Callable[[Path], object]) -> Path:
+        if cache.problem(key) is not None:
+            require_extra("export", f"exporting {source.task.short} for --runtime {runtime} (no intact export of "
+                                    f"it in the cache {cache.root} yet)")
+        return cache.fetch(key, make)
+
     def graphs() -> Path:
         key = source.key(tile=tile, batch=batch, precision="float32", runtime="onnxruntime")
 
         def export(out: Path) -> None:
+            from rvrt_export.onnx_export import export_onnx
+
             log.info("exporting %s (tile %d, batch %d) to ONNX and validating every stage: this takes minutes, "
                      "once", source.task.short, tile, batch)
             export_onnx(source.model, source.task, tile, out, batch=batch, checkpoint=source.checkpoint,
                         random_seed=source.seed)
 
-        return cache.fetch(key, export)
+        return made(key, export)
 
     if runtime == "onnxruntime" and precision == "float32":
         return graphs()
     key = source.key(tile=tile, batch=batch, precision=precision, runtime=runtime)
     if runtime == "onnxruntime":
-        from rvrt_export.fp16 import export_fp16
+        def convert(out: Path) -> None:
+            from rvrt_export.fp16 import export_fp16
 
-        return cache.fetch(key, lambda out: export_fp16(source.model, graphs(), out))
+            export_fp16(source.model, graphs(), out)
+
+        return made(key, convert)
 
     def build(out: Path) -> None:
         from rvrt_export.trt_build import build_engines
@@ -278,4 +296,4 @@ def cached_artefacts(source: ModelSource, runtime: str, *, tile: int, batch: int
                  source.task.short, tile)
         build_engines(source.model, graphs(), out, fp16=precision == "float16")
 
-    return cache.fetch(key, build)
+    return made(key, build)

@@ -15,6 +15,7 @@ from rvrt.config import TASKS
 from rvrt_export.manifest import ArtifactError, read_manifest
 
 from .backends import load_backend
+from .extras import require_extra
 from .progress import ProgressDisplay
 from .restore import check_sigma, open_source, output_writer, restore_video
 from .video import Terminated, VideoInputError, VideoOutputError, check_output_path, signals_as_exceptions
@@ -172,6 +173,7 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
     with contextlib.ExitStack() as stack:
         windows = None
         if ray is not None:
+            require_extra("cluster", "--ray")
             from rvrt_cluster import RayWindows
             # The workers load the model; the driver only needs its description.
             windows = stack.enter_context(RayWindows(load_args, address=ray, workers=workers, threads=threads))

@@ -14,11 +14,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from rvrt import EagerStages, build_model, get_task
+from rvrt import EagerStages, get_task
 
 from .backends import Backend, load_backend
+from .cli import UserError
+from .extras import MissingExtra, require_extra
 from .restore import restore_video
-from .synthetic import degrade, moving_photo_frames, write_video
 from .video import open_frames
 
 
@@ -38,6 +39,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
               show_default=True)
 def main(task, checkpoint, tiny, frames, tile, workdir):
     """Restore a generated video with eager PyTorch and ONNX Runtime and compare them."""
+    try:
+        require_extra("export", "the demo (it exports the model and runs it eagerly too)")
+    except MissingExtra as err:
+        raise UserError(str(err)) from None
+    from rvrt import build_model
+
+    from .synthetic import degrade, moving_photo_frames, write_video
+
     spec = get_task(task)
     if tiny and checkpoint:
         raise click.UsageError("--tiny is a random-weights model; it cannot load a checkpoint")

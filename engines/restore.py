@@ -13,7 +13,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rvrt import Tiling, blend_windows, restore_window, window_spans
 from rvrt.tiling import tile_starts
@@ -100,7 +99,7 @@ class WindowFeed:
         self.frames = iter(frames)
         self.to_tensor = to_tensor
         self.tiling = tiling
-        self.buffer: deque[torch.Tensor] = deque()
+        self.buffer: deque[np.ndarray] = deque()
         self.first = 0
         self.count: int | None = None
         self.spans: list[tuple[int, int]] = []
@@ -114,11 +113,11 @@ class WindowFeed:
                 self.count = self.first + len(self.buffer)
         return self.first + len(self.buffer)
 
-    def window(self, start: int, stop: int) -> torch.Tensor:
+    def window(self, start: int, stop: int) -> np.ndarray:
         while self.first < start:
             self.buffer.popleft()
             self.first += 1
-        return torch.stack([self.buffer[i - self.first] for i in range(start, stop)], 0).unsqueeze(0)
+        return np.stack([self.buffer[i - self.first] for i in range(start, stop)])[None]
 
     def windows(self):
         """The input windows, the first already read (so that ``spans`` holds its first span)."""
@@ -170,27 +169,25 @@ class RestoreSummary:
         return self.frames / self.seconds if self.seconds else float("inf")
 
 
-def frame_to_tensor(sigma: float | None):
-    """(H, W, 3) uint8 or uint16 RGB -> float (3 or 4, H, W) in [0, 1]; denoising appends sigma/255."""
-    def convert(frame: np.ndarray) -> torch.Tensor:
-        if frame.dtype == np.uint8:
-            rgb = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float() / 255.0
-        else:
-            rgb = torch.from_numpy(frame.astype(np.float32)).permute(2, 0, 1) / 65535.0
+def frame_to_array(sigma: float | None):
+    """(H, W, 3) uint8 or uint16 RGB -> float32 (3 or 4, H, W) in [0, 1]; denoising appends sigma/255."""
+    def convert(frame: np.ndarray) -> np.ndarray:
+        top = 255.0 if frame.dtype == np.uint8 else 65535.0
+        rgb = frame.transpose(2, 0, 1).astype(np.float32) / top
         if sigma is None:
             return rgb
-        return torch.cat([rgb, torch.full_like(rgb[:1], sigma / 255.0)])
+        return np.concatenate([rgb, np.full_like(rgb[:1], sigma / 255.0)])
     return convert
 
 
-def to_uint8(frame: torch.Tensor) -> np.ndarray:
-    """(3, H, W) float -> (H, W, 3) uint8, rounded as the official test script does."""
-    return (frame.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+def to_uint8(frame: np.ndarray) -> np.ndarray:
+    """(3, H, W) float32 -> (H, W, 3) uint8, rounded (half to even) as the official test script does."""
+    return np.rint(np.clip(frame, 0, 1) * np.float32(255.0)).astype(np.uint8).transpose(1, 2, 0)
 
 
-def to_uint16(frame: torch.Tensor) -> np.ndarray:
-    """(3, H, W) float -> (H, W, 3) uint16 on the full 16-bit scale (what deeper outputs are made from)."""
-    return (frame.clamp(0, 1) * 65535.0).round().to(torch.int32).permute(1, 2, 0).numpy().astype(np.uint16)
+def to_uint16(frame: np.ndarray) -> np.ndarray:
+    """(3, H, W) float32 -> (H, W, 3) uint16 on the full 16-bit scale (what deeper outputs are made from)."""
+    return np.rint(np.clip(frame, 0, 1) * np.float32(65535.0)).astype(np.uint16).transpose(1, 2, 0)
 
 
 def check_sigma(task, sigma: float | None) -> None:
@@ -275,7 +272,7 @@ def restore_video(backend: Backend, source, output: str | os.PathLike, *,
         deep = sink.depth > 8
         meter = Meter(progress, count, [stop - first for first, stop in window_spans(count, tiling)] if count else None)
         runner = windows or LocalWindows(backend, meter)
-        feed = WindowFeed(source_frames, frame_to_tensor(sigma), tiling)
+        feed = WindowFeed(source_frames, frame_to_array(sigma), tiling)
         with runner:
             restored_windows = counted_windows(runner.map(feed.windows(), tiling), feed.spans, meter)
             # A stream's length is known only at its end: blend as far as the spans known so far

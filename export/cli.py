@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 from click.exceptions import NoArgsIsHelpError
 
-from rvrt import CheckpointError, RVRTConfig, Task, build_model, get_task
+from rvrt import CheckpointError, RVRTConfig, Task, get_task
+from rvrt_engines.extras import MissingExtra, require_extra
 from rvrt.config import TASKS
 
 from .manifest import ArtifactError, read_manifest
@@ -107,9 +108,17 @@ def export_manifest(directory: Path, *, float32: bool) -> dict:
     return manifest
 
 
+def require_export_extra(action: str) -> None:
+    try:
+        require_extra("export", action)
+    except MissingExtra as err:
+        raise UserError(str(err)) from None
+
+
 @click.group(cls=Group)
 def main():
     """Export RVRT stage graphs for fast inference."""
+    require_export_extra("exporting")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     project_log = logging.getLogger("rvrt_export")
@@ -146,6 +155,8 @@ def export_onnx_command(task, tile, checkpoint, random_weights, seed, tiny, batc
         raise UserError(f"no weights: pass --checkpoint {spec.id}.pth, or --random-weights for a test/demo export")
     out_dir = out_dir or Path(f"{spec.short}{'-tiny' if tiny else ''}-tile{tile}-fp32")
     check_output(out_dir)
+    from rvrt import build_model
+
     try:
         model = build_model(spec.id, checkpoint, random_weights=random_weights, config=config,
                             seed=seed if random_weights else None)
@@ -230,7 +241,7 @@ def export_fp16_command(onnx_dir, checkpoint, random_weights, out_dir):
               help="New folder for the engines (e.g. sr.plan).")
 def export_trt_command(onnx_dir, fp16, plugin, timing_cache, workspace_gb, checkpoint, random_weights, out_dir):
     """One TensorRT engine per stage (Polygraphy), each validated against eager PyTorch."""
-    from rvrt_engines.tensorrt import tensorrt_unavailable
+    from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
     from rvrt_plugins.build import PluginBuildError
 
     from .trt_build import build_engines

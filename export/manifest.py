@@ -9,7 +9,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
+
+from rvrt.config import RVRTConfig
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -25,6 +28,25 @@ def sha256_of(path: str | os.PathLike) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """The exporter's library versions, read from the installed packages' metadata (nothing is
+    imported: a serving process computes a cache key without loading PyTorch). A library that
+    is not installed is listed as absent."""
+    found = {}
+    for name in ("rvrt-deploy", "torch", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def config_from_manifest(manifest: dict) -> RVRTConfig:
+    """The architecture an export was made for, as its manifest records it."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
+    return RVRTConfig(**values)
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import time
 import warnings
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from rvrt.model import RVRT
 
 from . import gda_onnx
 from .accuracy import FLOAT32_TOLERANCE, compare_stage
-from .manifest import FORMAT_VERSION, ArtifactError, assembled, sha256_of, write_manifest
+from .manifest import FORMAT_VERSION, ArtifactError, assembled, sha256_of, versions, write_manifest
 from .stages import StageSpec, stage_specs
 
 log = logging.getLogger(__name__)
@@ -40,15 +39,11 @@ def export_stage(model: RVRT, spec: StageSpec, path: Path, opset: int) -> None:
 def validate_stage(model: RVRT, spec: StageSpec, path: Path, precision: str = "float32") -> dict:
     """Run the graph in ONNX Runtime on fresh random inputs against the eager stage (float16
     graphs as float16 storage with float32 arithmetic, see ``SessionFromPath``)."""
-    from rvrt_engines.onnxrt import SessionFromPath
+    from rvrt_engines.runtimes.onnxruntime import SessionFromPath
 
     session = SessionFromPath(path, emulate_float16=precision == "float16")()
     outputs = list(spec.outputs)
     return compare_stage(model, spec, lambda feed: dict(zip(outputs, session.run(outputs, dict(feed)))), precision)
-
-
-def versions() -> dict[str, str]:
-    return {name: metadata.version(name) for name in ("rvrt-deploy", "torch", "onnx", "onnxscript", "onnxruntime")}
 
 
 def export_onnx(model: RVRT, task: Task, tile: int, out_dir: str | Path, *, batch: int = 1, opset: int = 20,

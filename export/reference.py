@@ -5,15 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rvrt import RVRTConfig, build_model
+from rvrt import build_model
 from rvrt.model import RVRT
 
-from .manifest import ArtifactError, sha256_of
-
-
-def config_from_manifest(manifest: dict) -> RVRTConfig:
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
-    return RVRTConfig(**values)
+from .manifest import ArtifactError, config_from_manifest, sha256_of
 
 
 def reference_model(manifest: dict, directory: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> RVRT:

@@ -52,7 +52,7 @@ def validate_engine(model: RVRT, name: str, stage: dict, engine, onnx_path: Path
     """The engine against eager (verdict) and against ONNX Runtime on the same graph (recorded)."""
     import numpy as np
     from polygraphy.backend.trt import TrtRunner
-    from rvrt_engines.onnxrt import SessionFromPath
+    from rvrt_engines.runtimes.onnxruntime import SessionFromPath
 
     spec = spec_of(name, stage)
     session = SessionFromPath(onnx_path, emulate_float16=precision == "float16")()
@@ -80,7 +80,7 @@ def build_engines(model: RVRT, onnx_dir: str | Path, out_dir: str | Path, *, fp1
     Raises TensorRTUnavailable (with what to install) where TensorRT or a GPU is missing, and
     ArtifactError naming the stage whose engine is over tolerance.
     """
-    from rvrt_engines.tensorrt import gpu_description, require_tensorrt
+    from rvrt_engines.runtimes.tensorrt import gpu_description, require_tensorrt
 
     require_tensorrt()
     import tensorrt as trt

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .config import TASKS, RVRTConfig, Task, get_task
+from .config import TASKS, CheckpointError, RVRTConfig, Task, get_task
 from .model import RVRT
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that does not belong to the requested task."""
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

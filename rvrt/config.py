@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not belong to the requested task (defined
+    here, with the tasks, so that what reports it needs no PyTorch)."""
+
+
 BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
 """The four propagation branches, in the order the recurrence runs them."""
 

@@ -7,28 +7,31 @@ forward_1, backward_2, forward_2 over the clips, then reconstruction clip by cli
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
-import torch
-
+from .arrays import array_namespace
 from .config import BRANCHES
+
+Array = Any
+"""A numpy array or a torch tensor (:mod:`rvrt.arrays`): the driver computes with either."""
 
 
 class Stages(Protocol):
-    """What a backend provides. Tensors are torch tensors on the backend's device; shapes
-    are documented on :class:`rvrt.model.RVRT`'s methods of the same names."""
+    """What a backend provides. Arrays are of the backend's kind: numpy arrays (ONNX Runtime on
+    the CPU) or torch tensors on its device; shapes are documented on :class:`rvrt.model.RVRT`'s
+    methods of the same names."""
 
     clip_size: int
 
-    def extract(self, lq: torch.Tensor) -> torch.Tensor: ...
+    def extract(self, lq: Array) -> Array: ...
 
-    def flow(self, pair: torch.Tensor) -> torch.Tensor: ...
+    def flow(self, pair: Array) -> Array: ...
 
-    def propagate(self, branch: str, features: list[torch.Tensor], key: torch.Tensor | None = None,
-                  prop: torch.Tensor | None = None, flows: tuple[torch.Tensor, ...] = ()) -> tuple[torch.Tensor, ...]:
+    def propagate(self, branch: str, features: list[Array], key: Array | None = None,
+                  prop: Array | None = None, flows: tuple[Array, ...] = ()) -> tuple[Array, ...]:
         ...
 
-    def reconstruct(self, lq: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor: ...
+    def reconstruct(self, lq: Array, features: list[Array]) -> Array: ...
 
 
 class EagerStages:
@@ -51,14 +54,17 @@ class EagerStages:
         return self.model.reconstruct(lq, features)
 
 
-def pad_frames_to_clips(lq: torch.Tensor, clip_size: int) -> torch.Tensor:
+def pad_frames_to_clips(lq: Array, clip_size: int) -> Array:
     """Mirror the last frames so that (n, t, ...) has a whole number of clips."""
     missing = -lq.shape[1] % clip_size
-    return torch.cat([lq, lq[:, -missing:].flip(1)], 1) if missing else lq
+    if not missing:
+        return lq
+    xp = array_namespace(lq)
+    return xp.concat([lq, xp.flip(lq[:, -missing:], axis=1)], axis=1)
 
 
-def run_recurrent(stages: Stages, lq: torch.Tensor) -> torch.Tensor:
-    """Restore a sequence: lq (n, t, cin, H, W) -> (n, t, 3, H*s, W*s).
+def run_recurrent(stages: Stages, lq: Array) -> Array:
+    """Restore a sequence: lq (n, t, cin, H, W) -> (n, t, 3, H*s, W*s), of lq's array kind.
 
     Keeps every clip's features of every branch (the recurrence needs them all): bound the
     memory with temporal windows (:mod:`rvrt.tiling`).
@@ -73,7 +79,7 @@ def run_recurrent(stages: Stages, lq: torch.Tensor) -> torch.Tensor:
     backward_flows = [f[:, 0] for f in pair_flows]
     forward_flows = [f[:, 1] for f in pair_flows]
 
-    feats: dict[str, list[torch.Tensor]] = {"shallow": [stages.extract(c) for c in clips]}
+    feats: dict[str, list[Array]] = {"shallow": [stages.extract(c) for c in clips]}
     updated_flows: dict[str, list] = {}
     for branch in BRANCHES:
         backward = branch.startswith("backward")
@@ -101,4 +107,4 @@ def run_recurrent(stages: Stages, lq: torch.Tensor) -> torch.Tensor:
         feats[branch] = outputs
 
     restored = [stages.reconstruct(c, [feats[name][i] for name in feats]) for i, c in enumerate(clips)]
-    return torch.cat(restored, 1)[:, :frames]
+    return array_namespace(lq).concat(restored, axis=1)[:, :frames]

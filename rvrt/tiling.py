@@ -5,6 +5,10 @@ where they overlap. Spatial tiles of ``tile`` px overlap by ``tile_overlap`` px;
 borders are discarded (``overlap // 2`` output pixels on each inner side, as officially) and
 what remains is averaged. Frames smaller than a tile are mirror-padded up to it, so every
 backend, fixed-shape or not, sees the same tile and computes the same result.
+
+Written once for both array kinds (:mod:`rvrt.arrays`): windows given as numpy arrays are
+tiled, blended and returned as numpy arrays, torch tensors as torch tensors on the host, with
+the same float32 arithmetic in the same order, so the frames are bit-identical either way.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import torch
-
+from .arrays import array_namespace, host_float32
 from .config import RVRTConfig
+from .driver import Array
 
-RestoreFn = Callable[[torch.Tensor], torch.Tensor]
-"""(n, t, cin, tile, tile) -> (n, t, 3, tile*s, tile*s): a driver over some backend."""
+RestoreFn = Callable[[Array], Array]
+"""(n, t, cin, tile, tile) -> (n, t, 3, tile*s, tile*s): a driver over some backend (any array kind
+out; the tiling takes it back as float32 on the host, of the input's kind)."""
 
 
 @dataclass(frozen=True)
@@ -57,22 +62,24 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return list(range(0, length - tile, tile - overlap)) + [length - tile]
 
 
-def mirror_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def mirror_pad(x: Array, height: int, width: int) -> Array:
     """Extend (..., h, w) to (..., height, width) by mirroring the last rows/columns (edge included),
     the official whole-frame padding; repeated while the mirror is shorter than the gap."""
+    xp = array_namespace(x)
     while x.shape[-2] < height:
-        x = torch.cat([x, x[..., -min(height - x.shape[-2], x.shape[-2]):, :].flip(-2)], -2)
+        x = xp.concat([x, xp.flip(x[..., -min(height - x.shape[-2], x.shape[-2]):, :], axis=-2)], axis=-2)
     while x.shape[-1] < width:
-        x = torch.cat([x, x[..., -min(width - x.shape[-1], x.shape[-1]):].flip(-1)], -1)
+        x = xp.concat([x, xp.flip(x[..., -min(width - x.shape[-1], x.shape[-1]):], axis=-1)], axis=-1)
     return x
 
 
-def restore_window(restore: RestoreFn, lq: torch.Tensor, scale: int, tiling: Tiling, min_size: int,
-                   on_tiles: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def restore_window(restore: RestoreFn, lq: Array, scale: int, tiling: Tiling, min_size: int,
+                   on_tiles: Callable[[int, int], None] | None = None) -> Array:
     """One temporal window: lq (n, t, cin, H, W) -> (n, t, 3, H*s, W*s), tile by tile.
 
     on_tiles(done, total) is called after each backend call with the tiles finished so far.
     """
+    xp = array_namespace(lq)
     n, t, _, height, width = lq.shape
     tile_h = tile_w = tiling.tile
     if not tile_h:
@@ -82,16 +89,16 @@ def restore_window(restore: RestoreFn, lq: torch.Tensor, scale: int, tiling: Til
     padded = mirror_pad(lq, max(height, tile_h), max(width, tile_w))
     ys = tile_starts(padded.shape[-2], tile_h, tiling.tile_overlap)
     xs = tile_starts(padded.shape[-1], tile_w, tiling.tile_overlap)
-    out = torch.zeros(n, t, 3, padded.shape[-2] * scale, padded.shape[-1] * scale)
-    weight = torch.zeros(1, 1, 1, padded.shape[-2] * scale, padded.shape[-1] * scale)
-    keep = tile_border_weights(ys, xs, tile_h * scale, tile_w * scale, tiling.tile_overlap)
+    out = xp.zeros((n, t, 3, padded.shape[-2] * scale, padded.shape[-1] * scale), dtype=xp.float32)
+    weight = xp.zeros((1, 1, 1, padded.shape[-2] * scale, padded.shape[-1] * scale), dtype=xp.float32)
+    keep = tile_border_weights(xp, ys, xs, tile_h * scale, tile_w * scale, tiling.tile_overlap)
 
     jobs = [(v, iy, ix) for v in range(n) for iy in range(len(ys)) for ix in range(len(xs))]
     for first in range(0, len(jobs), tiling.batch):
         group = jobs[first:first + tiling.batch]
-        batch = torch.cat([padded[v:v + 1, :, :, ys[iy]:ys[iy] + tile_h, xs[ix]:xs[ix] + tile_w]
+        batch = xp.concat([padded[v:v + 1, :, :, ys[iy]:ys[iy] + tile_h, xs[ix]:xs[ix] + tile_w]
                            for v, iy, ix in group])
-        restored = restore(batch).detach().to("cpu", torch.float32)
+        restored = host_float32(restore(batch), like=lq)
         for (v, iy, ix), patch in zip(group, restored):
             mask = keep[iy][ix]
             region = (..., slice(ys[iy] * scale, (ys[iy] + tile_h) * scale),
@@ -104,12 +111,12 @@ def restore_window(restore: RestoreFn, lq: torch.Tensor, scale: int, tiling: Til
     return (out / weight)[..., :height * scale, :width * scale]
 
 
-def tile_border_weights(ys: list[int], xs: list[int], tile_h: int, tile_w: int, overlap: int) -> list[list]:
-    """Per tile, a (tile_h, tile_w) 0/1 mask that drops the borders shared with a neighbour:
-    the official code zeroes ceil(overlap/2) px at the end and floor(overlap/2) px at the start
-    of each inner side, in output pixels."""
-    def axis_mask(count: int, index: int, size: int) -> torch.Tensor:
-        mask = torch.ones(size)
+def tile_border_weights(xp, ys: list[int], xs: list[int], tile_h: int, tile_w: int, overlap: int) -> list[list]:
+    """Per tile, a (tile_h, tile_w) float32 0/1 mask of namespace ``xp`` that drops the borders
+    shared with a neighbour: the official code zeroes ceil(overlap/2) px at the end and
+    floor(overlap/2) px at the start of each inner side, in output pixels."""
+    def axis_mask(count: int, index: int, size: int) -> Array:
+        mask = xp.ones(size, dtype=xp.float32)
         if overlap and index < count - 1:
             mask[size - (overlap + 1) // 2:] = 0
         if overlap and index > 0:
@@ -127,15 +134,15 @@ def window_spans(num_frames: int, tiling: Tiling) -> list[tuple[int, int]]:
             for start in tile_starts(num_frames, window, tiling.window_overlap)]
 
 
-def blend_windows(spans: list[tuple[int, int]], restored: Iterable[torch.Tensor],
-                  num_frames: int) -> Iterator[torch.Tensor]:
+def blend_windows(spans: list[tuple[int, int]], restored: Iterable[Array],
+                  num_frames: int) -> Iterator[Array]:
     """Average restored windows (n, t, 3, H, W), given in the order of ``spans``, where they
     overlap, and yield each frame (n, 3, H, W) in order as soon as no later window covers it.
 
     The sum runs in window order, so any producer of the same windows (this process, another
     process, a cluster) gives bit-identical frames.
     """
-    sums: dict[int, torch.Tensor] = {}
+    sums: dict[int, Array] = {}
     counts: dict[int, int] = {}
     emitted = 0
     for k, ((start, stop), window) in enumerate(zip(spans, restored, strict=True)):
@@ -149,8 +156,8 @@ def blend_windows(spans: list[tuple[int, int]], restored: Iterable[torch.Tensor]
             emitted += 1
 
 
-def iter_restored(restore: RestoreFn, read: Callable[[int, int], torch.Tensor], num_frames: int, scale: int,
-                  tiling: Tiling, min_size: int) -> Iterator[torch.Tensor]:
+def iter_restored(restore: RestoreFn, read: Callable[[int, int], Array], num_frames: int, scale: int,
+                  tiling: Tiling, min_size: int) -> Iterator[Array]:
     """Stream restored frames in order, each (n, 3, H*s, W*s), as temporal windows complete.
 
     read(start, stop) returns input frames [start, stop) as (n, stop-start, cin, H, W). Only
@@ -162,9 +169,9 @@ def iter_restored(restore: RestoreFn, read: Callable[[int, int], torch.Tensor], 
     return blend_windows(spans, windows, num_frames)
 
 
-def restore_tiled(restore: RestoreFn, lq: torch.Tensor, config: RVRTConfig, tiling: Tiling) -> torch.Tensor:
-    """Restore a whole sequence held in memory: lq (n, t, cin, H, W) -> (n, t, 3, H*s, W*s)."""
+def restore_tiled(restore: RestoreFn, lq: Array, config: RVRTConfig, tiling: Tiling) -> Array:
+    """Restore a whole sequence held in memory: lq (n, t, cin, H, W) -> (n, t, 3, H*s, W*s), of lq's kind."""
     tiling.check(config)
     frames = iter_restored(restore, lambda start, stop: lq[:, start:stop], lq.shape[1], config.upscale, tiling,
                            config.min_tile)
-    return torch.stack(list(frames), 1)
+    return array_namespace(lq).stack(list(frames), axis=1)

@@ -13,7 +13,7 @@ from conftest import random_clip, tiny_model
 from rvrt import build_model, get_task
 from rvrt_engines.backends import load_backend
 from rvrt_engines.cache import SEAL, ArtefactCache, ModelSource, cached_artefacts, default_root
-from rvrt_engines.tensorrt import tensorrt_unavailable
+from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
 from rvrt_export.manifest import ArtifactError, read_manifest
 
 TASK = get_task("sr")
@@ -212,7 +212,7 @@ def test_float16_graphs_are_made_from_the_cached_float32_export(cached, tmp_path
 
 @pytest.mark.skipif(tensorrt_unavailable() is None, reason="TensorRT and a GPU are here")
 def test_tensorrt_without_tensorrt_is_refused_before_any_export(tmp_path):
-    from rvrt_engines.tensorrt import TensorRTUnavailable
+    from rvrt_engines.runtimes.tensorrt import TensorRTUnavailable
 
     with pytest.raises(TensorRTUnavailable, match="TensorRT Python bindings not importable|no CUDA GPU"):
         load_backend("sr", random_weights=True, runtime="tensorrt", cache=ArtefactCache(tmp_path))

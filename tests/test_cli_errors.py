@@ -127,7 +127,7 @@ def test_fp16_and_trt_need_a_validated_onnx_export(tmp_path, fake_export):
 
 
 def test_fp16_and_trt_ask_for_the_weights_the_export_was_made_from(tmp_path, fake_export):
-    from rvrt_engines.tensorrt import tensorrt_unavailable
+    from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
 
     random = fake_export("random")
     checkpoint = tmp_path / "weights.pth"

@@ -1,5 +1,5 @@
 """The GDA CUDA kernel for PyTorch (rvrt_plugins.gda_cuda) and the eager CUDA runtime
-(rvrt_engines.pytorch_cuda).
+(rvrt_engines.runtimes.pytorch_cuda).
 
 Without a GPU: the kernel-only library builds with CMake and nvcc (compile only, sm_80 and sm_90),
 is cached by sources and architectures, says what is missing without a CUDA compiler, refuses
@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from conftest import gda_inputs, random_clip, tiny_model
 from rvrt import BRANCHES, guided_deform_attn, guided_deform_attn_reference, run_recurrent
-from rvrt_engines.pytorch_cuda import CudaStages, CudaUnavailableError, cuda_stages, float32_islands, half_precision
+from rvrt_engines.runtimes.pytorch_cuda import CudaStages, CudaUnavailableError, cuda_stages, float32_islands, half_precision
 from rvrt_export.accuracy import FLOAT32_TOLERANCE
 from rvrt_export.fp16 import PrecisionPolicy
 from rvrt_plugins import gda_cuda

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import random_clip
 from rvrt import BRANCHES, Tiling, get_task, restore_tiled
 from rvrt_engines.backends import load_backend
-from rvrt_engines.onnxrt import onnxruntime_stages
+from rvrt_engines.runtimes.onnxruntime import onnxruntime_stages
 from rvrt_export.cli import main as export_cli
 from rvrt_export.manifest import ArtifactError, read_manifest
 

@@ -14,8 +14,8 @@ import torch
 from conftest import random_clip
 from rvrt import BRANCHES, Tiling, restore_tiled
 from rvrt_engines.backends import load_backend
-from rvrt_engines.onnxrt import USE_ENV_ALLOCATORS, SessionFromPath, onnxruntime_stages
-from rvrt_engines.onnxrt_split import SplitGdaSession
+from rvrt_engines.runtimes.onnxruntime import USE_ENV_ALLOCATORS, SessionFromPath, onnxruntime_stages
+from rvrt_engines.runtimes.onnxruntime_gda_split import SplitGdaSession
 from rvrt_export.manifest import read_manifest
 
 
@@ -134,7 +134,7 @@ def test_all_sessions_allocate_from_the_shared_arena(sr_export):
 FALLBACK_SCRIPT = textwrap.dedent("""
     import json, sys, warnings
     import numpy as np
-    from rvrt_engines.onnxrt import SessionFromPath
+    from rvrt_engines.runtimes.onnxruntime import SessionFromPath
     path, feed_file, out_file = sys.argv[1:]
     feed = dict(np.load(feed_file))
     with warnings.catch_warnings(record=True) as caught:

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from conftest import gda_inputs
 from rvrt.gda import guided_deform_attn_reference
-from rvrt_engines.tensorrt import tensorrt_unavailable
+from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
 from rvrt_plugins import build
 
 pytestmark = pytest.mark.gpu

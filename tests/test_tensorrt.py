@@ -13,7 +13,7 @@ from rvrt import Tiling, restore_tiled
 from rvrt_engines.backends import load_backend
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.synthetic import write_video
-from rvrt_engines.tensorrt import TensorRTUnavailable, tensorrt_unavailable
+from rvrt_engines.runtimes.tensorrt import TensorRTUnavailable, tensorrt_unavailable
 from rvrt_export.cli import main as export_cli
 from rvrt_export.manifest import ArtifactError, read_manifest
 
@@ -125,8 +125,8 @@ class ReusedOutputBuffers:
 def test_outputs_of_buffer_reusing_runners_are_kept(tiny_export, clone_outputs):
     """The driver holds a step's outputs while it runs the same stage on the next clip."""
     from rvrt import run_recurrent
-    from rvrt_engines.onnxrt import onnxruntime_stages
-    from rvrt_engines.runner_stages import RunnerStages
+    from rvrt_engines.runtimes.onnxruntime import onnxruntime_stages
+    from rvrt_engines.runtimes.runner_stages import RunnerStages
 
     model, _, export_dir = tiny_export("sr")
     served = onnxruntime_stages(export_dir)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 from PIL import Image
 
-from rvrt_engines.tensorrt import tensorrt_unavailable
+from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
 from rvrt_export.manifest import read_manifest, sha256_of, write_manifest
 from rvrt_validate.cli import main as validate_cli
 from rvrt_validate.report import cuda_unavailable, validate

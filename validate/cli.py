@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from rvrt_export.cli import Command, UserError, check_output, reference_for, with_reference_options
+from rvrt_export.cli import (Command, UserError, check_output, reference_for, require_export_extra,
+                             with_reference_options)
 from rvrt_export.manifest import ArtifactError, read_manifest
 
 
@@ -20,6 +21,7 @@ from rvrt_export.manifest import ArtifactError, read_manifest
 def main(model_dir, checkpoint, random_weights, frames, out_dir):
     """Hold every backend and precision of MODEL_DIR (an 'rvrt-export onnx' or 'rvrt-export trt'
     directory) against eager PyTorch float32, per stage and on a restored clip."""
+    require_export_extra("validating against eager PyTorch")
     from .report import validate
 
     try:

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from rvrt_engines.backends import load_backend
-from rvrt_engines.pytorch_cuda import CudaUnavailableError, cuda_stages, ieee_float32_convolutions, require_cuda
-from rvrt_engines.restore import frame_to_tensor
+from rvrt_engines.runtimes.pytorch_cuda import CudaUnavailableError, cuda_stages, ieee_float32_convolutions, require_cuda
+from rvrt_engines.restore import frame_to_array
 from rvrt_engines.synthetic import degrade, moving_photo_frames
-from rvrt_engines.tensorrt import tensorrt_unavailable
+from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
 from rvrt_export.accuracy import (
     FLOAT16_RELATIVE_TOLERANCE,
     FLOAT32_TOLERANCE,
@@ -114,8 +114,8 @@ def generated_clip(task_kind: str, frames: int, size: int, scale: int) -> torch.
     """(1, frames, cin, size, size) degraded pan over a bundled photograph, in [0, 1]."""
     clean = moving_photo_frames(frames, size * scale, size * scale)
     degraded = degrade(clean, task_kind, sigma=SIGMA)
-    to_tensor = frame_to_tensor(SIGMA if task_kind == "denoise" else None)
-    return torch.stack([to_tensor(frame) for frame in degraded])[None]
+    to_array = frame_to_array(SIGMA if task_kind == "denoise" else None)
+    return torch.from_numpy(np.stack([to_array(frame) for frame in degraded])[None])
 
 
 def stage_records(model: RVRT, manifest: dict, backend, precision: str) -> dict:

@@ -1,16 +1,16 @@
-"""Stages served by Polygraphy runners: one runner per stage graph, fed by the graphs' names.
+"""Stages served by runners: one runner per stage graph, fed by the graphs' names.
 
-The same class serves ONNX Runtime sessions and TensorRT engines; the recurrent driver
-(:func:`rvrt.run_recurrent`) cannot tell them from eager stages.
+The same class serves ONNX Runtime sessions (this project's :class:`~.onnxruntime.OnnxRuntimeRunner`,
+numpy arrays) and TensorRT engines (Polygraphy's ``TrtRunner``, torch CUDA tensors); the
+recurrent driver (:func:`rvrt.run_recurrent`) cannot tell them from eager stages.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-import torch
-
-from rvrt.model import BRANCHES
+from rvrt.arrays import contiguous
+from rvrt.config import BRANCHES
 
 
 def stage_io(manifest: dict) -> dict[str, tuple[list[str], list[str]]]:
@@ -20,13 +20,14 @@ def stage_io(manifest: dict) -> dict[str, tuple[list[str], list[str]]]:
 
 
 class RunnerStages:
-    """Implements :class:`rvrt.driver.Stages` over ``runners`` (stage name -> Polygraphy runner).
+    """Implements :class:`rvrt.driver.Stages` over ``runners`` (stage name -> a runner with Polygraphy's
+    life cycle: a context manager whose ``infer(feed)`` maps input names to arrays, output names to arrays).
 
     stages: stage name -> (input names, output names), from the export manifest. Use as a
     context manager: runners are activated (sessions/engines created) once on entry and
     reused for every tile and window. infer_options: keyword arguments of every ``infer``
     call (TensorRT: keep outputs on the device). clone_outputs: copy what a runner returns,
-    for runners that reuse their output buffers on the next call (Polygraphy's TrtRunner),
+    for runners that reuse their output buffers on the next call (Polygraphy's TrtRunner, torch),
     since the driver keeps a step's outputs while it runs the same stage on the next clip.
     """
 
@@ -51,9 +52,9 @@ class RunnerStages:
     def __exit__(self, *exc):
         self._active.close()
 
-    def _run(self, stage: str, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def _run(self, stage: str, arrays: list) -> tuple:
         input_names, output_names = self.stages[stage]
-        feed = {name: tensor.contiguous() for name, tensor in zip(input_names, tensors, strict=True)}
+        feed = {name: contiguous(array) for name, array in zip(input_names, arrays, strict=True)}
         outputs = self.runners[stage].infer(feed, **self.infer_options)
         if self.clone_outputs:
             return tuple(outputs[name].clone() for name in output_names)

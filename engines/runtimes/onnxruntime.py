@@ -1,4 +1,11 @@
-"""ONNX Runtime backend: the exported stage graphs, as Polygraphy ONNX Runtime runners."""
+"""ONNX Runtime: the exported stage graphs as sessions, served on numpy arrays without PyTorch.
+
+Polygraphy's shape, this project's code: :class:`SessionFromPath` is a lazy loader (it builds
+a session when called), :class:`OnnxRuntimeRunner` runs one (activate / infer / deactivate),
+and :func:`onnxruntime_stages` puts one runner per stage behind the driver's stage interface.
+Polygraphy's own ``OnnxrtRunner`` is not used here: it imports torch on every ``infer`` where
+torch is installed (``util.array.is_torch``), 1.4 s of start-up for a process that never needs it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,14 @@ import functools
 import os
 from pathlib import Path
 
-import onnx
+import numpy as np
 import onnxruntime as ort
-from polygraphy.backend.onnxrt import OnnxrtRunner
 
+from rvrt import run_recurrent
+from rvrt.arrays import to_numpy
 from rvrt_export.manifest import read_manifest, require_validated
 
-from .onnxrt_split import gda_split_session
+from .onnxruntime_gda_split import gda_split_session
 from .runner_stages import RunnerStages, stage_io
 
 # Session config entries (onnxruntime_session_options_config_keys.h).
@@ -45,7 +53,7 @@ class SessionFromPath:
     emulate_float16: run a mixed-precision graph as :func:`rvrt_export.fp16.float16_emulation`
     (float16 storage, float32 arithmetic), which is what a CPU can tell of float16 accuracy.
     fused_gda: on the CPU, run a graph holding a GDA node as ONNX Runtime / fused GDA kernel /
-    ONNX Runtime (:mod:`rvrt_engines.onnxrt_split`); where the kernel cannot be built, warn
+    ONNX Runtime (:mod:`.onnxruntime_gda_split`); where the kernel cannot be built, warn
     and run the whole graph.
     """
 
@@ -81,10 +89,12 @@ class SessionFromPath:
         return options
 
     def __call__(self):
-        """An ``onnxruntime.InferenceSession``, or a :class:`~rvrt_engines.onnxrt_split.SplitGdaSession`
+        """An ``onnxruntime.InferenceSession``, or a :class:`~.onnxruntime_gda_split.SplitGdaSession`
         that behaves as one."""
         options = self.options()
         if self.emulate_float16:
+            import onnx
+
             from rvrt_export.fp16 import float16_emulation
 
             model = float16_emulation(onnx.load(self.path)).SerializeToString()
@@ -95,6 +105,53 @@ class SessionFromPath:
             if split is not None:
                 return split
         return ort.InferenceSession(self.path, sess_options=options, providers=self.providers)
+
+
+class OnnxRuntimeRunner:
+    """Runs one session: numpy arrays in, numpy arrays out, with Polygraphy's runner life cycle
+    (``activate`` / ``infer`` / ``deactivate``, or ``with runner:``).
+
+    session: an ``onnxruntime.InferenceSession`` (or a session-like object such as a
+    :class:`~.onnxruntime_gda_split.SplitGdaSession`), or a loader that returns one (such as
+    :class:`SessionFromPath`), called on activation: building a runner costs nothing.
+    """
+
+    def __init__(self, session, name: str | None = None):
+        self._session = session
+        self.name = name
+        self.session = None
+        self.output_names: list[str] = []
+
+    @property
+    def is_active(self) -> bool:
+        return self.session is not None
+
+    def activate(self) -> None:
+        if self.is_active:
+            raise RuntimeError(f"runner {self.name} is active already")
+        self.session = self._session() if callable(self._session) else self._session
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Input name -> array (float32, C-contiguous) to output name -> array, in graph order."""
+        if not self.is_active:
+            raise RuntimeError(f"runner {self.name} is not active: use it inside 'with runner:'")
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+
+    def deactivate(self) -> None:
+        self.session = None
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+
+def run_on_numpy(stages: RunnerStages, lq, device: str = "cpu"):
+    """The recurrent driver on ONNX Runtime stages: lq (any array kind) -> restored numpy array."""
+    return run_recurrent(stages, to_numpy(lq))
 
 
 def default_providers(device: str = "cpu") -> list[str]:
@@ -116,7 +173,7 @@ def onnxruntime_stages(export_dir: str | os.PathLike, device: str = "cpu", threa
     require_validated(manifest, export_dir, allow_unvalidated)
     providers = default_providers(device)
     emulate = manifest["dtype"] == "float16" and device == "cpu"
-    runners = {name: OnnxrtRunner(SessionFromPath(export_dir / stage["file"], providers, threads, emulate, fused_gda),
-                                  name=name)
+    runners = {name: OnnxRuntimeRunner(SessionFromPath(export_dir / stage["file"], providers, threads, emulate,
+                                                       fused_gda), name=name)
                for name, stage in manifest["stages"].items()}
     return RunnerStages(runners, stage_io(manifest), manifest["clip_size"])
