@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rvrt import CheckpointError, RVRTConfig, Task, get_task
-from rvrt.arrays import array_namespace
+from rvrt.arrays import array_namespace, host_float32
 from rvrt.config import TASKS
 from rvrt_export.manifest import ArtifactError, config_from_manifest, read_manifest
 
@@ -52,13 +52,14 @@ class Backend:
             leave(*exc)
 
     def restore(self, lq):
-        """(n, t, cin, H, W) -> (n, t, 3, H*s, W*s), of the stages' array kind; pads n up to a fixed
-        batch and drops the padding."""
+        """(n, t, cin, H, W) -> (n, t, 3, H*s, W*s) float32 on the host, of lq's array kind (numpy
+        or torch) whatever the stages compute with; pads n up to a fixed batch and drops the padding."""
         count = lq.shape[0]
+        padded = lq
         if self.batch and count < self.batch:
             xp = array_namespace(lq)
-            lq = xp.concat([lq, xp.broadcast_to(lq[-1:], (self.batch - count, *lq.shape[1:]))])
-        return self.run(self.stages, lq, self.device)[:count]
+            padded = xp.concat([lq, xp.broadcast_to(lq[-1:], (self.batch - count, *lq.shape[1:]))])
+        return host_float32(self.run(self.stages, padded, self.device)[:count], like=lq)
 
 
 RUNTIMES = ("onnxruntime", "tensorrt", "pytorch")

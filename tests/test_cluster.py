@@ -95,7 +95,7 @@ def loader_refusing_black_frames(**load_args):
     restore = backend.restore
 
     def restore_checked(lq):
-        if (lq.flatten(2).amax(2) == 0).any():
+        if (lq.reshape(*lq.shape[:2], -1).max(axis=2) == 0).any():
             raise RuntimeError("black frame in this tile")
         return restore(lq)
 
