@@ -121,7 +121,7 @@ def test_all_sessions_allocate_from_the_shared_arena(sr_export):
     with stages:
         sessions = []
         for runner in stages.runners.values():
-            session = runner.sess
+            session = runner.session
             sessions += [session.before, session.after] if isinstance(session, SplitGdaSession) else [session]
     assert len(sessions) == len(stages.runners) + len(BRANCHES)
     for session in sessions:

@@ -101,8 +101,9 @@ def test_parity_report_measures_engines(engines, tmp_path):
 
 
 class ReusedOutputBuffers:
-    """A runner whose outputs live in one buffer per name, overwritten by the next call: what
-    Polygraphy's TrtRunner returns (its output allocator keeps the buffers)."""
+    """A runner on torch tensors whose outputs live in one buffer per name, overwritten by the next
+    call: what Polygraphy's TrtRunner returns (its output allocator keeps the buffers). It runs an
+    ONNX Runtime runner (numpy) underneath."""
 
     def __init__(self, runner):
         self.runner = runner
@@ -116,7 +117,8 @@ class ReusedOutputBuffers:
         self.runner.__exit__(*exc)
 
     def infer(self, feed, **options):
-        for name, value in self.runner.infer(feed, **options).items():
+        for name, value in self.runner.infer({n: v.numpy() for n, v in feed.items()}, **options).items():
+            value = torch.from_numpy(value)
             self.buffers.setdefault(name, torch.empty_like(value)).copy_(value)
         return dict(self.buffers)
 
