@@ -6,7 +6,7 @@ such graphs with onnxruntime's float16 converter, keeping float32 where measured
 it is needed (:class:`PrecisionPolicy`), and validates each graph against the eager float32
 stage in ONNX Runtime before anything is written under the final name.
 
-What the CPU check measures (:func:`float16_emulation`): every float16 tensor and weight
+What the CPU check measures (:func:`rvrt_export.float16_emulation.float16_emulation`): every float16 tensor and weight
 rounded to float16, every op computed in float32. Float16 accumulation inside a kernel
 (some of TensorRT's fp16 tactics) is not covered, which is why engines are validated again
 after they are built.
@@ -19,16 +19,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_ir
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 from onnx_ir.passes.common import TopologicalSortPass
 from onnxruntime.transformers import float16
 
 from rvrt.model import RVRT
 
-from .manifest import ArtifactError, assembled, read_manifest, require_validated, sha256_of, write_manifest
+from .manifest import (ArtifactError, assembled, graph_record, read_manifest, require_validated, sha256_of,
+                       write_manifest)
 from .onnx_export import validate_stage
 from .stages import StageSpec
 
@@ -121,54 +121,6 @@ def to_mixed_precision(model: onnx.ModelProto, stage: str, policy: PrecisionPoli
     return proto
 
 
-def float16_emulation(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A float32 graph that computes what the mixed-precision ``model`` computes when every
-    float16 tensor is stored rounded to float16 and every op computes in float32.
-
-    This is how float16 graphs are checked on a CPU. ONNX Runtime's CPU provider has few
-    float16 kernels; it wraps the others in casts and then removes the cast pairs between
-    neighbouring nodes, so whole float16 regions run in float32 without any rounding (the
-    converted graph would look more accurate than it is). Here each float16 value is rounded
-    by an explicit float32 -> float16 -> float32 cast pair after the node that makes it.
-    """
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    types = {info.name: info.type.tensor_type.elem_type
-             for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    emulated = onnx.ModelProto()
-    emulated.CopyFrom(model)
-    graph = emulated.graph
-    for index, initializer in enumerate(graph.initializer):
-        if initializer.data_type == TensorProto.FLOAT16:
-            graph.initializer[index].CopyFrom(numpy_helper.from_array(
-                numpy_helper.to_array(initializer).astype(np.float32), initializer.name))
-    nodes = []
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT16:
-                attribute.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float32)))
-        if node.op_type == "Cast":
-            rounds = node.attribute[0].i == TensorProto.FLOAT16
-            for attribute in node.attribute:
-                if attribute.name == "to" and attribute.i == TensorProto.FLOAT16:
-                    attribute.i = TensorProto.FLOAT
-            outputs = list(node.output) if rounds else []
-        else:
-            outputs = [name for name in node.output if types.get(name) == TensorProto.FLOAT16]
-        for index, name in enumerate(node.output):
-            if name in outputs:
-                node.output[index] = f"{name}__float32"
-        nodes.append(node)
-        for name in outputs:
-            nodes.append(helper.make_node("Cast", [f"{name}__float32"], [f"{name}__float16"], to=TensorProto.FLOAT16,
-                                          name=f"{name}__round"))
-            nodes.append(helper.make_node("Cast", [f"{name}__float16"], [name], to=TensorProto.FLOAT,
-                                          name=f"{name}__widen"))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.value_info[:]
-    return emulated
-
-
 def spec_of(name: str, stage: dict) -> StageSpec:
     return StageSpec(name, tuple((i["name"], tuple(i["shape"])) for i in stage["inputs"]), tuple(stage["outputs"]))
 
@@ -189,14 +141,19 @@ def export_fp16(model: RVRT, source_dir: str | Path, out_dir: str | Path,
         raise ArtifactError(f"{source_dir} holds {source['dtype']} graphs; convert a float32 export")
     with assembled(out_dir) as staging:
         stages, validation = {}, {}
-        for name, stage in source["stages"].items():
+        for index, (name, stage) in enumerate(source["stages"].items(), 1):
+            log.info("stage %s (%d/%d): converting to float16 and validating against eager PyTorch", name, index,
+                     len(source["stages"]))
             path = staging / stage["file"]
             graph = onnx.load(str(source_dir / stage["file"]))
+            # Saved whole (onnx.load reads external weights into the proto), so the stage entry below is
+            # made afresh: it names no data file of the float32 graph.
             onnx.save(to_mixed_precision(graph, name, policy), str(path))
             record = validate_stage(model, spec_of(name, stage), path, precision="float16")
             validation[name] = record
-            stages[name] = {**stage, "bytes": path.stat().st_size}
-            log.info("%s: %.1f MB, max abs error %.2e (peak %.2g)", name, path.stat().st_size / 1e6,
+            stages[name] = {"file": stage["file"], "inputs": stage["inputs"], "outputs": stage["outputs"],
+                            **graph_record(path)}
+            log.info("stage %s: %.1f MB, max abs error %.2e (peak %.2g)", name, path.stat().st_size / 1e6,
                      record["max_abs"], record["reference_peak"])
             if strict and not record["passed"]:
                 raise ArtifactError(f"stage {name!r}: the float16 graph differs from eager PyTorch by "

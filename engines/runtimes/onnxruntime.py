@@ -50,7 +50,7 @@ class SessionFromPath:
     (:func:`register_shared_cpu_allocator`), without per-session memory patterns (a pattern
     reserves a session's whole plan for it alone).
 
-    emulate_float16: run a mixed-precision graph as :func:`rvrt_export.fp16.float16_emulation`
+    emulate_float16: run a mixed-precision graph as :func:`rvrt_export.float16_emulation.float16_emulation`
     (float16 storage, float32 arithmetic), which is what a CPU can tell of float16 accuracy.
     fused_gda: on the CPU, run a graph holding a GDA node as ONNX Runtime / fused GDA kernel /
     ONNX Runtime (:mod:`.onnxruntime_gda_split`); where the kernel cannot be built, warn
@@ -95,7 +95,7 @@ class SessionFromPath:
         if self.emulate_float16:
             import onnx
 
-            from rvrt_export.fp16 import float16_emulation
+            from rvrt_export.float16_emulation import float16_emulation
 
             model = float16_emulation(onnx.load(self.path)).SerializeToString()
             return ort.InferenceSession(model, sess_options=options, providers=self.providers)
