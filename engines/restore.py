@@ -80,13 +80,16 @@ class LocalWindows:
         for index, lq in enumerate(windows):
             if self.meter is not None:
                 n, t, _, height, width = lq.shape
-                tiles = n * tile_count(height, tiling) * tile_count(width, tiling)
+                tile_h, tile_w = tiling.tile_shape or (height, width)
+                tiles = n * tile_count(height, tile_h, tiling.tile_overlap) * tile_count(width, tile_w,
+                                                                                       tiling.tile_overlap)
                 self.meter.window_started(index, t, -(-tiles // tiling.batch), stage_calls(t, config.clip_size))
             yield restore_window(backend.restore, lq, config.upscale, tiling, config.min_tile, on_tiles)
 
 
-def tile_count(length: int, tiling: Tiling) -> int:
-    return len(tile_starts(max(length, tiling.tile), tiling.tile, tiling.tile_overlap)) if tiling.tile else 1
+def tile_count(length: int, tile: int, overlap: int) -> int:
+    """Tiles of ``tile`` px covering ``length`` px (a shorter length is padded up to one tile)."""
+    return len(tile_starts(max(length, tile), tile, overlap))
 
 
 class WindowFeed:

@@ -21,20 +21,28 @@ from .config import RVRTConfig
 from .driver import Array
 
 RestoreFn = Callable[[Array], Array]
-"""(n, t, cin, tile, tile) -> (n, t, 3, tile*s, tile*s): a driver over some backend (any array kind
-out; the tiling takes it back as float32 on the host, of the input's kind)."""
+"""(n, t, cin, tile_h, tile_w) -> (n, t, 3, tile_h*s, tile_w*s): a driver over some backend (any array
+kind out; the tiling takes it back as float32 on the host, of the input's kind)."""
 
 
 @dataclass(frozen=True)
 class Tiling:
-    """window: frames per temporal window (0 = whole video); tile: spatial tile in input px
-    (0 = whole frame); batch: spatial tiles per backend call."""
+    """window: frames per temporal window (0 = whole video); tile: spatial tile in input px, square
+    (one int) or (height, width), 0 = whole frame; batch: spatial tiles per backend call."""
 
     window: int = 0
-    tile: int = 0
+    tile: int | tuple[int, int] = 0
     window_overlap: int = 2
     tile_overlap: int = 20
     batch: int = 1
+
+    @property
+    def tile_shape(self) -> tuple[int, int] | None:
+        """(height, width) of a tile in input px; None for whole frames."""
+        if isinstance(self.tile, int):
+            return (self.tile, self.tile) if self.tile else None
+        height, width = self.tile
+        return height, width
 
     def check(self, config: RVRTConfig) -> None:
         """Raise ValueError naming the argument that a model of ``config`` cannot serve."""
@@ -43,14 +51,15 @@ class Tiling:
                              f"{config.clip_size}, got {self.window}")
         if self.window and not 0 <= self.window_overlap < self.window:
             raise ValueError(f"temporal overlap must be in [0, window={self.window}), got {self.window_overlap}")
-        if self.tile < 0 or self.tile % 8:
-            raise ValueError(f"tile must be 0 (whole frame) or a positive multiple of 8 (the attention window), "
-                             f"got {self.tile}")
-        if self.tile and self.tile < config.min_tile:
-            raise ValueError(f"tile {self.tile} is too small for this model: SpyNet needs at least "
-                             f"{config.min_tile} input px (multiples of 8), see FACTS")
-        if self.tile and not 0 <= self.tile_overlap < self.tile:
-            raise ValueError(f"tile overlap must be in [0, tile={self.tile}), got {self.tile_overlap}")
+        for side in self.tile_shape or ():
+            if side <= 0 or side % 8:
+                raise ValueError(f"tile sides must be positive multiples of 8 (the attention window), or the tile 0 "
+                                 f"(whole frame); got {self.tile}")
+            if side < config.min_tile:
+                raise ValueError(f"tile {self.tile} is too small for this model: SpyNet needs at least "
+                                 f"{config.min_tile} input px a side (multiples of 8), see FACTS")
+            if not 0 <= self.tile_overlap < side:
+                raise ValueError(f"tile overlap must be in [0, {side}) for tile {self.tile}, got {self.tile_overlap}")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
 
@@ -81,11 +90,8 @@ def restore_window(restore: RestoreFn, lq: Array, scale: int, tiling: Tiling, mi
     """
     xp = array_namespace(lq)
     n, t, _, height, width = lq.shape
-    tile_h = tile_w = tiling.tile
-    if not tile_h:
-        # Whole frame: padded to the attention window (8) and to what SpyNet needs.
-        tile_h = max(-(-height // 8) * 8, min_size)
-        tile_w = max(-(-width // 8) * 8, min_size)
+    # Whole frame: padded to the attention window (8) and to what SpyNet needs.
+    tile_h, tile_w = tiling.tile_shape or (max(-(-height // 8) * 8, min_size), max(-(-width // 8) * 8, min_size))
     padded = mirror_pad(lq, max(height, tile_h), max(width, tile_w))
     ys = tile_starts(padded.shape[-2], tile_h, tiling.tile_overlap)
     xs = tile_starts(padded.shape[-1], tile_w, tiling.tile_overlap)

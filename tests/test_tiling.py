@@ -29,6 +29,8 @@ def test_tile_starts_follow_the_official_stride():
     Tiling(window=6, tile=48, window_overlap=2, tile_overlap=8, batch=4),
     Tiling(window=0, tile=40, tile_overlap=0, batch=2),
     Tiling(window=2, tile=0, window_overlap=0),
+    Tiling(window=4, tile=(40, 56), tile_overlap=16, batch=3),
+    Tiling(window=0, tile=(64, 40), tile_overlap=8),
 ])
 def test_stitching_is_exact_for_a_per_pixel_function(tiling):
     lq = torch.rand(2, 9, 3, 61, 90)
@@ -47,6 +49,16 @@ def test_tiled_equals_untiled_when_one_tile_covers_the_input(kind_model):
         one_window = restore_tiled(model, lq, model.config, Tiling(window=6, tile=0))
     assert torch.equal(whole, one_tile)
     assert torch.equal(whole, one_window)
+
+
+def test_a_rectangular_tile_the_size_of_the_frame_is_the_untiled_network():
+    from conftest import tiny_model
+    model = tiny_model("sr")
+    lq = random_clip("sr", 5, height=48, width=64)
+    with torch.no_grad():
+        whole = model(lq)
+        one_tile = restore_tiled(model, lq, model.config, Tiling(window=0, tile=(48, 64)))
+    assert torch.equal(whole, one_tile)
 
 
 def test_several_tiles_and_windows_on_the_real_model():
@@ -80,7 +92,10 @@ def test_frames_smaller_than_the_tile_are_padded_and_cropped():
 
 
 @pytest.mark.parametrize("tiling,message", [
-    (Tiling(tile=60), "multiple of 8"),
+    (Tiling(tile=60), "multiples of 8"),
+    (Tiling(tile=(40, 60)), "multiples of 8"),
+    (Tiling(tile=(48, 32)), "too small for this model"),
+    (Tiling(tile=(64, 40), tile_overlap=40), "tile overlap must be in"),
     (Tiling(tile=32), "too small for this model: SpyNet needs at least 40"),
     (Tiling(window=5), "multiple of the clip size 2"),
     (Tiling(window=4, window_overlap=4), "temporal overlap must be in"),
