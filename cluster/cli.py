@@ -19,10 +19,12 @@ from tqdm import tqdm
 
 from rvrt_engines.cli import USER_ERRORS, UserError, encoding_options, known_task, model_options
 from rvrt_engines.extras import require_extra
+from rvrt_engines.progress import terminal_columns
 from rvrt_engines.restore import check_sigma, open_source, output_writer, restore_video
 from rvrt_engines.video import Terminated, VideoInputError, VideoOutputError, natural_key, signals_as_exceptions
 from rvrt_engines.video.reader import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from rvrt_engines.video.writer import VIDEO_OUTPUT_SUFFIXES
+from rvrt_engines.wording import count_of
 
 if TYPE_CHECKING:
     from .windows import RayWindows
@@ -85,8 +87,8 @@ def plan(sources: list[Path], out_dir: Path, suffix: str | None) -> list[Item]:
 
 
 class BatchProgress:
-    """One bar over the frames of every file (a tqdm bar on a terminal, else a plain line every
-    ``interval`` seconds on standard error), with the windows done over all workers."""
+    """One bar over the frames of every file (a tqdm bar on a terminal that reports its width, else a
+    plain line every ``interval`` seconds on standard error), with the windows done over all workers."""
 
     def __init__(self, items: list[Item], pool: RayWindows, enabled: bool, interval: float = 10.0):
         self.items = items
@@ -100,7 +102,7 @@ class BatchProgress:
         self.bar = None
         self.label = ""
         self.enabled = enabled
-        if enabled and sys.stderr.isatty():
+        if enabled and terminal_columns(sys.stderr) > 0:
             self.bar = tqdm(total=self.total, desc="rvrt-batch", unit="frame", dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
 
@@ -124,15 +126,15 @@ class BatchProgress:
         windows = sum(stats.windows for stats in self.pool.stats)
         if self.bar is not None:
             self.bar.n = done
-            self.bar.set_postfix_str(f"{self.label}, {windows} windows", refresh=False)
+            self.bar.set_postfix_str(f"{self.label}, {count_of(windows, 'window')}", refresh=False)
             self.bar.refresh()
             return
         now = time.perf_counter()
         if force or now - self.last >= 10.0:
             self.last = now
             rate = done / (now - self.began) if now > self.began else 0.0
-            click.echo(f"rvrt-batch: {done:.0f}/{self.total} frames, {self.label}, {windows} windows on "
-                       f"{len(self.pool.stats)} workers, {rate:.3g} fps", err=True)
+            click.echo(f"rvrt-batch: {done:.0f}/{self.total} frames, {self.label}, {count_of(windows, 'window')} on "
+                       f"{count_of(len(self.pool.stats), 'worker')}, {rate:.3g} fps", err=True)
 
     def note(self, message: str) -> None:
         """What an output cannot keep, or how an input was converted, said without breaking the bar."""
@@ -149,7 +151,8 @@ def summary_lines(items: list[Item], pool: RayWindows | None, seconds: float) ->
     lines = []
     for item in items:
         if item.state == "done":
-            lines.append(f"done: {item.source} -> {item.output} ({item.frames} frames, {item.seconds:.1f} s)")
+            lines.append(f"done: {item.source} -> {item.output} ({count_of(item.frames, 'frame')}, "
+                         f"{item.seconds:.1f} s)")
         elif item.state == "skipped":
             lines.append(f"skipped: {item.source}: {item.reason}")
         elif item.state == "pending":
@@ -227,10 +230,14 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, task, che
     except (Terminated, KeyboardInterrupt) as stop:
         for line in summary_lines(items, pool, time.perf_counter() - began):
             click.echo(line, err=True)
-        click.echo(f"rvrt-batch: {str(stop) or 'interrupted'}; the file in progress was not written", err=True)
+        click.echo(f"rvrt-batch: {str(stop) or 'interrupted (Ctrl-C)'}; the file in progress was not written", err=True)
         sys.exit(getattr(stop, "exit_status", 130))
     except USER_ERRORS as err:
         raise UserError(str(err)) from None
+    except (RuntimeError, OSError) as err:
+        # The machines lack something (no GPU in the cluster, no TensorRT on a worker) or the
+        # workers could not start: one line, exit status 1.
+        raise click.ClickException(str(err)) from None
     finish(items, pool, began)
 
 

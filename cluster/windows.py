@@ -36,6 +36,7 @@ from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from rvrt import Tiling, restore_window
 from rvrt_engines.backends import Backend, load_backend
+from rvrt_engines.wording import count_of
 from rvrt_export.manifest import ArtifactError, read_manifest
 
 WORKER_RESTARTS = 3
@@ -155,8 +156,8 @@ class WorkerStats:
     def line(self) -> str:
         rate = f", {self.frames / self.seconds:.2f} frames/s" if self.seconds else ""
         failed = f", {self.failures} failed" if self.failures else ""
-        return (f"worker {self.index} ({self.node}, pid {self.pid}): {self.windows} windows, {self.frames} frames, "
-                f"{self.seconds:.1f} s ({self.cpu_seconds:.1f} s CPU){rate}{failed}")
+        return (f"worker {self.index} ({self.node}, pid {self.pid}): {count_of(self.windows, 'window')}, "
+                f"{count_of(self.frames, 'frame')}, {self.seconds:.1f} s ({self.cpu_seconds:.1f} s CPU){rate}{failed}")
 
 
 @dataclass
@@ -300,9 +301,13 @@ class RayWindows:
         if self.workers * threads > cpus:
             raise ValueError(f"--workers {self.workers} with --threads {threads} need {self.workers * threads} CPUs; "
                              f"the Ray cluster has {cpus}: use fewer workers or threads")
+        if gpus and not have_gpus:
+            # Nothing the options can change: the machines lack it (exit status 1, as for no CUDA).
+            raise RuntimeError("this backend needs one GPU per worker and the Ray cluster has no GPU: run it on a "
+                               "cluster with NVIDIA GPUs, or serve an ONNX export on the CPU")
         if self.workers * gpus > have_gpus:
             raise ValueError(f"this backend needs one GPU per worker: --workers {self.workers} needs "
-                             f"{self.workers} GPUs, the Ray cluster has {have_gpus}")
+                             f"{count_of(self.workers, 'GPU')}, the Ray cluster has {have_gpus}")
 
     def _stop(self) -> None:
         for worker in self._pool:
@@ -316,7 +321,7 @@ class RayWindows:
         """One line per worker: windows, frames, seconds restoring, frames per second, failures."""
         lines = [worker.stats.line() + (" (lost)" if worker.lost else "") for worker in self._pool]
         if self.retries:
-            lines.append(f"{self.retries} windows restored again after a failure")
+            lines.append(f"{count_of(self.retries, 'window')} restored again after a failure")
         return lines
 
     def map(self, windows: Iterable[np.ndarray], tiling: Tiling) -> Iterator[np.ndarray]:
@@ -424,8 +429,8 @@ class RayWindows:
         if windows_in_video == 1 and job.index == 0:
             where = f"window 0 (input frames 0-{job.frames - 1}, the whole video)"
         elif windows_in_video is not None and job.index == windows_in_video - 1:
-            where = f"window {job.index} (the video's last {job.frames} input frames)"
+            where = f"window {job.index} (the video's last {count_of(job.frames, 'input frame')})"
         else:
             first = job.index * (tiling.window - tiling.window_overlap)
             where = f"window {job.index} (input frames {first}-{first + job.frames - 1})"
-        return (f"{where} failed {len(job.errors)} times; last error on {job.errors[-1]}")
+        return (f"{where} failed {count_of(len(job.errors), 'time')}; last error on {job.errors[-1]}")

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
-import sys
 from pathlib import Path
 
 import click
 
 from rvrt import CheckpointError, get_task
 from rvrt.config import TASKS
-from rvrt_export.manifest import ArtifactError, read_manifest
+from rvrt_export.manifest import ArtifactError, check_files, read_manifest
 
 from .backends import load_backend
 from .extras import require_extra
-from .progress import ProgressDisplay
+from .progress import ProgressDisplay, log_to_stderr
 from .restore import check_sigma, open_source, output_writer, restore_video
-from .video import Terminated, VideoInputError, VideoOutputError, check_output_path, signals_as_exceptions
+from .signals import stopped_by_signals
+from .video import VideoInputError, VideoOutputError, check_output_path
+from .wording import count_of
 
 USER_ERRORS = (VideoInputError, VideoOutputError, ArtifactError, CheckpointError, ValueError, FileExistsError)
 
 
 class UserError(click.ClickException):
-    """One line on stderr, exit status 2: the user asked for something that cannot work."""
+    """One line on stderr, exit status 2: the user asked for something that cannot work (README,
+    "Exit status": RuntimeError and OSError, the work failed or the machine lacks something, exit 1)."""
 
     exit_code = 2
 
@@ -80,9 +81,12 @@ model_options = option_group(
     click.option("--window", type=int, help="Frames per temporal window [task's official value; 100 where the "
                                             "official script takes the whole video]; 0 = whole video."),
     click.option("--window-overlap", type=int, help="Frames shared by neighbouring windows [2]."),
-    click.option("--tile", type=int, help="Spatial tile, eager only (exports fix it) [task's official value]."),
+    click.option("--tile", type=int, help="Spatial tile in input px [task's official value]: eager PyTorch takes "
+                                          "any; with --runtime an export is made (and cached) for it; an export "
+                                          "directory serves the tile it was exported for."),
     click.option("--tile-overlap", type=int, help="Pixels shared by neighbouring tiles [20]."),
-    click.option("--batch", type=int, help="Tiles per call, eager only (exports fix it) [1]."),
+    click.option("--batch", type=int, help="Tiles per call [1]: eager PyTorch takes any; with --runtime an export "
+                                           "is made (and cached) for it; an export directory serves its own."),
 )
 encoding_options = option_group(
     click.option("--codec", help="Video codec [libx264; libvpx-vp9 for .webm; lossless: libx264rgb, ffv1]."),
@@ -110,18 +114,26 @@ encoding_options = option_group(
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file, or the frames of a frame folder "
                                                 "this program wrote (never other files).")
 @click.option("--allow-unvalidated", is_flag=True, help="Serve an export without a passing validation record.")
+@click.option("--verify", is_flag=True, help="Check every file of an export or engine directory against the sha256 "
+                                             "its manifest records before loading (reads every byte; file sizes are "
+                                             "always checked, and cached exports are fully checked on every use).")
 @click.option("--ray", help="Restore windows on a Ray cluster: local, auto or an address.")
 @click.option("--workers", type=int, help="Ray workers [one per GPU for GPU backends, else one per node].")
 @click.option("--quiet", is_flag=True, help="No progress.")
 def main(model, source, output, task, checkpoint, random_weights, runtime, fp16, sigma, window, window_overlap, tile,
          tile_overlap, batch, device, threads, start_time, frame_limit, fps, codec, crf, lossless, bit_depth, pix_fmt,
-         overwrite, allow_unvalidated, ray, workers, quiet):
+         overwrite, allow_unvalidated, verify, ray, workers, quiet):
     """Restore SOURCE (video file, folder of frames, or - for YUV4MPEG2 on standard input) with
-    MODEL: an export directory (ONNX Runtime, TensorRT), an official checkpoint or a task name."""
+    MODEL: an export directory (ONNX Runtime, TensorRT), an official checkpoint or a task name.
+
+    Exit status: 0 done, 1 the work failed or this machine lacks something (a CUDA GPU,
+    TensorRT), 2 bad input, 128 + N when stopped by signal N (130 for Ctrl-C)."""
     if not quiet:
         show_build_messages()
+    # Frames streamed to standard output cannot be taken back; a file or folder is never left half-written.
+    aftermath = "the output stream ends here, incomplete" if output == "-" else "nothing was written"
     try:
-        with signals_as_exceptions():
+        with stopped_by_signals("rvrt-run", aftermath):
             run(model, source, output, task=task, checkpoint=checkpoint, random_weights=random_weights,
                 runtime=runtime, fp16=fp16, sigma=sigma, tiling=dict(window=window, window_overlap=window_overlap,
                                                                       tile=tile, tile_overlap=tile_overlap,
@@ -129,10 +141,8 @@ def main(model, source, output, task, checkpoint, random_weights, runtime, fp16,
                 device=device, threads=threads, start=parse_time(start_time), frames=frame_limit, fps=fps,
                 encoding=dict(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt,
                               bit_depth=int(bit_depth) if bit_depth else None),
-                overwrite=overwrite, allow_unvalidated=allow_unvalidated, ray=ray, workers=workers, quiet=quiet)
-    except Terminated as stop:
-        click.echo(f"rvrt-run: {stop}; nothing was written", err=True)
-        sys.exit(stop.exit_status)
+                overwrite=overwrite, allow_unvalidated=allow_unvalidated, verify=verify, ray=ray, workers=workers,
+                quiet=quiet)
     except USER_ERRORS as err:
         raise UserError(str(err)) from None
     except (RuntimeError, OSError) as err:
@@ -141,16 +151,11 @@ def main(model, source, output, task, checkpoint, random_weights, runtime, fp16,
 
 def show_build_messages() -> None:
     """A first use of --runtime exports (minutes): its progress goes to stderr, line by line."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("rvrt_engines.cache", "rvrt_export"):
-        log = logging.getLogger(name)
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+    log_to_stderr("rvrt_engines.cache", "rvrt_export")
 
 
 def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp16, sigma, tiling, device, threads,
-        start, frames, fps, encoding, overwrite, allow_unvalidated, ray, workers, quiet):
+        start, frames, fps, encoding, overwrite, allow_unvalidated, verify, ray, workers, quiet):
     known = known_task(model, task)
     if known is not None:
         check_sigma(known, sigma)
@@ -163,6 +168,8 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
     if known is not None:
         # Every output choice is checked by opening the real encoder before the model is loaded.
         output_writer(frame_source, output, known.config.upscale, overwrite=overwrite, **encoding).validate()
+    if verify and Path(model).is_dir():
+        check_files(read_manifest(model), model, hashes=True)
     load_args = dict(model=model, task=task, checkpoint=checkpoint, random_weights=random_weights, device=device,
                      threads=threads, allow_unvalidated=allow_unvalidated)
     if runtime is not None:
@@ -201,6 +208,6 @@ def restore_with(backend, windows, frame_source, output, *, sigma, tiling, encod
     finally:
         display.close()
     if not quiet:
-        click.echo(f"{summary.frames} frames {summary.input_size[0]}x{summary.input_size[1]} -> "
+        click.echo(f"{count_of(summary.frames, 'frame')} {summary.input_size[0]}x{summary.input_size[1]} -> "
                    f"{summary.output_size[0]}x{summary.output_size[1]} ({summary.bit_depth}-bit) in "
                    f"{summary.seconds:.1f} s ({summary.fps:.2f} fps, {summary.backend}) -> {summary.output}", err=True)

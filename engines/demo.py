@@ -19,6 +19,7 @@ from rvrt import EagerStages, get_task
 from .backends import Backend, load_backend
 from .cli import UserError
 from .extras import MissingExtra, require_extra
+from .wording import count_of
 from .restore import restore_video
 from .video import open_frames
 
@@ -47,9 +48,12 @@ def main(task, checkpoint, tiny, frames, tile, workdir):
 
     from .synthetic import degrade, moving_photo_frames, write_video
 
-    spec = get_task(task)
+    try:
+        spec = get_task(task)
+    except ValueError as err:
+        raise UserError(f"--task: {err}") from None
     if tiny and checkpoint:
-        raise click.UsageError("--tiny is a random-weights model; it cannot load a checkpoint")
+        raise UserError("--tiny is a random-weights model; it cannot load a checkpoint: drop one of them")
     tile = tile or (64 if spec.kind == "sr" else 136)
     scale = spec.config.upscale
     workdir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +64,7 @@ def main(task, checkpoint, tiny, frames, tile, workdir):
     sigma = 20 if spec.kind == "denoise" else None
     lq_path = workdir / f"{spec.kind}-input.mkv"
     write_video(lq_path, degrade(clean, spec.kind, sigma=sigma or 0), lossless=True)
-    click.echo(f"input: {lq_path} ({frames} frames, {spec.kind} degradation of a pan over a photograph)")
+    click.echo(f"input: {lq_path} ({count_of(frames, 'frame')}, {spec.kind} degradation of a pan over a photograph)")
 
     if checkpoint is None:
         click.secho("no checkpoint: random weights (seed 0). The outputs are not restorations; the demo then "
@@ -87,8 +91,8 @@ def main(task, checkpoint, tiny, frames, tile, workdir):
 
     (eager, eager_frames), (served, served_frames) = results.values()
     diff = np.abs(eager_frames.astype(int) - served_frames.astype(int))
-    click.echo(f"ONNX Runtime vs eager: max {diff.max()} levels, {np.mean(diff > 0) * 100:.3f} % of values differ; "
-               f"speed ratio {eager.seconds / served.seconds:.2f}x")
+    click.echo(f"ONNX Runtime vs eager: max {count_of(int(diff.max()), 'level')}, {np.mean(diff > 0) * 100:.3f} % of "
+               f"values differ; speed ratio {eager.seconds / served.seconds:.2f}x")
     if checkpoint is not None:
         click.echo(f"PSNR vs clean: input {psnr(np.stack(list(open_frames(lq_path))), clean) if scale == 1 else 0:.2f}"
                    f" dB, restored {psnr(served_frames, clean):.2f} dB")

@@ -8,6 +8,8 @@ done so far times the work left, so it starts from the first stage calls, not th
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -114,14 +116,42 @@ def describe(status: Status) -> str:
             f"{status.fps:.3g} fps, ETA {clock(status.eta)}")
 
 
+class StderrLines(logging.Handler):
+    """Log records as plain lines on the standard error of the moment (click resolves it at each
+    line, so a command run in-process by a test writes where that run's output is captured)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def log_to_stderr(*loggers: str) -> None:
+    """Progress that the named loggers report at INFO (exports, validation) as lines on standard
+    error; once per logger however often a command runs in one process."""
+    for name in loggers:
+        log = logging.getLogger(name)
+        if not any(isinstance(handler, StderrLines) for handler in log.handlers):
+            log.addHandler(StderrLines())
+        log.setLevel(logging.INFO)
+
+
+def terminal_columns(stream) -> int:
+    """The width of the terminal ``stream`` writes to; 0 when it is no terminal or reports no width
+    (a pseudo-terminal whose size nobody set, as under some CI runners and ``docker exec -t``)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
 class ProgressDisplay:
-    """A tqdm bar on a terminal; elsewhere (logs, pipes) a plain line every ``interval`` seconds
-    and at the end. Everything goes to standard error."""
+    """A tqdm bar on a terminal; elsewhere (logs, pipes, and terminals that report no width, where
+    a bar would draw nothing) a plain line every ``interval`` seconds and at the end. Everything
+    goes to standard error."""
 
     def __init__(self, enabled: bool = True, interval: float = 10.0, stream=None):
         self.stream = stream or sys.stderr
         self.enabled = enabled
-        self.terminal = enabled and self.stream.isatty()
+        self.terminal = enabled and terminal_columns(self.stream) > 0
         self.interval = interval
         self.last = None
         self.bar = None

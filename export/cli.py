@@ -2,11 +2,12 @@
 
 Bad input is found before any export work and reported as one line saying what was wrong and
 what is expected, in terms of the command's flags, with exit status 2 (:class:`UserError`).
+Ctrl-C, SIGTERM and SIGHUP remove the folder being assembled and exit with 128 + the signal's
+number (:class:`Command`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
@@ -16,9 +17,11 @@ from click.exceptions import NoArgsIsHelpError
 
 from rvrt import CheckpointError, RVRTConfig, Task, get_task
 from rvrt_engines.extras import MissingExtra, require_extra
+from rvrt_engines.progress import log_to_stderr
+from rvrt_engines.signals import stopped_by_signals
 from rvrt.config import TASKS
 
-from .manifest import ArtifactError, read_manifest
+from .manifest import ArtifactError, check_files, read_manifest
 
 
 class UserError(click.ClickException):
@@ -54,7 +57,12 @@ class OneLineUsage:
 
 
 class Command(OneLineUsage, click.Command):
-    pass
+    """A command whose output folder is assembled under a temporary name: a signal unwinds through
+    its removal and the command exits with 128 + the signal's number (130 for Ctrl-C)."""
+
+    def invoke(self, ctx):
+        with stopped_by_signals(ctx.command_path, "nothing was written"):
+            return super().invoke(ctx)
 
 
 class Group(OneLineUsage, click.Group):
@@ -105,6 +113,11 @@ def export_manifest(directory: Path, *, float32: bool) -> dict:
                         f"'rvrt-export onnx'")
     if not (manifest.get("validation") or {}).get("passed"):
         raise UserError(f"{directory} has no passing validation record: export it again with 'rvrt-export onnx'")
+    try:
+        # Every graph is read in full by the conversion anyway: a damaged one is named before any work.
+        check_files(manifest, directory, hashes=True)
+    except ArtifactError as err:
+        raise UserError(str(err)) from None
     return manifest
 
 
@@ -119,11 +132,7 @@ def require_export_extra(action: str) -> None:
 def main():
     """Export RVRT stage graphs for fast inference."""
     require_export_extra("exporting")
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    project_log = logging.getLogger("rvrt_export")
-    project_log.addHandler(handler)
-    project_log.setLevel(logging.INFO)
+    log_to_stderr("rvrt_export")
 
 
 @main.command("onnx")

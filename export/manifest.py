@@ -6,11 +6,11 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from rvrt.config import RVRTConfig
 
@@ -19,7 +19,7 @@ FORMAT_VERSION = 1
 
 
 class ArtifactError(ValueError):
-    """An export or engine directory that cannot be served as asked."""
+    """An export or engine directory that cannot be served as asked (bad input: exit status 2)."""
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -56,7 +56,99 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     partial.replace(directory / MANIFEST)
 
 
+def graph_record(path: Path) -> dict:
+    """A graph file's size and sha256 for its stage entry, with those of its external weights
+    (``<graph>.data``, where ``export_with_gda`` puts the weights of graphs over 1.5 GB)."""
+    record = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    data = path.with_name(path.name + ".data")
+    if data.is_file():
+        record.update(data=data.name, data_bytes=data.stat().st_size, data_sha256=sha256_of(data))
+    return record
+
+
+def named_files(manifest: dict) -> Iterator[tuple[str, object]]:
+    """(what, path as written) of every file a manifest names: each stage's graph, its external
+    weights and its engine, and the TensorRT plugin library."""
+    for name, stage in (manifest.get("stages") or {}).items():
+        for field, what in (("file", "graph"), ("data", "external weights"), ("plan", "engine")):
+            if field in stage:
+                yield f"the {what} of stage {name!r}", stage[field]
+    engine = manifest.get("engine") or {}
+    if "plugin" in engine:
+        yield "the TensorRT plugin library", engine["plugin"]
+
+
+def inside(directory: Path, name: object, what: str) -> Path:
+    """``directory / name``, or ArtifactError unless it stays inside ``directory``: an artefact
+    directory is used as a whole (copied, cached, shared), and an engine directory's plugin is
+    loaded into the process, so a manifest naming ``/elsewhere/lib.so`` or ``../../lib.so``
+    would run code that nobody handed over with the directory."""
+    manifest = directory / MANIFEST
+    if not isinstance(name, str) or not name:
+        raise ArtifactError(f"{manifest}: {what} is {name!r}, not a file name: export again")
+    relative = PurePath(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ArtifactError(f"{manifest}: {what} is {name!r}, a path leading out of {directory}; refusing it "
+                            f"(a manifest may only name files inside its own directory)")
+    path = directory / relative
+    target = path.resolve()
+    if not target.is_relative_to(directory.resolve()):
+        raise ArtifactError(f"{manifest}: {what} {name!r} leads out of {directory} through a symbolic link (to "
+                            f"{target}); refusing it (a manifest may only name files inside its own directory)")
+    return path
+
+
+def remedy(manifest: dict) -> str:
+    """How a damaged artefact directory of this kind is made again."""
+    if "engine" in manifest:
+        return "build the engines again ('rvrt-export trt')"
+    if manifest.get("dtype") == "float16":
+        return "make the float16 graphs again ('rvrt-export fp16')"
+    return "export again ('rvrt-export onnx')"
+
+
+def served_files(manifest: dict, directory: Path) -> Iterator[tuple[str, Path, int | None, str | None]]:
+    """(what, path, recorded size, recorded sha256) of the files a runtime loads from ``directory``:
+    an export's graphs and their external weights, or an engine directory's engines and plugin
+    (its ``file`` entries name the graphs the engines were built from, elsewhere). None where a
+    manifest of an earlier version recorded nothing."""
+    engines = "engine" in manifest
+    for name, stage in manifest["stages"].items():
+        fields = [("plan", "plan_bytes", "plan_sha256", "engine")] if engines else [
+            ("file", "bytes", "sha256", "graph"), ("data", "data_bytes", "data_sha256", "external weights")]
+        for field, size, digest, what in fields:
+            label = f"the {what} of stage {name!r}"
+            if field in stage:
+                yield label, inside(directory, stage[field], label), stage.get(size), stage.get(digest)
+            elif field != "data":
+                raise ArtifactError(f"{directory / MANIFEST}: stage {name!r} names no {what} file; {remedy(manifest)}")
+    if engines:
+        label = "the TensorRT plugin library"
+        yield label, inside(directory, manifest["engine"].get("plugin"), label), None, manifest["engine"].get(
+            "plugin_sha256")
+
+
+def check_files(manifest: dict, directory: str | os.PathLike, *, hashes: bool = False) -> None:
+    """Refuse a directory whose files are not the ones its manifest records: missing, of another
+    size (a truncated copy: checked always, it costs a stat) or, with ``hashes``, of another
+    sha256 (reads every byte). Runs before any session or engine is made, so a damaged graph is
+    named in one line instead of failing deep inside ONNX Runtime or TensorRT."""
+    directory = Path(directory)
+    for what, path, size, digest in served_files(manifest, directory):
+        if not path.is_file():
+            raise ArtifactError(f"{path} ({what}) is missing: {remedy(manifest)}")
+        found = path.stat().st_size
+        if size is not None and found != size:
+            raise ArtifactError(f"{path} ({what}) is {found} bytes, its manifest records {size}: the file is "
+                                f"truncated or damaged; {remedy(manifest)}")
+        if hashes and digest is not None and sha256_of(path) != digest:
+            raise ArtifactError(f"{path} ({what}) differs from the file its manifest records (sha256 "
+                                f"{digest[:12]}...): the file is damaged or was replaced; {remedy(manifest)}")
+
+
 def read_manifest(directory: str | os.PathLike) -> dict:
+    """The manifest of an export or engine directory, refused (ArtifactError) when unreadable, of
+    another format version, or naming a file outside the directory (:func:`inside`)."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{str(directory)!r} is not an export directory: no {MANIFEST} (create one with "
@@ -68,6 +160,8 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path} has format version {manifest.get('format_version')!r}, this rvrt-deploy "
                             f"reads version {FORMAT_VERSION}: export again")
+    for what, name in named_files(manifest):
+        inside(Path(directory), name, what)
     return manifest
 
 
@@ -90,7 +184,10 @@ def assembled(out_dir: str | os.PathLike) -> Iterator[Path]:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty: choose a new directory or remove it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    staging = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}"
+    # Created like any folder (0777 less the umask), not 0700 as mkdtemp does: exports and reports
+    # are read by other users and by cluster workers on a shared file system.
+    staging.mkdir()
     try:
         yield staging
         if out_dir.exists():

@@ -15,7 +15,7 @@ from rvrt.model import RVRT
 
 from . import gda_onnx
 from .accuracy import FLOAT32_TOLERANCE, compare_stage
-from .manifest import FORMAT_VERSION, ArtifactError, assembled, sha256_of, versions, write_manifest
+from .manifest import FORMAT_VERSION, ArtifactError, assembled, graph_record, sha256_of, versions, write_manifest
 from .stages import StageSpec, stage_specs
 
 log = logging.getLogger(__name__)
@@ -64,17 +64,21 @@ def export_onnx(model: RVRT, task: Task, tile: int, out_dir: str | Path, *, batc
     with assembled(out_dir) as staging:
         model = model.eval()
         stages, validation = {}, {}
-        for spec in stage_specs(model, tile, batch):
+        specs = stage_specs(model, tile, batch)
+        for index, spec in enumerate(specs, 1):
             start = time.perf_counter()
             path = staging / f"{spec.name}.onnx"
+            # A stage of full-size SR takes tens of seconds on a CPU: say what runs before it runs.
+            log.info("stage %s (%d/%d): exporting", spec.name, index, len(specs))
             export_stage(model, spec, path, opset)
+            log.info("stage %s (%d/%d): validating in ONNX Runtime against eager PyTorch", spec.name, index,
+                     len(specs))
             record = validate_stage(model, spec, path)
             record["export_seconds"] = round(time.perf_counter() - start, 2)
             validation[spec.name] = record
             stages[spec.name] = {"file": path.name, "inputs": [{"name": n, "shape": list(shape)} for n, shape in spec.inputs],
-                                 "outputs": list(spec.outputs),
-                                 "bytes": path.stat().st_size}
-            log.info("%s: %.1f MB, max abs error %.2e", spec.name, path.stat().st_size / 1e6, record["max_abs"])
+                                 "outputs": list(spec.outputs), **graph_record(path)}
+            log.info("stage %s: %.1f MB, max abs error %.2e", spec.name, path.stat().st_size / 1e6, record["max_abs"])
             if not record["passed"]:
                 raise ArtifactError(f"stage {spec.name!r}: ONNX Runtime differs from eager PyTorch by "
                                     f"{record['max_abs']:.3g} (tolerance {FLOAT32_TOLERANCE:g}); the export is not usable")

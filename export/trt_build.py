@@ -20,7 +20,7 @@ from rvrt.model import RVRT
 
 from .accuracy import compare_stage
 from .fp16 import PrecisionPolicy, export_fp16, spec_of
-from .manifest import ArtifactError, assembled, read_manifest, require_validated, write_manifest
+from .manifest import ArtifactError, assembled, read_manifest, require_validated, sha256_of, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,17 @@ def build_engines(model: RVRT, onnx_dir: str | Path, out_dir: str | Path, *, fp1
         shutil.copy2(plugin, staging / plugin.name)
         config = build_config(timing_cache, workspace_gb)
         stages, validation = {}, {}
-        for name, stage in graphs["stages"].items():
+        for index, (name, stage) in enumerate(graphs["stages"].items(), 1):
+            log.info("stage %s (%d/%d): building the TensorRT engine and validating it", name, index,
+                     len(graphs["stages"]))
             onnx_path = graphs_dir / stage["file"]
             plan = staging / f"{name}.plan"
             engine = SaveEngine(engine_loader(onnx_path, plugin, config, timing_cache), str(plan))()
             record = validate_engine(model, name, stage, engine, onnx_path, precision)
             validation[name] = record
-            stages[name] = {**stage, "plan": plan.name, "plan_bytes": plan.stat().st_size}
-            log.info("%s: engine %.1f MB, max abs error %.2e vs eager, %.2e vs ONNX Runtime", name,
+            stages[name] = {**stage, "plan": plan.name, "plan_bytes": plan.stat().st_size,
+                            "plan_sha256": sha256_of(plan)}
+            log.info("stage %s: engine %.1f MB, max abs error %.2e vs eager, %.2e vs ONNX Runtime", name,
                      plan.stat().st_size / 1e6, record["max_abs"], record["vs_onnxruntime_max_abs"])
             if not record["passed"]:
                 raise ArtifactError(f"stage {name!r}: the TensorRT engine differs from eager PyTorch by "
@@ -119,7 +122,9 @@ def build_engines(model: RVRT, onnx_dir: str | Path, out_dir: str | Path, *, fp1
                                     f"this engine computes something else and is not saved")
         manifest = {**graphs, "stages": stages,
                     "onnx_dir": FP16_GRAPHS_DIR if graphs_dir != onnx_dir else str(onnx_dir.resolve()),
+                    # rvrt-run loads the plugin into its process: it checks this sha256 first.
                     "engine": {**gpu_description(), "precision": precision, "plugin": plugin.name,
+                               "plugin_sha256": sha256_of(staging / plugin.name),
                                "builder": f"polygraphy {metadata.version('polygraphy')}, tensorrt {trt.__version__}",
                                "strongly_typed": True},
                     "validation": {"backend": "tensorrt", "reference": "eager PyTorch float32", "passed": True,

@@ -70,3 +70,30 @@ def tiny_export(tmp_path_factory):
         return _EXPORTS[kind]
 
     return make
+
+
+PLUGIN_NAME = "librvrt_gda_plugin_autoregister.so"
+
+
+def engine_directory(export_dir, directory):
+    """An engine directory as ``rvrt-export trt`` lays it out, made of real files without TensorRT:
+    the export's manifest with an engine record, a plan file per stage and a plugin library (bytes
+    that stand for the engines and the library; sizes and sha256 recorded as a build records them).
+    What can be checked before TensorRT is loaded runs on it; TensorRT itself then refuses it."""
+    import json
+
+    from rvrt_export.manifest import sha256_of, write_manifest
+
+    directory.mkdir()
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    for index, (name, stage) in enumerate(manifest["stages"].items()):
+        plan = directory / f"{name}.plan"
+        plan.write_bytes(bytes([index]) * (1000 + index))
+        stage.update(plan=plan.name, plan_bytes=plan.stat().st_size, plan_sha256=sha256_of(plan))
+    plugin = directory / PLUGIN_NAME
+    plugin.write_bytes(b"\x7fELF a stand-in for the GDA plugin library")
+    manifest.update(onnx_dir=str(export_dir), engine={"tensorrt": "10.13.0", "gpu": "NVIDIA L4",
+                                                      "compute_capability": "8.9", "precision": "float32",
+                                                      "plugin": plugin.name, "plugin_sha256": sha256_of(plugin)})
+    write_manifest(directory, manifest)
+    return directory

@@ -13,6 +13,7 @@ from conftest import random_clip, tiny_model
 from rvrt import build_model, get_task
 from rvrt_engines.backends import load_backend
 from rvrt_engines.cache import SEAL, ArtefactCache, ModelSource, cached_artefacts, default_root
+from rvrt_engines.runtimes.pytorch_cuda import CudaUnavailableError
 from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
 from rvrt_export.manifest import ArtifactError, read_manifest
 
@@ -228,7 +229,8 @@ def test_runtime_choices_with_a_task_or_directory(cached, tmp_path):
     with pytest.raises(ValueError, match="--fp16 with --runtime pytorch needs --device cuda"):
         load_backend("sr", random_weights=True, runtime="pytorch", fp16=True)
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
+        # The machine lacks the GPU: a RuntimeError (exit status 1), not bad input.
+        with pytest.raises(CudaUnavailableError, match="no CUDA GPU"):
             load_backend("sr", random_weights=True, runtime="pytorch", fp16=True, device="cuda")
     with pytest.raises(ArtifactError, match="run with --runtime onnxruntime, not tensorrt"):
         load_backend(entry, runtime="tensorrt")

@@ -1,15 +1,22 @@
-"""Bad input to rvrt-export and rvrt-validate: one line in the user's terms, exit status 2, no traceback."""
+"""Bad input to rvrt-export and rvrt-validate: one line in the user's terms, exit status 2, no traceback;
+and the exit statuses all commands share (README, "Exit status"): 1 where the machine lacks
+something, 128 + N when signal N stops the work, which then leaves nothing behind."""
 
 import dataclasses
+import os
 import shutil
+import signal
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from conftest import tiny_model
 from rvrt import get_task
+from rvrt_engines.cli import main as run_cli
+from rvrt_engines.synthetic import write_video
 from rvrt_export.cli import main as export_cli
 from rvrt_export.manifest import FORMAT_VERSION, write_manifest
 from rvrt_validate.cli import main as validate_cli
@@ -169,6 +176,7 @@ def test_validate_refuses_bad_input_in_one_line(tmp_path, fake_export):
     (["rvrt-export", "onnx", "--task", "foo"], "--task 'foo' is not a task"),
     (["rvrt-export", "onnx", "--task", "sr", "--tile", "50", "--random-weights"], "tile 50 impossible"),
     (["rvrt-validate", "nowhere", "-o", "report"], "Directory 'nowhere' does not exist"),
+    (["rvrt-demo", "--task", "foo"], "--task: unknown task 'foo'"),
 ])
 def test_real_commands_exit_2_with_one_line_on_stderr(command, expected, tmp_path):
     program = shutil.which(command[0])
@@ -177,4 +185,51 @@ def test_real_commands_exit_2_with_one_line_on_stderr(command, expected, tmp_pat
     done = subprocess.run([program, *command[1:]], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and expected in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_no_cuda_gpu_is_exit_status_1_for_eager_and_export_alike(tiny_export, tmp_path):
+    """The request is fine, the machine lacks the GPU: status 1 whichever runtime was asked for;
+    what the options themselves rule out stays status 2."""
+    _, _, export_dir = tiny_export("sr")
+    video = tmp_path / "in.mkv"
+    write_video(video, np.zeros((2, 48, 48, 3), np.uint8))
+    for model, expected in ((["sr", "--random-weights"], "no CUDA GPU"),
+                            ([str(export_dir)], "this onnxruntime has no CUDA execution provider")):
+        result = CliRunner().invoke(run_cli, [*model, str(video), "-o", str(tmp_path / "out.mp4"), "--device", "cuda"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and expected in lines[0], result.output
+    result = CliRunner().invoke(run_cli, ["sr", "--random-weights", str(video), "-o", str(tmp_path / "out.mp4"),
+                                          "--runtime", "pytorch", "--fp16"])
+    assert result.exit_code == 2 and "needs --device cuda" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv"]
+
+
+def default_ctrl_c():
+    """In the child: Ctrl-C as a terminal delivers it, whatever the test runner's own setting."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signum, status, message", [
+    (signal.SIGINT, 130, "rvrt-export onnx: interrupted (Ctrl-C); nothing was written"),
+    (signal.SIGTERM, 143, "rvrt-export onnx: stopped by SIGTERM; nothing was written"),
+])
+def test_a_stopped_export_leaves_no_folder_and_exits_128_plus_the_signal(tmp_path, signum, status, message):
+    program = shutil.which("rvrt-export")
+    if program is None:
+        pytest.skip("rvrt-export is not installed as a command (pip install -e .)")
+    process = subprocess.Popen([program, "onnx", "--task", "sr", "--tiny", "--random-weights", "--tile", "40", "-o",
+                                "export"], cwd=tmp_path, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if "(1/11): exporting" in line:      # the export says what it does before each stage
+            break
+    assert seen and seen[-1].strip() == "stage extract (1/11): exporting", seen
+    assert [p.name.startswith(".export.partial-") for p in tmp_path.iterdir()] == [True]
+    os.kill(process.pid, signum)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == status and message in rest, rest
+    assert "Aborted!" not in rest and "Traceback" not in rest
     assert not list(tmp_path.iterdir())

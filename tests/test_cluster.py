@@ -210,7 +210,8 @@ def test_batch_restores_a_folder_and_reports_the_broken_file(cluster, video_fold
         in again.stdout
 
 
-@pytest.mark.parametrize("signum,message", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")])
+@pytest.mark.parametrize("signum,message", [(signal.SIGINT, "interrupted (Ctrl-C)"),
+                                            (signal.SIGTERM, "stopped by SIGTERM")])
 def test_ctrl_c_and_sigterm_stop_workers_and_the_local_cluster_leaving_nothing(signum, message, video, tiny_export,
                                                                                 tmp_path):
     ray_dir = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))      # Ray's socket paths must stay short

@@ -1,6 +1,7 @@
 """ONNX export per stage, GDA as one custom node, and the ONNX Runtime backend against eager."""
 
 import json
+import os
 
 import onnx
 import pytest
@@ -12,7 +13,7 @@ from rvrt import BRANCHES, Tiling, get_task, restore_tiled
 from rvrt_engines.backends import load_backend
 from rvrt_engines.runtimes.onnxruntime import onnxruntime_stages
 from rvrt_export.cli import main as export_cli
-from rvrt_export.manifest import ArtifactError, read_manifest
+from rvrt_export.manifest import ArtifactError, read_manifest, sha256_of
 
 from conftest import EXPORT_TILES as TILES
 
@@ -34,7 +35,10 @@ def test_manifest_records_what_was_exported(exported):
     assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime"}
     names = {"extract", "flow", "reconstruct"} | set(BRANCHES) | {f"{b}_first" for b in BRANCHES}
     assert set(manifest["stages"]) == names
-    assert all((out / stage["file"]).is_file() for stage in manifest["stages"].values())
+    for stage in manifest["stages"].values():
+        graph = out / stage["file"]
+        assert graph.stat().st_size == stage["bytes"] and sha256_of(graph) == stage["sha256"]
+        assert "data" not in stage    # weights inside the graph below 1.5 GB
     batch = manifest["batch"]
     assert manifest["stages"]["extract"]["inputs"] == [
         {"name": "lq", "shape": [batch, 2, 4 if kind == "denoise" else 3] + [TILES[kind]] * 2}]
@@ -105,3 +109,12 @@ def test_export_refuses_impossible_tiles_and_missing_weights(tmp_path):
                                             "-o", str(tmp_path / f"t{tile}")])
         assert result.exit_code != 0 and f"tile {tile} impossible for task" in result.output
     assert not any(p.name.startswith("t") for p in tmp_path.iterdir())
+
+
+def test_export_folder_and_graphs_take_the_umask(exported):
+    """Not 0700: exports are read by other users and by cluster workers on shared file systems."""
+    _, _, out = exported
+    umask = os.umask(0)
+    os.umask(umask)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    assert {oct(path.stat().st_mode & 0o777) for path in out.iterdir()} == {oct(0o666 & ~umask)}

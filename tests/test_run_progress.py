@@ -1,7 +1,16 @@
 """Progress advances inside a window (per stage call and tile), the ETA comes from measured
-throughput, and without a terminal a plain line is printed."""
+throughput, and without a terminal, or on one that reports no width, a plain line is printed."""
 
+import fcntl
 import io
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+
+import pytest
 
 from conftest import tiny_model
 from rvrt_engines.progress import Meter, ProgressDisplay, Status
@@ -51,3 +60,48 @@ def test_plain_lines_without_a_terminal():
     display.close()
     lines = stream.getvalue().splitlines()
     assert len(lines) >= 3 and lines[-1].startswith("restoring: 3.0/8 frames (3 written)") and "ETA" in lines[-1]
+
+
+SHOW_PROGRESS = """
+from rvrt_engines.progress import ProgressDisplay, Status
+display = ProgressDisplay(interval=0)
+status = Status(total=8, work_total=8.0)
+for done in range(1, 4):
+    status.work_done = status.frames_written = done
+    display(status)
+display.close()
+"""
+
+
+def on_a_terminal(columns: int) -> str:
+    """What SHOW_PROGRESS writes to standard error when that is a pseudo-terminal of ``columns``
+    columns (0: a size nobody set, as a new pseudo-terminal has)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    process = subprocess.Popen([sys.executable, "-c", SHOW_PROGRESS], stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:        # EIO: the child has closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=60) == 0
+    return b"".join(chunks).decode()
+
+
+def test_a_terminal_without_a_width_gets_plain_lines():
+    shown = on_a_terminal(0)
+    lines = [line for line in shown.splitlines() if line]
+    assert lines[-1].startswith("restoring: 3.0/8 frames (3 written)") and "ETA" in lines[-1], shown
+    assert len(lines) >= 3 and all(line.startswith("restoring: ") for line in lines), shown
+
+
+@pytest.mark.parametrize("columns", [40, 120])
+def test_a_terminal_with_a_width_gets_the_bar(columns):
+    shown = on_a_terminal(columns)
+    assert "restoring:" in shown and "%|" in shown and "(3 written)" not in shown, shown

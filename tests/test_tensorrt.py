@@ -1,14 +1,12 @@
 """TensorRT build and backend: clean refusals where TensorRT or a GPU is missing (everywhere),
 and real engines against eager PyTorch where they exist (marked gpu, skipped with the reason)."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import random_clip
+from conftest import engine_directory, random_clip
 from rvrt import Tiling, restore_tiled
 from rvrt_engines.backends import load_backend
 from rvrt_engines.cli import main as run_cli
@@ -41,16 +39,17 @@ def test_trt_export_says_what_is_missing_and_writes_nothing(tiny_export, tmp_pat
 
 @without_tensorrt
 def test_engine_directory_is_refused_with_the_reason(tiny_export, tmp_path):
+    """An intact engine directory passes every check made before TensorRT is loaded; then the
+    missing TensorRT (or GPU) is the reason given, with exit status 1: the machine lacks it."""
     _, _, export_dir = tiny_export("sr")
-    manifest = json.loads((export_dir / "manifest.json").read_text())
-    manifest["engine"] = {"precision": "float16"}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    engines = engine_directory(export_dir, tmp_path / "engines")
     with pytest.raises(TensorRTUnavailable, match="TensorRT Python bindings not importable|no CUDA GPU"):
-        load_backend(tmp_path)
+        load_backend(engines)
     video = tmp_path / "in.mkv"
     write_video(video, np.zeros((2, 48, 48, 3), np.uint8))
-    result = CliRunner().invoke(run_cli, [str(tmp_path), str(video), "-o", str(tmp_path / "out.mp4")])
+    result = CliRunner().invoke(run_cli, [str(engines), str(video), "-o", str(tmp_path / "out.mp4")])
     assert result.exit_code == 1 and REASON in result.output and not (tmp_path / "out.mp4").exists()
+    assert ">= 10.10" in REASON or "no CUDA GPU" in REASON
     with pytest.raises(ArtifactError, match="pass the engine directory"):
         load_backend(tmp_path / "stage.plan")
 
@@ -70,8 +69,9 @@ def test_engines_are_validated_and_described(engines):
     _, out = engines
     manifest = read_manifest(out)
     assert manifest["validation"]["passed"] and manifest["validation"]["backend"] == "tensorrt"
-    assert set(manifest["engine"]) >= {"tensorrt", "gpu", "compute_capability", "precision", "plugin"}
-    assert all((out / stage["plan"]).is_file() for stage in manifest["stages"].values())
+    assert set(manifest["engine"]) >= {"tensorrt", "gpu", "compute_capability", "precision", "plugin", "plugin_sha256"}
+    assert all((out / stage["plan"]).stat().st_size == stage["plan_bytes"] and len(stage["plan_sha256"]) == 64
+               for stage in manifest["stages"].values())
 
 
 @on_gpu

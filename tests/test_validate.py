@@ -2,6 +2,7 @@
 reason, what cannot run here."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -14,6 +15,8 @@ from PIL import Image
 from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
 from rvrt_export.manifest import read_manifest, sha256_of, write_manifest
 from rvrt_validate.cli import main as validate_cli
+from rvrt_validate.images import GAP, LABEL_HEIGHT
+from rvrt_validate.render import decibels, render_markdown
 from rvrt_validate.report import cuda_unavailable, validate
 
 
@@ -77,10 +80,62 @@ def test_pictures_are_written_and_linked(sr_report):
         crop = Image.open(out / pictures["crop"])
         heat = Image.open(out / pictures["heatmap"])
         _, _, h, w = pictures["crop_box"]
-        assert crop.size == (4 * w + 3 * 4, h) and heat.size == (288, 288)
+        assert crop.size == (4 * w + 3 * GAP, LABEL_HEIGHT + h) and heat.size == (288, 288)
         assert f"]({pictures['crop']})" in markdown and f"]({pictures['heatmap']})" in markdown
         # the heat map's brightest pixel is where the crop was centred
         assert np.asarray(heat).max() > 0
+        # Each panel carries its label (input, eager, the candidate, error) drawn above it.
+        strip = np.asarray(crop.convert("L"))[:LABEL_HEIGHT]
+        for panel in range(4):
+            assert strip[:, panel * (w + GAP):panel * (w + GAP) + w].min() < 100, f"panel {panel} has no label"
+
+
+def test_captions_say_what_each_scale_measures(sr_report):
+    _, out = sr_report
+    markdown = (out / "report.md").read_text()
+    assert "left to right: input (nearest-upsampled), eager, onnxruntime float16, error" in markdown
+    assert "averaged over the three colour channels, scaled to its largest value on this frame" in markdown
+    assert "the largest difference of one colour channel of one pixel over all restored frames" in markdown
+
+
+def test_numbers_read_the_same_in_the_report_and_on_the_terminal(sr_report):
+    result, out = sr_report
+    report = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    for candidate in report["candidates"]:
+        if candidate["status"] == "skipped":
+            continue
+        psnr = decibels(candidate["end_to_end"]["psnr_db"])
+        assert psnr == "identical" or psnr.endswith(" dB") and "e+" not in psnr
+        assert f"PSNR {psnr}," in result.stdout and f"| {psnr} |" in markdown
+
+
+def test_random_weights_are_in_the_title_and_a_checkpoint_otherwise(sr_report):
+    _, out = sr_report
+    report = json.loads((out / "report.json").read_text())
+    assert render_markdown(report).splitlines()[0] == "# Accuracy parity: sr, checkpoint weights.pth"
+    random = {**report, "weights": {"random_weights": True, "seed": 0}}
+    title = render_markdown(random).splitlines()[0]
+    assert title == "# Accuracy parity: sr, random weights (seed 0)" and report["task"] not in title
+
+
+def test_progress_is_shown_per_stage_and_candidate(sr_report):
+    result, _ = sr_report
+    for line in ("restoring the 4-frame clip of 72x72 with eager PyTorch float32 (the reference)",
+                 "validating onnxruntime float32: stage extract (1/11)",
+                 "validating onnxruntime float32: stage reconstruct (11/11)",
+                 "validating onnxruntime float32: restoring the clip",
+                 "stage extract (1/11): converting to float16 and validating against eager PyTorch",
+                 "validating onnxruntime float16: restoring the clip"):
+        assert line in result.stderr.splitlines(), result.stderr
+
+
+def test_the_report_folder_takes_the_umask(sr_report):
+    _, out = sr_report
+    umask = os.umask(0)
+    os.umask(umask)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    assert oct((out / "report.md").stat().st_mode & 0o777) == oct(0o666 & ~umask)
 
 
 def test_a_wrong_weight_fails_its_stage_and_the_report(tiny_export, tmp_path):

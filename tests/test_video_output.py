@@ -1,5 +1,6 @@
 """Outputs never destroy a file: --overwrite replaces only what this program writes, every
-failure path (errors before the first frame, exceptions, SIGTERM) leaves nothing behind."""
+failure path (errors before the first frame, exceptions, SIGTERM, Ctrl-C) leaves nothing behind,
+and a signal ends rvrt-run with 128 + its number."""
 
 import os
 import signal
@@ -155,20 +156,31 @@ def test_sigterm_leaves_no_file(tmp_path, name):
     assert os.listdir(out_dir) == []
 
 
-def test_sigterm_to_rvrt_run_exits_143_and_leaves_no_file(tmp_path, tiny_export):
+def default_ctrl_c():
+    """In the child: Ctrl-C as a terminal delivers it, whatever the test runner's own setting
+    (a background job starts with SIGINT ignored, and Python then installs no handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signum, status, message", [
+    (signal.SIGTERM, 143, "rvrt-run: stopped by SIGTERM; nothing was written"),
+    (signal.SIGINT, 130, "rvrt-run: interrupted (Ctrl-C); nothing was written"),
+])
+def test_a_signal_to_rvrt_run_exits_128_plus_it_and_leaves_no_file(tmp_path, tiny_export, signum, status, message):
     _, _, export_dir = tiny_export("sr")
     source = tmp_path / "long.mkv"
     write_video(source, np.repeat(FRAMES, 20, axis=0), lossless=True)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     process = subprocess.Popen(["rvrt-run", str(export_dir), str(source), "-o", str(out_dir / "x.mp4"),
-                                "--window", "4"], stderr=subprocess.PIPE, text=True)
+                                "--window", "4"], stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c)
     deadline = time.monotonic() + 120
     while not os.listdir(out_dir) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert os.listdir(out_dir), "the temporary output appears while working"
     time.sleep(2)
-    os.kill(process.pid, signal.SIGTERM)
+    os.kill(process.pid, signum)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143 and "stopped by SIGTERM" in stderr, stderr
+    assert process.returncode == status and message in stderr, stderr
+    assert "Aborted!" not in stderr and "Traceback" not in stderr
     assert os.listdir(out_dir) == []

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
+from rvrt_engines.progress import log_to_stderr
 from rvrt_export.cli import (Command, UserError, check_output, reference_for, require_export_extra,
                              with_reference_options)
-from rvrt_export.manifest import ArtifactError, read_manifest
+from rvrt_export.manifest import ArtifactError, check_files, read_manifest
 
 
 @click.command(cls=Command)
@@ -20,16 +21,24 @@ from rvrt_export.manifest import ArtifactError, read_manifest
               help="New folder for the report (report.json, report.md, PNGs).")
 def main(model_dir, checkpoint, random_weights, frames, out_dir):
     """Hold every backend and precision of MODEL_DIR (an 'rvrt-export onnx' or 'rvrt-export trt'
-    directory) against eager PyTorch float32, per stage and on a restored clip."""
+    directory) against eager PyTorch float32, per stage and on a restored clip. Every file of
+    MODEL_DIR is first checked against the size and sha256 its manifest records.
+
+    Exit status: 0 every candidate that ran passed, 1 one failed (or none could run here),
+    2 bad input, 128 + N when stopped by signal N (130 for Ctrl-C)."""
     require_export_extra("validating against eager PyTorch")
+    from .render import decibels, number
     from .report import validate
 
     try:
         manifest = read_manifest(model_dir)
+        check_files(manifest, model_dir, hashes=True)
     except ArtifactError as err:
         raise UserError(str(err)) from None
     check_output(out_dir)
     model = reference_for(model_dir, checkpoint, random_weights, manifest)
+    # A report takes minutes on a CPU: a line per stage and candidate (and float16 conversion) on stderr.
+    log_to_stderr("rvrt_validate", "rvrt_export")
     try:
         report = validate(model, model_dir, out_dir, frames=frames)
     except (ValueError, FileExistsError) as err:
@@ -39,9 +48,8 @@ def main(model_dir, checkpoint, random_weights, frames, out_dir):
             click.echo(f"{candidate['label']:>22}: skipped ({candidate['skipped']})")
         else:
             e2e = candidate["end_to_end"]
-            psnr = "identical" if e2e["psnr_db"] is None else f"{e2e['psnr_db']:.1f} dB"
-            click.echo(f"{candidate['label']:>22}: {candidate['status']} (frames max abs {e2e['max_abs']:.2e}, "
-                       f"PSNR {psnr}, SSIM {e2e['ssim']:.5f})")
+            click.echo(f"{candidate['label']:>22}: {candidate['status']} (frames max abs {number(e2e['max_abs'])}, "
+                       f"PSNR {decibels(e2e['psnr_db'])}, SSIM {e2e['ssim']:.5f})")
     click.echo(f"verdict: {report['verdict']}; report: {out_dir / 'report.md'}")
     if report["verdict"] != "pass":
         raise SystemExit(1)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 # black -> red -> yellow -> white: darker is closer to the reference.
 HEAT_STOPS = np.array([[0, 0, 0], [200, 0, 0], [255, 220, 0], [255, 255, 255]], dtype=np.float32)
 GAP = 4
+LABEL_HEIGHT = 14
+"""Height of the white strip that carries a panel's label (Pillow's default font is 11-12 px tall)."""
 
 
 def heat_map(error: np.ndarray, scale: float) -> np.ndarray:
@@ -43,6 +45,14 @@ def side_by_side(panels: list[np.ndarray]) -> np.ndarray:
     for panel in panels[1:]:
         row += [gap, panel]
     return np.concatenate(row, axis=1)
+
+
+def labelled(panel: np.ndarray, label: str) -> np.ndarray:
+    """(H, W, 3) uint8 ``panel`` under a white strip with ``label`` in black, drawn into the pixels
+    (a PNG viewed on its own still says what it shows); the label is clipped to the panel's width."""
+    strip = Image.new("RGB", (panel.shape[1], LABEL_HEIGHT), "white")
+    ImageDraw.Draw(strip).text((2, 1), label, fill="black", font=ImageFont.load_default())
+    return np.concatenate([np.asarray(strip), panel], axis=0)
 
 
 def save_png(image: np.ndarray, path: Path) -> None:

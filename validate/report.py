@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import tempfile
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ END_TO_END_FLOAT32_MAX_ABS = FLOAT32_TOLERANCE
 END_TO_END_FLOAT16_MIN_PSNR_DB = 40.0
 SIGMA = 20.0
 CROP = 128
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,14 +121,23 @@ def generated_clip(task_kind: str, frames: int, size: int, scale: int) -> torch.
     return torch.from_numpy(np.stack([to_array(frame) for frame in degraded])[None])
 
 
-def stage_records(model: RVRT, manifest: dict, backend, precision: str) -> dict:
+def stage_progress(label: str, manifest: dict):
+    """(stage name, stage entry) of ``manifest``, each announced on the log as it is measured:
+    "validating onnxruntime float16: stage forward_1 (7/11)"."""
+    count = len(manifest["stages"])
+    for index, (name, stage) in enumerate(manifest["stages"].items(), 1):
+        log.info("validating %s: stage %s (%d/%d)", label, name, index, count)
+        yield name, stage
+
+
+def stage_records(model: RVRT, manifest: dict, backend, precision: str, label: str) -> dict:
     """Every stage of an entered ``backend`` against its eager stage."""
     return {name: compare_stage(model, spec_of(name, stage),
                                 lambda feed, name=name: backend.stages.runners[name].infer(dict(feed)), precision)
-            for name, stage in manifest["stages"].items()}
+            for name, stage in stage_progress(label, manifest)}
 
 
-def cuda_stage_records(model: RVRT, manifest: dict, stages) -> dict:
+def cuda_stage_records(model: RVRT, manifest: dict, stages, label: str) -> dict:
     """Every stage of CUDA eager ``stages`` against the CPU eager float32 stage."""
     def run(feed, spec):
         inputs = [torch.from_numpy(feed[name]).cuda() for name in spec.input_names]
@@ -134,9 +146,11 @@ def cuda_stage_records(model: RVRT, manifest: dict, stages) -> dict:
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         return {name: out.float().cpu().numpy() for name, out in zip(spec.outputs, outputs)}
 
-    specs = {name: spec_of(name, stage) for name, stage in manifest["stages"].items()}
-    return {name: compare_stage(model, spec, lambda feed, spec=spec: run(feed, spec), stages.precision)
-            for name, spec in specs.items()}
+    records = {}
+    for name, stage in stage_progress(label, manifest):
+        spec = spec_of(name, stage)
+        records[name] = compare_stage(model, spec, lambda feed: run(feed, spec), stages.precision)
+    return records
 
 
 def frame_metrics(reference: np.ndarray, restored: np.ndarray, precision: str) -> dict:
@@ -158,10 +172,12 @@ def frame_metrics(reference: np.ndarray, restored: np.ndarray, precision: str) -
     return record
 
 
-def pictures(lq: np.ndarray, reference: np.ndarray, restored: np.ndarray, scale: int, stem: str,
+def pictures(lq: np.ndarray, reference: np.ndarray, restored: np.ndarray, scale: int, label: str,
              out_dir: Path) -> dict:
-    """The frame with the largest error: a crop (input | eager | candidate | error) and its
-    whole-frame heat map. Returns file names and the heat map's full-scale error."""
+    """The frame with the largest error: a crop (input | eager | candidate | error, each panel
+    labelled) and its whole-frame heat map of the channel-averaged error, white at its largest
+    value. Returns file names and that largest value."""
+    stem = label.replace(" ", "-")
     error = np.abs(np.clip(restored, 0, 1) - np.clip(reference, 0, 1)).mean(axis=1)
     frame = int(np.argmax(error.reshape(len(error), -1).max(axis=1)))
     scale_value = float(error[frame].max())
@@ -170,7 +186,9 @@ def pictures(lq: np.ndarray, reference: np.ndarray, restored: np.ndarray, scale:
     window = (slice(top, top + h), slice(left, left + w))
     upsampled = np.repeat(np.repeat(lq[frame, :3], scale, axis=1), scale, axis=2)
     panels = [images.to_uint8(image)[window] for image in (upsampled, reference[frame], restored[frame])]
-    images.save_png(images.side_by_side(panels + [heat[window]]), out_dir / f"{stem}-crop.png")
+    panels = [images.labelled(panel, name) for panel, name in zip(panels + [heat[window]],
+                                                                 ("input", "eager", label, "error"))]
+    images.save_png(images.side_by_side(panels), out_dir / f"{stem}-crop.png")
     images.save_png(heat, out_dir / f"{stem}-heatmap.png")
     return {"frame": frame, "crop": f"{stem}-crop.png", "crop_box": [top, left, h, w],
             "heatmap": f"{stem}-heatmap.png", "heatmap_full_scale": scale_value}
@@ -191,9 +209,12 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
     tiling = Tiling(window=0, tile=tile, tile_overlap=min(20, tile // 4), batch=manifest["batch"])
     with assembled(out_dir) as staging, tempfile.TemporaryDirectory(prefix="rvrt-validate-") as scratch:
         lq = generated_clip(task.kind, frames, size, scale)
+        log.info("restoring the %d-frame clip of %dx%d with eager PyTorch float32 (the reference)", frames, size, size)
         with torch.no_grad():
             reference = restore_tiled(model, lq, model.config, tiling)[0].numpy()
         results = []
+        if manifest["dtype"] == "float32" and "engine" not in manifest:
+            log.info("making float16 graphs of %s to validate them too", model_dir)
         for candidate in candidates(model_dir, manifest, Path(scratch), model):
             record = {**dataclasses.asdict(candidate), "directory": str(candidate.directory or "")}
             del record["measured"]
@@ -203,24 +224,28 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
                 continue
             if candidate.runtime == "pytorch-cuda":
                 stages = cuda_stages(copy.deepcopy(model), candidate.precision)
-                record["stages"] = cuda_stage_records(model, manifest, stages)
+                record["stages"] = cuda_stage_records(model, manifest, stages, candidate.label)
+                log.info("validating %s: restoring the clip", candidate.label)
                 with torch.no_grad():
                     restored = restore_tiled(lambda clip: run_recurrent(stages, clip.cuda()).float().cpu(), lq,
                                              model.config, tiling)[0].numpy()
             else:
                 with load_backend(candidate.directory, allow_unvalidated=True) as backend:
+                    if candidate.measured:
+                        log.info("validating %s: its stages were measured as its graphs were made", candidate.label)
                     record["stages"] = candidate.measured or stage_records(
-                        model, read_manifest(candidate.directory), backend, candidate.precision)
+                        model, read_manifest(candidate.directory), backend, candidate.precision, candidate.label)
+                    log.info("validating %s: restoring the clip", candidate.label)
                     restored = restore_tiled(backend.restore, lq, backend.config, tiling)[0].numpy()
             record["end_to_end"] = frame_metrics(reference, restored, candidate.precision)
-            record["images"] = pictures(lq[0].numpy(), reference, restored, scale,
-                                        candidate.label.replace(" ", "-"), staging)
+            record["images"] = pictures(lq[0].numpy(), reference, restored, scale, candidate.label, staging)
             passed = record["end_to_end"]["passed"] and all(s["passed"] for s in record["stages"].values())
             record["status"] = "pass" if passed else "fail"
             results.append(record)
         ran = [r for r in results if r["status"] != "skipped"]
         report = {
-            "model_dir": str(model_dir.resolve()), "task": task.id, "tile": tile, "batch": manifest["batch"],
+            "model_dir": str(model_dir.resolve()), "task": task.id, "task_short": task.short, "tile": tile,
+            "batch": manifest["batch"],
             "weights": manifest["checkpoint"], "reference": "eager PyTorch float32, same tiling",
             "clip": {"frames": frames, "input_size": [size, size], "output_size": [size * scale] * 2,
                      "content": f"pan over a bundled photograph, degraded for {task.kind}",

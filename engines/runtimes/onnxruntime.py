@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from google.protobuf.message import DecodeError
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
 from rvrt import run_recurrent
 from rvrt.arrays import to_numpy
-from rvrt_export.manifest import read_manifest, require_validated
+from rvrt_export.manifest import ArtifactError, check_files, read_manifest, require_validated
 
 from .onnxruntime_gda_split import gda_split_session
 from .runner_stages import RunnerStages, stage_io
@@ -90,7 +92,15 @@ class SessionFromPath:
 
     def __call__(self):
         """An ``onnxruntime.InferenceSession``, or a :class:`~.onnxruntime_gda_split.SplitGdaSession`
-        that behaves as one."""
+        that behaves as one. A file that is no ONNX graph (damaged, of the size its manifest
+        records) raises ArtifactError naming it, not a parser's traceback."""
+        try:
+            return self._session()
+        except (DecodeError, InvalidProtobuf) as error:
+            raise ArtifactError(f"{self.path} is not a readable ONNX graph ({str(error).strip()}): the file is "
+                                f"damaged; export it again") from None
+
+    def _session(self):
         options = self.options()
         if self.emulate_float16:
             import onnx
@@ -165,12 +175,14 @@ def default_providers(device: str = "cpu") -> list[str]:
 
 def onnxruntime_stages(export_dir: str | os.PathLike, device: str = "cpu", threads: int | None = None,
                        allow_unvalidated: bool = False, fused_gda: bool = True) -> RunnerStages:
-    """Stages of an ``rvrt-export onnx`` directory on ONNX Runtime (refuses unvalidated exports).
+    """Stages of an ``rvrt-export onnx`` directory on ONNX Runtime (refuses unvalidated exports,
+    and graphs whose size differs from the manifest's record, before any session is made).
 
     fused_gda: see :class:`SessionFromPath`; False runs GDA through the graphs' function body."""
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
     require_validated(manifest, export_dir, allow_unvalidated)
+    check_files(manifest, export_dir)
     providers = default_providers(device)
     emulate = manifest["dtype"] == "float16" and device == "cpu"
     runners = {name: OnnxRuntimeRunner(SessionFromPath(export_dir / stage["file"], providers, threads, emulate,

@@ -36,8 +36,9 @@ OP_MODULES = {"LayerNormalization": nn.LayerNorm}
 """ONNX op types of ``PrecisionPolicy.fp32_ops`` and the eager modules that compute them."""
 
 
-class CudaUnavailableError(ValueError):
-    """No CUDA device for a CUDA runtime: a request this machine cannot serve (a user error)."""
+class CudaUnavailableError(RuntimeError):
+    """No CUDA device for a CUDA runtime: the request is fine, the machine lacks the device (exit
+    status 1, as for a missing TensorRT)."""
 
 
 def stage_modules(model: RVRT, stage: str) -> list[nn.Module]:
@@ -179,10 +180,11 @@ class CudaStages(EagerStages):
 
 
 def require_cuda(device: str | torch.device = "cuda") -> torch.device:
-    """The CUDA device named, or CudaUnavailableError saying why it cannot be used."""
+    """The CUDA device named, or CudaUnavailableError saying why it cannot be used (ValueError
+    for a device that is no CUDA device)."""
     device = torch.device(device)
     if device.type != "cuda":
-        raise CudaUnavailableError(f"the CUDA runtime runs on a CUDA device, not {device}: pass --device cuda")
+        raise ValueError(f"the CUDA runtime runs on a CUDA device, not {device}: pass --device cuda")
     if not torch.cuda.is_available():
         build = f"this PyTorch build has no CUDA ({torch.__version__})" if torch.version.cuda is None else \
             f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA GPU"

@@ -10,25 +10,33 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rvrt_export.manifest import ArtifactError, read_manifest, require_validated
+from rvrt_export.manifest import ArtifactError, check_files, read_manifest, remedy, require_validated, sha256_of
 
 from .runner_stages import RunnerStages, stage_io
 
-INSTALL_HINT = ("install TensorRT >= 10.7 with its libraries (e.g. 'pip install tensorrt' from NVIDIA's index, "
+MINIMUM_VERSION = (10, 10)
+"""The oldest TensorRT that builds these graphs: its ONNX parser takes the GDA plugin's namespace
+from the node's domain (``rvrt``) since 10.10 (shared/FACTS.md)."""
+MINIMUM = ".".join(map(str, MINIMUM_VERSION))
+INSTALL_HINT = (f"install TensorRT >= {MINIMUM} with its libraries (e.g. 'pip install tensorrt' from NVIDIA's index, "
                 "https://pypi.nvidia.com, or the TensorRT tar package) on a machine with an NVIDIA GPU and the "
                 "CUDA build of torch")
 
 
 class TensorRTUnavailable(RuntimeError):
-    """TensorRT or a GPU is missing; the message says which and how to get it."""
+    """TensorRT or a GPU is missing (the machine lacks it: exit status 1); the message says which
+    and how to get it."""
 
 
 def tensorrt_unavailable() -> str | None:
     """Why TensorRT engines cannot be built or run in this process; None when they can."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except Exception as error:  # the bindings raise ImportError or OSError when libnvinfer is missing
         return f"TensorRT Python bindings not importable ({type(error).__name__}: {error}): {INSTALL_HINT}"
+    found = tuple(int(part) for part in tensorrt.__version__.split(".")[:2])
+    if found < MINIMUM_VERSION:
+        return f"TensorRT {tensorrt.__version__} is too old: {INSTALL_HINT}"
     import torch
 
     if not torch.cuda.is_available():
@@ -62,19 +70,42 @@ def check_engines_fit_this_gpu(manifest: dict, engine_dir: Path) -> None:
                                 f"{here[key]} ({here['gpu']}): build the engines again here with 'rvrt-export trt'")
 
 
-def tensorrt_stages(engine_dir: str | os.PathLike, allow_unvalidated: bool = False) -> RunnerStages:
-    """Stages of an ``rvrt-export trt`` directory on TensorRT (refuses unvalidated engines)."""
-    require_tensorrt()
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
+def checked_plugin(manifest: dict, engine_dir: Path) -> Path:
+    """The plugin library of an engine directory, once it is the very file the engines were built
+    with (its sha256, recorded at build time): it is loaded into this process as it is, so a
+    swapped or damaged library is refused here, before TensorRT is even imported. Its path stays
+    inside the directory (``read_manifest``)."""
+    name = manifest["engine"].get("plugin")
+    recorded = manifest["engine"].get("plugin_sha256")
+    path = engine_dir / name if isinstance(name, str) else None
+    if path is None or not path.is_file():
+        raise ArtifactError(f"{engine_dir}: the TensorRT plugin library {name!r} named by its manifest is missing; "
+                            f"{remedy(manifest)}")
+    if recorded is None:
+        raise ArtifactError(f"{engine_dir}: its manifest records no sha256 of the plugin library {name}, so the "
+                            f"library cannot be checked before it is loaded; {remedy(manifest)}")
+    if sha256_of(path) != recorded:
+        raise ArtifactError(f"{path} is not the plugin library these engines were built with (sha256 differs from "
+                            f"the recorded {recorded[:12]}...): refusing to load it; {remedy(manifest)}")
+    return path
 
+
+def tensorrt_stages(engine_dir: str | os.PathLike, allow_unvalidated: bool = False) -> RunnerStages:
+    """Stages of an ``rvrt-export trt`` directory on TensorRT. The directory is checked first
+    (validation record, engine sizes, the plugin's sha256), then TensorRT is loaded."""
     engine_dir = Path(engine_dir)
     manifest = read_manifest(engine_dir)
     if "engine" not in manifest:
         raise ArtifactError(f"{engine_dir} holds no TensorRT engines (make them with 'rvrt-export trt')")
     require_validated(manifest, engine_dir, allow_unvalidated)
+    check_files(manifest, engine_dir)
+    plugin = checked_plugin(manifest, engine_dir)
+    require_tensorrt()
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
+
     check_engines_fit_this_gpu(manifest, engine_dir)
-    plugins = [str(engine_dir / manifest["engine"]["plugin"])]
+    plugins = [str(plugin)]
     runners = {name: TrtRunner(LoadPlugins(plugins, EngineFromBytes(BytesFromPath(str(engine_dir / stage["plan"])))),
                                name=name)
                for name, stage in manifest["stages"].items()}

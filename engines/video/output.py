@@ -5,7 +5,7 @@
   the current folder, the input itself and any folder containing the input are refused.
 - Everything is written under a temporary name in the destination folder (same file system,
   so the final rename is atomic) and renamed on success; every failure path, including
-  errors before the first frame and SIGTERM/SIGHUP (see :func:`signals_as_exceptions`),
+  errors before the first frame and SIGTERM/SIGHUP (see :func:`rvrt_engines.signals.signals_as_exceptions`),
   removes the temporary.
 - Files and folders are created with the usual permissions (0666/0777 less the umask).
 """
@@ -16,8 +16,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import VideoOutputError
@@ -132,26 +130,3 @@ class Staging:
             shutil.rmtree(self.temporary, ignore_errors=True)
         else:
             self.temporary.unlink(missing_ok=True)
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived; raised so that every cleanup on the way out runs."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.exit_status = 128 + signum
-
-
-@contextmanager
-def signals_as_exceptions():
-    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` (main thread only), so
-    that temporaries are removed as for Ctrl-C; the previous handlers come back afterwards."""
-    def stop(signum, _frame):
-        raise Terminated(signum)
-
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from .colour import Colour, bit_depth, frame_to_rgb, rgb_format
+from ..wording import count_of
 from .errors import VideoInputError
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".y4m"}
@@ -170,7 +171,7 @@ class FrameFolder(FrameSource):
         first, stop = segment.select([i / self.frame_rate for i in range(len(files))])
         if first == stop:
             raise VideoInputError(f"{path}: --start {segment.start:g} s is past the last frame "
-                                  f"({len(files)} frames at {float(self.frame_rate):g} fps)")
+                                  f"({count_of(len(files), 'frame')} at {float(self.frame_rate):g} fps)")
         self.files = files[first:stop]
         self.pix_fmt = image_pix_fmt(self.files[0])
         self.depth = bit_depth(self.pix_fmt)
