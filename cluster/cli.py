@@ -21,6 +21,7 @@ from rvrt_engines.cli import USER_ERRORS, UserError, encoding_options, known_tas
 from rvrt_engines.extras import require_extra
 from rvrt_engines.progress import terminal_columns
 from rvrt_engines.restore import check_sigma, open_source, output_writer, restore_video
+from rvrt_engines.tile_option import check_tile_fits
 from rvrt_engines.video import Terminated, VideoInputError, VideoOutputError, natural_key, signals_as_exceptions
 from rvrt_engines.video.reader import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from rvrt_engines.video.writer import VIDEO_OUTPUT_SUFFIXES
@@ -208,6 +209,8 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, task, che
             known = known_task(model, task)
             if known is not None:
                 check_sigma(known, sigma)
+                if tile is not None:
+                    check_tile_fits(tile, known, known.config)
             if workers is not None and workers < 1:
                 raise UserError(f"--workers {workers}: expected at least 1")
             if threads is not None and threads < 1:
@@ -218,7 +221,8 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, task, che
             load_args = dict(model=model, task=task, checkpoint=checkpoint, random_weights=random_weights,
                              device=device, allow_unvalidated=allow_unvalidated)
             if runtime is not None:
-                load_args["runtime"] = runtime
+                # A task or checkpoint on an exported runtime is exported for the tile and batch asked for.
+                load_args.update(runtime=runtime, tile=tile, batch=batch)
             if fp16:
                 load_args["fp16"] = True
             pool = RayWindows(load_args, address=address, workers=workers, threads=threads)

@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rvrt import CheckpointError, RVRTConfig, Task, get_task
 from rvrt.arrays import array_namespace, host_float32
 from rvrt.config import TASKS
-from rvrt_export.manifest import ArtifactError, config_from_manifest, read_manifest
+from rvrt_export.manifest import ArtifactError, config_from_manifest, read_manifest, tile_of
 
 from .cache import ArtefactCache, ModelSource, cached_artefacts
 from .runtimes.pytorch import RANDOM_SEED, eager_stages, run_on_torch
@@ -21,8 +21,8 @@ from .runtimes.pytorch import RANDOM_SEED, eager_stages, run_on_torch
 class Backend:
     """Stages of one model on one runtime, with what the runner must respect.
 
-    tile/batch: the fixed tile (input px) and tiles per call of exported graphs; None for
-    eager PyTorch, which takes any size. random_weights: the network has random weights, not
+    tile/batch: the fixed tile, (height, width) in input px, and tiles per call of exported
+    graphs; None for eager PyTorch, which takes any size. random_weights: the network has random weights, not
     an official checkpoint's (its output is no restoration). directory: the export or engine
     directory served, None for eager PyTorch. run: how the recurrent driver runs on ``stages``,
     ``run(stages, lq, device)``, taking host windows to the stages' array kind (numpy for ONNX
@@ -33,7 +33,7 @@ class Backend:
     task: Task
     config: RVRTConfig
     stages: object
-    tile: int | None = None
+    tile: tuple[int, int] | None = None
     batch: int | None = None
     device: str = "cpu"
     random_weights: bool = False
@@ -68,15 +68,17 @@ RUNTIMES = ("onnxruntime", "tensorrt", "pytorch")
 def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoint: str | os.PathLike | None = None,
                  random_weights: bool = False, device: str = "cpu", threads: int | None = None,
                  allow_unvalidated: bool = False, runtime: str | None = None, fp16: bool = False,
-                 tile: int | None = None, batch: int | None = None, cache: ArtefactCache | None = None) -> Backend:
+                 tile: int | Sequence[int] | None = None, batch: int | None = None,
+                 cache: ArtefactCache | None = None) -> Backend:
     """The backend for MODEL: an ``rvrt-export onnx`` directory (ONNX Runtime), an ``rvrt-export
     trt`` directory (TensorRT; fails with the reason where TensorRT or a GPU is missing), an
     official ``.pth`` checkpoint, or a task name (with ``checkpoint`` or ``random_weights``).
 
     runtime: None serves a directory on its own runtime and a checkpoint or task on eager
     PyTorch. "onnxruntime" or "tensorrt" with a checkpoint or task serves the validated export
-    or engines from the cache (:mod:`.cache`), made there on first use for ``tile`` [the task's
-    official tile] and ``batch`` [1]. fp16: float16 graphs, engines or eager network.
+    or engines from the cache (:mod:`.cache`), made there on first use for ``tile`` ((height,
+    width) in input px, or one int for a square) [the task's official tile] and ``batch`` [1].
+    fp16: float16 graphs, engines or eager network.
     """
     if runtime not in (None, *RUNTIMES):
         raise ValueError(f"unknown runtime {runtime!r}: expected --runtime {', '.join(RUNTIMES)}")
@@ -156,10 +158,10 @@ def directory_backend(path: Path, *, task: str | None, runtime: str | None, fp16
     if served == "tensorrt":
         from .runtimes.tensorrt import tensorrt_stages
         stages = tensorrt_stages(path, allow_unvalidated=allow_unvalidated)
-        return Backend("tensorrt", spec, config, stages, manifest["tile"], manifest["batch"], device="cuda",
+        return Backend("tensorrt", spec, config, stages, tile_of(manifest), manifest["batch"], device="cuda",
                        random_weights=random_weights, directory=path)
     from .runtimes.onnxruntime import onnxruntime_stages, run_on_numpy
     stages = onnxruntime_stages(path, device=device, threads=threads, allow_unvalidated=allow_unvalidated)
     # On a CUDA provider ONNX Runtime still takes and returns host numpy arrays.
-    return Backend("onnxruntime", spec, config, stages, manifest["tile"], manifest["batch"],
+    return Backend("onnxruntime", spec, config, stages, tile_of(manifest), manifest["batch"],
                    random_weights=random_weights, directory=path, run=run_on_numpy)

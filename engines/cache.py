@@ -28,12 +28,13 @@ import logging
 import os
 import platform
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rvrt import RVRTConfig, Task
+from rvrt.tiling import tile_name, tile_shape_of
 from rvrt_export.manifest import MANIFEST, ArtifactError, assembled, sha256_of, versions
 
 from .extras import require_extra
@@ -75,14 +76,16 @@ class CacheKey:
     weights: ``sha256:<checkpoint sha256>`` or ``random-seed-N``. architecture: sha256 of the
     network's hyper-parameters (a test's tiny model differs from the official one). device:
     the CPU (ONNX Runtime; validation runs there) or GPU (TensorRT) the artefacts were
-    validated on. software: versions of the exporter's libraries, whose output they are.
+    validated on. software: versions of the exporter's libraries, whose output they are. tile:
+    one int for a square, as keys always held it (so a square tile's entries keep their names
+    and digests), else (height, width).
     """
 
     task: str
     task_short: str
     architecture: str
     weights: str
-    tile: int
+    tile: int | tuple[int, int]
     batch: int
     precision: str
     runtime: str
@@ -94,8 +97,13 @@ class CacheKey:
     def name(self) -> str:
         """Entry folder name: readable fields, then a digest of all of them."""
         digest = hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()
-        return (f"{self.task_short}-tile{self.tile}-b{self.batch}-{PRECISIONS[self.precision]}-{self.runtime}-"
-                f"{digest[:16]}")
+        return (f"{self.task_short}-tile{tile_name(self.tile)}-b{self.batch}-{PRECISIONS[self.precision]}-"
+                f"{self.runtime}-{digest[:16]}")
+
+    @property
+    def record(self) -> dict:
+        """The key as its entry's seal holds it: JSON, where a tuple reads back as a list."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 def file_records(directory: Path) -> dict[str, dict]:
@@ -122,7 +130,7 @@ class ArtefactCache:
             seal = json.loads((entry / SEAL).read_text())
         except (OSError, json.JSONDecodeError):
             return f"no readable {SEAL} (an interrupted build)"
-        if seal.get("key") != dataclasses.asdict(key):
+        if seal.get("key") != key.record:
             return f"its {SEAL} records another key"
         files = seal.get("files", {})
         if MANIFEST not in files:
@@ -181,7 +189,7 @@ class ArtefactCache:
             self.discard(key)
             with assembled(self.entry(key)) as staging:
                 make(staging)
-                seal = {"key": dataclasses.asdict(key), "files": file_records(staging)}
+                seal = {"key": key.record, "files": file_records(staging)}
                 (staging / SEAL).write_text(json.dumps(seal, indent=2) + "\n")
         log.info("cached %s", self.entry(key))
         return self.entry(key)
@@ -220,7 +228,8 @@ class ModelSource:
     def model(self) -> RVRT:
         return self.build()
 
-    def key(self, *, tile: int, batch: int, precision: str, runtime: str) -> CacheKey:
+    def key(self, *, tile: int | Sequence[int], batch: int, precision: str, runtime: str) -> CacheKey:
+        """``tile``: (height, width) in input px, or one int for a square."""
         software = versions()
         if runtime == "tensorrt":
             from .runtimes.tensorrt import gpu_description
@@ -230,14 +239,17 @@ class ModelSource:
         else:
             runtime_version, device = software.pop("onnxruntime"), cpu_identity()
         architecture = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
-        return CacheKey(self.task.id, self.task.short, architecture.hexdigest(), self.weights, tile, batch, precision,
-                        runtime, runtime_version, device, json.dumps(software, sort_keys=True))
+        height, width = tile_shape_of(tile)
+        return CacheKey(self.task.id, self.task.short, architecture.hexdigest(), self.weights,
+                        height if height == width else (height, width), batch, precision, runtime, runtime_version,
+                        device, json.dumps(software, sort_keys=True))
 
 
-def cached_artefacts(source: ModelSource, runtime: str, *, tile: int, batch: int = 1, precision: str = "float32",
-                     cache: ArtefactCache | None = None) -> Path:
+def cached_artefacts(source: ModelSource, runtime: str, *, tile: int | Sequence[int], batch: int = 1,
+                     precision: str = "float32", cache: ArtefactCache | None = None) -> Path:
     """The validated export (``runtime`` "onnxruntime") or engine directory (``"tensorrt"``) of
-    ``source`` for ``tile``/``batch``/``precision``, from the cache or made now and cached.
+    ``source`` for ``tile`` ((height, width) in input px, or one int for a square), ``batch`` and
+    ``precision``, from the cache or made now and cached.
 
     Engines and float16 graphs are made from the float32 export, itself an entry (reused).
     Raises TensorRTUnavailable before any work where TensorRT or a GPU is missing, and
@@ -252,9 +264,10 @@ def cached_artefacts(source: ModelSource, runtime: str, *, tile: int, batch: int
 
         require_tensorrt()
     min_tile = source.config.min_tile
-    if tile % 8 or tile < min_tile:
-        raise ValueError(f"--tile {tile} is impossible for task {source.task.short!r}: tiles are multiples of 8 and "
-                         f"at least {min_tile} input px (the official tile is {source.task.tile[1]})")
+    if any(side % 8 or side < min_tile for side in tile_shape_of(tile)):
+        raise ValueError(f"--tile {tile_name(tile)} is impossible for task {source.task.short!r}: tile sides are "
+                         f"multiples of 8 and at least {min_tile} input px (the official tile is "
+                         f"{source.task.tile[1]})")
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
     cache = cache or ArtefactCache()
@@ -271,8 +284,8 @@ def cached_artefacts(source: ModelSource, runtime: str, *, tile: int, batch: int
         def export(out: Path) -> None:
             from rvrt_export.onnx_export import export_onnx
 
-            log.info("exporting %s (tile %d, batch %d) to ONNX and validating every stage: this takes minutes, "
-                     "once", source.task.short, tile, batch)
+            log.info("exporting %s (tile %s, batch %d) to ONNX and validating every stage: this takes minutes, "
+                     "once", source.task.short, tile_name(tile), batch)
             export_onnx(source.model, source.task, tile, out, batch=batch, checkpoint=source.checkpoint,
                         random_seed=source.seed)
 
@@ -292,8 +305,8 @@ def cached_artefacts(source: ModelSource, runtime: str, *, tile: int, batch: int
     def build(out: Path) -> None:
         from rvrt_export.trt_build import build_engines
 
-        log.info("building %s TensorRT engines of %s (tile %d): this takes minutes, once", precision,
-                 source.task.short, tile)
+        log.info("building %s TensorRT engines of %s (tile %s): this takes minutes, once", precision,
+                 source.task.short, tile_name(tile))
         build_engines(source.model, graphs(), out, fp16=precision == "float16")
 
     return made(key, build)

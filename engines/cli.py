@@ -17,6 +17,7 @@ from .extras import require_extra
 from .progress import ProgressDisplay, log_to_stderr
 from .restore import check_sigma, open_source, output_writer, restore_video
 from .signals import stopped_by_signals
+from .tile_option import TILE, check_tile_fits
 from .video import VideoInputError, VideoOutputError, check_output_path
 from .wording import count_of
 
@@ -81,9 +82,11 @@ model_options = option_group(
     click.option("--window", type=int, help="Frames per temporal window [task's official value; 100 where the "
                                             "official script takes the whole video]; 0 = whole video."),
     click.option("--window-overlap", type=int, help="Frames shared by neighbouring windows [2]."),
-    click.option("--tile", type=int, help="Spatial tile in input px [task's official value]: eager PyTorch takes "
-                                          "any; with --runtime an export is made (and cached) for it; an export "
-                                          "directory serves the tile it was exported for."),
+    click.option("--tile", type=TILE, help="Spatial tile in input px: 64 (square) or HEIGHTxWIDTH, e.g. 144x176; "
+                                           "multiples of 8, at least 40 for SR and 136 otherwise [task's official "
+                                           "value]: eager PyTorch takes any such tile; with --runtime an export is "
+                                           "made (and cached) for it; an export directory serves the tile it was "
+                                           "exported for."),
     click.option("--tile-overlap", type=int, help="Pixels shared by neighbouring tiles [20]."),
     click.option("--batch", type=int, help="Tiles per call [1]: eager PyTorch takes any; with --runtime an export "
                                            "is made (and cached) for it; an export directory serves its own."),
@@ -159,6 +162,8 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
     known = known_task(model, task)
     if known is not None:
         check_sigma(known, sigma)
+        if tiling["tile"] is not None:
+            check_tile_fits(tiling["tile"], known, known.config)
     if sigma is not None and not 0 <= sigma <= 255:
         raise ValueError(f"--sigma {sigma:g}: expected a noise level from 0 to 255 (the 8-bit scale)")
     if workers is not None and ray is None:

@@ -15,12 +15,14 @@ import click
 import numpy as np
 
 from rvrt import EagerStages, get_task
+from rvrt.tiling import tile_name, tile_shape_of
 
 from .backends import Backend, load_backend
 from .cli import UserError
 from .extras import MissingExtra, require_extra
 from .wording import count_of
 from .restore import restore_video
+from .tile_option import TILE, check_tile_fits
 from .video import open_frames
 
 
@@ -35,7 +37,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
               help="Official .pth; without it the demo uses random weights and says so.")
 @click.option("--tiny", is_flag=True, help="Tiny-width random model: the pipeline in about a minute.")
 @click.option("--frames", default=6, show_default=True)
-@click.option("--tile", type=int, help="Tile in input px [64 for SR, 136 otherwise].")
+@click.option("--tile", type=TILE, help="Tile in input px: 64 (square) or HEIGHTxWIDTH, e.g. 144x176; multiples of 8, "
+                                       "at least 40 for SR and 136 otherwise [64 for SR, 136 otherwise].")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
               show_default=True)
 def main(task, checkpoint, tiny, frames, tile, workdir):
@@ -55,12 +58,16 @@ def main(task, checkpoint, tiny, frames, tile, workdir):
     if tiny and checkpoint:
         raise UserError("--tiny is a random-weights model; it cannot load a checkpoint: drop one of them")
     tile = tile or (64 if spec.kind == "sr" else 136)
+    try:
+        check_tile_fits(tile, spec, spec.config)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     scale = spec.config.upscale
     workdir.mkdir(parents=True, exist_ok=True)
-    name = f"{spec.short}-tile{tile}{'-tiny' if tiny else ''}{'-' + checkpoint.stem if checkpoint else ''}"
+    name = f"{spec.short}-tile{tile_name(tile)}{'-tiny' if tiny else ''}{'-' + checkpoint.stem if checkpoint else ''}"
 
-    out_size = tile * 4 if scale == 4 else tile
-    clean = moving_photo_frames(frames, out_size + 16 * scale, out_size + 32 * scale, image="chelsea", seed=0)
+    tile_h, tile_w = tile_shape_of(tile)
+    clean = moving_photo_frames(frames, (tile_h + 16) * scale, (tile_w + 32) * scale, image="chelsea", seed=0)
     sigma = 20 if spec.kind == "denoise" else None
     lq_path = workdir / f"{spec.kind}-input.mkv"
     write_video(lq_path, degrade(clean, spec.kind, sigma=sigma or 0), lossless=True)

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rvrt import Tiling, blend_windows, restore_window, window_spans
-from rvrt.tiling import tile_starts
+from rvrt.tiling import tile_name, tile_shape_of, tile_starts
 
 from .backends import Backend
 from .progress import Meter
@@ -230,7 +231,7 @@ def output_writer(frames: FrameSource, output, scale: int, *, overwrite=False, l
 
 def restore_video(backend: Backend, source, output: str | os.PathLike, *,
                   sigma: float | None = None, window: int | None = None, window_overlap: int | None = None,
-                  tile: int | None = None, tile_overlap: int | None = None, batch: int | None = None,
+                  tile: int | Sequence[int] | None = None, tile_overlap: int | None = None, batch: int | None = None,
                   overwrite: bool = False, lossless: bool = False, crf: int | None = None, codec: str | None = None,
                   pix_fmt: str | None = None, bit_depth: int | None = None, start: float | None = None,
                   frames: int | None = None, fps: float | None = None, progress=None, windows=None,
@@ -239,22 +240,24 @@ def restore_video(backend: Backend, source, output: str | os.PathLike, *,
     open :class:`FrameSource`) into ``output`` (video file, frame folder, ``-`` for stdout).
 
     Window, tile and overlaps default to the task's official values (a 100-frame window where
-    the official script takes the whole video, so that memory stays bounded); exported
-    backends fix tile and batch. ``start`` (seconds) and ``frames`` restore a segment;
-    ``fps`` is the rate of a frame folder. The output is checked and its encoder opened before
-    any frame is restored. ``progress``: called with a :class:`Status` at every stage call,
-    tile and frame. ``notes``: called with each thing the output cannot keep. ``windows``: the
-    window runner (default :class:`LocalWindows` over ``backend``).
+    the official script takes the whole video, so that memory stays bounded); ``tile`` is
+    (height, width) in input px or one int for a square; exported backends fix tile and batch.
+    ``start`` (seconds) and ``frames`` restore a segment; ``fps`` is the rate of a frame folder.
+    The output is checked and its encoder opened before any frame is restored. ``progress``:
+    called with a :class:`Status` at every stage call, tile and frame. ``notes``: called with
+    each thing the output cannot keep. ``windows``: the window runner (default
+    :class:`LocalWindows` over ``backend``).
     """
     task = backend.task
     check_sigma(task, sigma)
-    if backend.tile is not None and tile not in (None, backend.tile):
-        raise ValueError(f"this {backend.name} model was exported for {backend.tile} px tiles, not {tile}: "
-                         f"export again with --tile {tile}, or leave the tile to the manifest")
+    if backend.tile is not None and tile is not None and tile_shape_of(tile) != backend.tile:
+        raise ValueError(f"this {backend.name} model was exported for {tile_name(backend.tile)} px tiles, not "
+                         f"{tile_name(tile)}: export again with --tile {tile_name(tile)}, or leave the tile to the "
+                         f"manifest")
     if backend.batch is not None and batch not in (None, backend.batch):
         raise ValueError(f"this {backend.name} model was exported for batches of {backend.batch} tiles, not {batch}")
     tiling = Tiling(window=(task.tile[0] or 100) if window is None else window,
-                    tile=backend.tile or (task.tile[1] if tile is None else tile),
+                    tile=backend.tile or (task.tile[1] if tile is None else tile_shape_of(tile)),
                     window_overlap=task.tile_overlap[0] if window_overlap is None else window_overlap,
                     tile_overlap=task.tile_overlap[1] if tile_overlap is None else tile_overlap,
                     batch=backend.batch or batch or 1)

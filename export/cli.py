@@ -15,11 +15,13 @@ from pathlib import Path
 import click
 from click.exceptions import NoArgsIsHelpError
 
-from rvrt import CheckpointError, RVRTConfig, Task, get_task
+from rvrt import CheckpointError, Task, get_task
 from rvrt_engines.extras import MissingExtra, require_extra
 from rvrt_engines.progress import log_to_stderr
 from rvrt_engines.signals import stopped_by_signals
+from rvrt_engines.tile_option import TILE, check_tile_fits
 from rvrt.config import TASKS
+from rvrt.tiling import tile_name
 
 from .manifest import ArtifactError, check_files, read_manifest
 
@@ -78,13 +80,6 @@ def task_named(name: str) -> Task:
                         f"id)") from None
 
 
-def check_tile(tile: int, task: Task, config: RVRTConfig) -> None:
-    if tile % 8 or tile < config.min_tile:
-        raise UserError(f"tile {tile} impossible for task {task.short!r}: --tile must be a multiple of 8 and at "
-                        f"least {config.min_tile} input px (SpyNet's smallest input); the official tile is "
-                        f"{task.tile[1]}")
-
-
 def check_output(out_dir: Path) -> None:
     """``-o`` must name a new (or empty) folder that can be created: nothing is overwritten."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -138,7 +133,9 @@ def main():
 @main.command("onnx")
 @click.option("--task", required=True, help="Official checkpoint id or short name (sr, sr-vimeo, sr-bd, "
                                              "deblur-dvd, deblur-gopro, denoise).")
-@click.option("--tile", type=int, help="Spatial tile in input pixels (multiple of 8) [the task's official tile].")
+@click.option("--tile", type=TILE, help="Spatial tile in input px: 64 (square) or HEIGHTxWIDTH, e.g. 144x176; "
+                                       "multiples of 8, at least SpyNet's minimum (40 for SR, 136 otherwise) "
+                                       "[the task's official tile].")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Official .pth file.")
 @click.option("--random-weights", is_flag=True, help="No checkpoint: random weights (tests and demos only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random-weights (recorded).")
@@ -147,7 +144,7 @@ def main():
               help="Tiles per call (the graphs' batch size).")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX default-domain opset.")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="New folder for the graphs [TASK-tileTILE-fp32, e.g. sr-tile128-fp32].")
+              help="New folder for the graphs [TASK-tileTILE-fp32, e.g. sr-tile128-fp32, sr-tile144x176-fp32].")
 def export_onnx_command(task, tile, checkpoint, random_weights, seed, tiny, batch, opset, out_dir):
     """One ONNX graph per stage + manifest.json, each validated against eager PyTorch."""
     from .onnx_export import export_onnx
@@ -155,14 +152,17 @@ def export_onnx_command(task, tile, checkpoint, random_weights, seed, tiny, batc
     spec = task_named(task)
     config = spec.config.tiny() if tiny else spec.config
     tile = spec.tile[1] if tile is None else tile
-    check_tile(tile, spec, config)
+    try:
+        check_tile_fits(tile, spec, config)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if checkpoint and random_weights:
         raise UserError("give either --checkpoint or --random-weights, not both")
     if tiny and not random_weights:
         raise UserError("--tiny only goes with --random-weights (no official checkpoint has that size)")
     if not checkpoint and not random_weights:
         raise UserError(f"no weights: pass --checkpoint {spec.id}.pth, or --random-weights for a test/demo export")
-    out_dir = out_dir or Path(f"{spec.short}{'-tiny' if tiny else ''}-tile{tile}-fp32")
+    out_dir = out_dir or Path(f"{spec.short}{'-tiny' if tiny else ''}-tile{tile_name(tile)}-fp32")
     check_output(out_dir)
     from rvrt import build_model
 

@@ -8,11 +8,12 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path, PurePath
 
 from rvrt.config import RVRTConfig
+from rvrt.tiling import tile_shape_of
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -47,6 +48,18 @@ def config_from_manifest(manifest: dict) -> RVRTConfig:
     """The architecture an export was made for, as its manifest records it."""
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
     return RVRTConfig(**values)
+
+
+def tile_record(tile: int | Sequence[int]) -> int | list[int]:
+    """How a manifest records a tile: one int for a square (what every manifest before rectangular
+    tiles holds, so they all still read), [height, width] otherwise."""
+    height, width = tile_shape_of(tile)
+    return height if height == width else [height, width]
+
+
+def tile_of(manifest: dict) -> tuple[int, int]:
+    """(height, width) of the tile an export was made for, whichever way its manifest records it."""
+    return tile_shape_of(manifest["tile"])
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:

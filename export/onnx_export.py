@@ -6,16 +6,19 @@ import dataclasses
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from rvrt.config import Task
 from rvrt.model import RVRT
+from rvrt.tiling import tile_name, tile_shape_of
 
 from . import gda_onnx
 from .accuracy import FLOAT32_TOLERANCE, compare_stage
-from .manifest import FORMAT_VERSION, ArtifactError, assembled, graph_record, sha256_of, versions, write_manifest
+from .manifest import (FORMAT_VERSION, ArtifactError, assembled, graph_record, sha256_of, tile_record, versions,
+                       write_manifest)
 from .stages import StageSpec, stage_specs
 
 log = logging.getLogger(__name__)
@@ -46,18 +49,18 @@ def validate_stage(model: RVRT, spec: StageSpec, path: Path, precision: str = "f
     return compare_stage(model, spec, lambda feed: dict(zip(outputs, session.run(outputs, dict(feed)))), precision)
 
 
-def export_onnx(model: RVRT, task: Task, tile: int, out_dir: str | Path, *, batch: int = 1, opset: int = 20,
-                checkpoint: str | Path | None = None, random_seed: int | None = None) -> dict:
+def export_onnx(model: RVRT, task: Task, tile: int | Sequence[int], out_dir: str | Path, *, batch: int = 1,
+                opset: int = 20, checkpoint: str | Path | None = None, random_seed: int | None = None) -> dict:
     """Write every stage graph and ``manifest.json`` to ``out_dir``; returns the manifest.
 
-    The directory is assembled under a temporary name and renamed when complete. Every graph
-    is validated in ONNX Runtime against its eager stage; a stage over the float32 tolerance
-    fails the export, naming the stage.
+    ``tile``: (height, width) in input px, or one int for a square. The directory is assembled
+    under a temporary name and renamed when complete. Every graph is validated in ONNX Runtime
+    against its eager stage; a stage over the float32 tolerance fails the export, naming the stage.
     """
     cfg = model.config
-    if tile % 8 or tile < cfg.min_tile:
-        raise ValueError(f"tile {tile} impossible for task {task.short!r}: it must be a multiple of 8 and at least "
-                         f"{cfg.min_tile} input px (SpyNet's smallest input)")
+    if any(side % 8 or side < cfg.min_tile for side in tile_shape_of(tile)):
+        raise ValueError(f"tile {tile_name(tile)} impossible for task {task.short!r}: each side must be a multiple "
+                         f"of 8 and at least {cfg.min_tile} input px (SpyNet's smallest input)")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     out_dir = Path(out_dir)
@@ -84,8 +87,9 @@ def export_onnx(model: RVRT, task: Task, tile: int, out_dir: str | Path, *, batc
                                     f"{record['max_abs']:.3g} (tolerance {FLOAT32_TOLERANCE:g}); the export is not usable")
         manifest = {
             "format_version": FORMAT_VERSION, "task": task.id, "task_short": task.short,
-            "config": dataclasses.asdict(cfg), "scale": cfg.upscale, "tile": tile, "clip_size": cfg.clip_size,
-            "batch": batch, "opset": opset, "dtype": "float32", "stages": stages, "versions": versions(),
+            "config": dataclasses.asdict(cfg), "scale": cfg.upscale, "tile": tile_record(tile),
+            "clip_size": cfg.clip_size, "batch": batch, "opset": opset, "dtype": "float32", "stages": stages,
+            "versions": versions(),
             "checkpoint": ({"file": Path(checkpoint).name, "sha256": sha256_of(checkpoint)} if checkpoint
                            else {"random_weights": True, "seed": random_seed}),
             "validation": {"backend": "onnxruntime-cpu", "reference": "eager PyTorch float32", "passed": True,

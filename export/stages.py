@@ -7,12 +7,14 @@ graphs by these names, so both sides agree by construction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from rvrt.model import BRANCHES, RVRT
+from rvrt.tiling import tile_shape_of
 
 FEATURE_NAMES = ("shallow",) + BRANCHES
 RAW_FLOW_NAMES = ("flow_n01", "flow_n12", "flow_n23")
@@ -93,23 +95,25 @@ class StageSpec:
         return tuple(tensors)
 
 
-def stage_specs(model: RVRT, tile: int, batch: int) -> list[StageSpec]:
-    """All stage graphs of ``model`` for square tiles of ``tile`` input px, ``batch`` tiles a call."""
+def stage_specs(model: RVRT, tile: int | Sequence[int], batch: int) -> list[StageSpec]:
+    """All stage graphs of ``model`` for tiles of ``tile`` input px, (height, width) or one int for a
+    square, ``batch`` tiles a call."""
     cfg = model.config
     clip = cfg.clip_size
-    feat = tile // cfg.feature_stride
-    lq = (batch, clip, cfg.in_channels, tile, tile)
-    features = (batch, clip, cfg.embed_dims[0], feat, feat)
+    height, width = tile_shape_of(tile)
+    feat = (height // cfg.feature_stride, width // cfg.feature_stride)
+    lq = (batch, clip, cfg.in_channels, height, width)
+    features = (batch, clip, cfg.embed_dims[0], *feat)
     specs = [StageSpec("extract", (("lq", lq),), ("shallow",)),
              StageSpec("flow", (("pair", lq),), ("flows",))]
     for i, branch in enumerate(BRANCHES):
         own = tuple((name, features) for name in FEATURE_NAMES[:1 + i])
         specs.append(StageSpec(f"{branch}_first", own, ("prop",)))
         if branch.endswith("_1"):
-            flows = tuple((name, (batch, 2, feat, feat)) for name in RAW_FLOW_NAMES)
+            flows = tuple((name, (batch, 2, *feat)) for name in RAW_FLOW_NAMES)
             outputs = ("prop",) + UPDATED_FLOW_NAMES
         else:
-            flows = tuple((name, (batch, clip, 2, feat, feat)) for name in UPDATED_FLOW_NAMES)
+            flows = tuple((name, (batch, clip, 2, *feat)) for name in UPDATED_FLOW_NAMES)
             outputs = ("prop",)
         specs.append(StageSpec(branch, own + (("key", features), ("prop_in", features)) + flows, outputs))
     specs.append(StageSpec("reconstruct", (("lq", lq),) + tuple((n, features) for n in FEATURE_NAMES), ("hr",)))

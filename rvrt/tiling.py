@@ -13,12 +13,27 @@ the same float32 arithmetic in the same order, so the frames are bit-identical e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .arrays import array_namespace, host_float32
 from .config import RVRTConfig
 from .driver import Array
+
+
+def tile_shape_of(tile: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of a tile given as one int (a square) or as (height, width), a JSON list too."""
+    if isinstance(tile, int):
+        return tile, tile
+    height, width = tile
+    return height, width
+
+
+def tile_name(tile: int | Sequence[int]) -> str:
+    """A tile as users write it after --tile: "64" for a square, "144x176" for height x width."""
+    height, width = tile_shape_of(tile)
+    return str(height) if height == width else f"{height}x{width}"
+
 
 RestoreFn = Callable[[Array], Array]
 """(n, t, cin, tile_h, tile_w) -> (n, t, 3, tile_h*s, tile_w*s): a driver over some backend (any array
@@ -39,10 +54,9 @@ class Tiling:
     @property
     def tile_shape(self) -> tuple[int, int] | None:
         """(height, width) of a tile in input px; None for whole frames."""
-        if isinstance(self.tile, int):
-            return (self.tile, self.tile) if self.tile else None
-        height, width = self.tile
-        return height, width
+        if isinstance(self.tile, int) and not self.tile:
+            return None
+        return tile_shape_of(self.tile)
 
     def check(self, config: RVRTConfig) -> None:
         """Raise ValueError naming the argument that a model of ``config`` cannot serve."""
@@ -54,12 +68,13 @@ class Tiling:
         for side in self.tile_shape or ():
             if side <= 0 or side % 8:
                 raise ValueError(f"tile sides must be positive multiples of 8 (the attention window), or the tile 0 "
-                                 f"(whole frame); got {self.tile}")
+                                 f"(whole frame); got {tile_name(self.tile)}")
             if side < config.min_tile:
-                raise ValueError(f"tile {self.tile} is too small for this model: SpyNet needs at least "
+                raise ValueError(f"tile {tile_name(self.tile)} is too small for this model: SpyNet needs at least "
                                  f"{config.min_tile} input px a side (multiples of 8), see FACTS")
             if not 0 <= self.tile_overlap < side:
-                raise ValueError(f"tile overlap must be in [0, {side}) for tile {self.tile}, got {self.tile_overlap}")
+                raise ValueError(f"tile overlap must be in [0, {side}) for tile {tile_name(self.tile)}, "
+                                 f"got {self.tile_overlap}")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
 

@@ -250,7 +250,7 @@ def test_an_engine_directory_may_carry_the_plan_name(cached, tmp_path):
     named = tmp_path / "sr.plan"
     shutil.copytree(entry, named)
     with load_backend(named) as backend:
-        assert backend.tile == TILE and backend.directory == named
+        assert backend.tile == (TILE, TILE) and backend.directory == named
     with pytest.raises(ArtifactError, match="missing.plan does not exist: pass the engine directory"):
         load_backend(tmp_path / "missing.plan")
 
@@ -259,7 +259,7 @@ def test_an_engine_directory_may_carry_the_plan_name(cached, tmp_path):
 def test_full_size_task_runs_from_the_cache_on_first_and_later_use(tmp_path, monkeypatch):
     monkeypatch.setenv("RVRT_CACHE", str(tmp_path))
     first = load_backend("sr", random_weights=True, runtime="onnxruntime", tile=40)
-    assert first.name == "onnxruntime" and first.random_weights and first.tile == 40
+    assert first.name == "onnxruntime" and first.random_weights and first.tile == (40, 40)
     entry = first.directory
     made = entry.stat().st_ino
     again = load_backend("sr", random_weights=True, runtime="onnxruntime", tile=40)

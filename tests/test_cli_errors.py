@@ -55,11 +55,14 @@ def test_export_names_the_task_and_tile_expected(tmp_path):
     refused(export_cli, ["onnx", "--task", "foo", "--random-weights"],
             "--task 'foo' is not a task: expected one of sr, sr-vimeo, sr-bd, deblur-dvd, deblur-gopro, denoise")
     refused(export_cli, ["onnx", "--task", "sr", "--tile", "44", "--random-weights"],
-            "--tile must be a multiple of 8 and at least 40 input px")
-    refused(export_cli, ["onnx", "--task", "sr", "--tile", "32", "--random-weights"], "tile 32 impossible")
+            "--tile 44: expected the tile in input px, one number for a square (64) or HEIGHTxWIDTH (144x176), "
+            "each side a positive multiple of 8")
+    refused(export_cli, ["onnx", "--task", "sr", "--tile", "32", "--random-weights"],
+            "--tile 32: each side must be at least 40 input px for task 'sr'")
     refused(export_cli, ["onnx", "--task", "denoise", "--tile", "128", "--random-weights"],
-            "at least 136 input px (SpyNet's smallest input); the official tile is 256")
-    refused(export_cli, ["onnx", "--task", "sr", "--tile", "x"], "Invalid value for '--tile'")
+            "at least 136 input px for task 'denoise' (SpyNet's smallest input; multiples of 8); its official tile "
+            "is 256")
+    refused(export_cli, ["onnx", "--task", "sr", "--tile", "x"], "--tile x: expected the tile in input px")
     refused(export_cli, ["onnx", "--random-weights"], "Missing option '--task'. (see 'rvrt-export onnx --help')")
     refused(export_cli, ["onnx", "--task", "sr", "--random-weights", "--batch", "0"], "Invalid value for '--batch'")
     refused(export_cli, ["onnx", "--task", "sr", "--random-weights", "--colour"], "No such option '--colour'")
@@ -174,7 +177,7 @@ def test_validate_refuses_bad_input_in_one_line(tmp_path, fake_export):
 
 @pytest.mark.parametrize("command, expected", [
     (["rvrt-export", "onnx", "--task", "foo"], "--task 'foo' is not a task"),
-    (["rvrt-export", "onnx", "--task", "sr", "--tile", "50", "--random-weights"], "tile 50 impossible"),
+    (["rvrt-export", "onnx", "--task", "sr", "--tile", "50", "--random-weights"], "--tile 50: expected"),
     (["rvrt-validate", "nowhere", "-o", "report"], "Directory 'nowhere' does not exist"),
     (["rvrt-demo", "--task", "foo"], "--task: unknown task 'foo'"),
 ])

@@ -104,10 +104,12 @@ def test_export_refuses_impossible_tiles_and_missing_weights(tmp_path):
     result = runner.invoke(export_cli, ["onnx", "--task", "sr", "--tile", "64", "--checkpoint",
                                         str(tmp_path / "missing.pth"), "-o", str(tmp_path / "b")])
     assert result.exit_code != 0 and "does not exist" in result.output
-    for tile, task in ((36, "sr"), (44, "sr"), (128, "deblur-dvd")):
-        result = runner.invoke(export_cli, ["onnx", "--task", task, "--tile", str(tile), "--random-weights", "--tiny",
+    for tile, task, expected in (("36", "sr", "multiple of 8"), ("44", "sr", "multiple of 8"),
+                                 ("128", "deblur-dvd", "at least 136 input px"),
+                                 ("144x128", "deblur-dvd", "at least 136 input px")):
+        result = runner.invoke(export_cli, ["onnx", "--task", task, "--tile", tile, "--random-weights", "--tiny",
                                             "-o", str(tmp_path / f"t{tile}")])
-        assert result.exit_code != 0 and f"tile {tile} impossible for task" in result.output
+        assert result.exit_code == 2 and f"--tile {tile}: " in result.output and expected in result.output
     assert not any(p.name.startswith("t") for p in tmp_path.iterdir())
 
 

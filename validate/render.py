@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rvrt.tiling import tile_name
+
 STATUS = {"pass": "PASS", "fail": "**FAIL**", "skipped": "skipped"}
 
 
@@ -43,8 +45,8 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# Accuracy parity: {report['task_short']}, {weights}",
         "",
-        f"Model: `{report['model_dir']}` (task {report['task']}, tile {report['tile']}, batch {report['batch']}), "
-        f"{source}.",
+        f"Model: `{report['model_dir']}` (task {report['task']}, tile {tile_name(report['tile'])}, "
+        f"batch {report['batch']}), {source}.",
         f"Reference: {report['reference']}. Clip: {clip['frames']} frames of {clip['input_size'][0]}x"
         f"{clip['input_size'][1]} -> {clip['output_size'][0]}x{clip['output_size'][1]}, {clip['content']}.",
         "",

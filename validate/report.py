@@ -37,7 +37,7 @@ from rvrt_export.accuracy import (
     compare_stage,
 )
 from rvrt_export.fp16 import export_fp16, spec_of
-from rvrt_export.manifest import assembled, read_manifest
+from rvrt_export.manifest import assembled, read_manifest, tile_of
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from rvrt import Tiling, get_task, restore_tiled, run_recurrent
@@ -113,9 +113,9 @@ def artefact_candidates(model_dir: Path, manifest: dict, scratch: Path, model: R
     return found
 
 
-def generated_clip(task_kind: str, frames: int, size: int, scale: int) -> torch.Tensor:
-    """(1, frames, cin, size, size) degraded pan over a bundled photograph, in [0, 1]."""
-    clean = moving_photo_frames(frames, size * scale, size * scale)
+def generated_clip(task_kind: str, frames: int, height: int, width: int, scale: int) -> torch.Tensor:
+    """(1, frames, cin, height, width) degraded pan over a bundled photograph, in [0, 1]."""
+    clean = moving_photo_frames(frames, height * scale, width * scale)
     degraded = degrade(clean, task_kind, sigma=SIGMA)
     to_array = frame_to_array(SIGMA if task_kind == "denoise" else None)
     return torch.from_numpy(np.stack([to_array(frame) for frame in degraded])[None])
@@ -204,12 +204,15 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
     if frames < 2:
         raise ValueError(f"--frames must be at least 2 (one clip), got {frames}")
     task = get_task(manifest["task"])
-    tile, scale = manifest["tile"], manifest["scale"]
-    size = tile + tile // 2
-    tiling = Tiling(window=0, tile=tile, tile_overlap=min(20, tile // 4), batch=manifest["batch"])
+    (tile_h, tile_w), scale = tile_of(manifest), manifest["scale"]
+    # 1.5 tiles a side: every candidate restores overlapping tiles along both axes.
+    height, width = tile_h + tile_h // 2, tile_w + tile_w // 2
+    tiling = Tiling(window=0, tile=(tile_h, tile_w), tile_overlap=min(20, min(tile_h, tile_w) // 4),
+                    batch=manifest["batch"])
     with assembled(out_dir) as staging, tempfile.TemporaryDirectory(prefix="rvrt-validate-") as scratch:
-        lq = generated_clip(task.kind, frames, size, scale)
-        log.info("restoring the %d-frame clip of %dx%d with eager PyTorch float32 (the reference)", frames, size, size)
+        lq = generated_clip(task.kind, frames, height, width, scale)
+        log.info("restoring the %d-frame clip of %dx%d with eager PyTorch float32 (the reference)", frames, width,
+                 height)
         with torch.no_grad():
             reference = restore_tiled(model, lq, model.config, tiling)[0].numpy()
         results = []
@@ -244,10 +247,11 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
             results.append(record)
         ran = [r for r in results if r["status"] != "skipped"]
         report = {
-            "model_dir": str(model_dir.resolve()), "task": task.id, "task_short": task.short, "tile": tile,
+            "model_dir": str(model_dir.resolve()), "task": task.id, "task_short": task.short,
+            "tile": manifest["tile"],
             "batch": manifest["batch"],
             "weights": manifest["checkpoint"], "reference": "eager PyTorch float32, same tiling",
-            "clip": {"frames": frames, "input_size": [size, size], "output_size": [size * scale] * 2,
+            "clip": {"frames": frames, "input_size": [width, height], "output_size": [width * scale, height * scale],
                      "content": f"pan over a bundled photograph, degraded for {task.kind}",
                      "tiling": dataclasses.asdict(tiling)},
             "tolerances": {"stage_float32_max_abs": FLOAT32_TOLERANCE,
