@@ -37,7 +37,7 @@ from rvrt import RVRTConfig, Task
 from rvrt.tiling import tile_name, tile_shape_of
 from rvrt_export.manifest import MANIFEST, ArtifactError, assembled, sha256_of, versions
 
-from .extras import require_extra
+from .extras import missing_modules, require_extra
 
 if TYPE_CHECKING:
     from rvrt.model import RVRT
@@ -273,7 +273,9 @@ def cached_artefacts(source: ModelSource, runtime: str, *, tile: int | Sequence[
     cache = cache or ArtefactCache()
 
     def made(key: CacheKey, make: Callable[[Path], object]) -> Path:
-        if cache.problem(key) is not None:
+        # problem() reads every byte of an entry, and fetch() does again: only where the exporter is
+        # missing is it worth asking first, to refuse before fetch() takes the entry's lock.
+        if missing_modules("export") and cache.problem(key) is not None:
             require_extra("export", f"exporting {source.task.short} for --runtime {runtime} (no intact export of "
                                     f"it in the cache {cache.root} yet)")
         return cache.fetch(key, make)
