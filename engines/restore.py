@@ -229,27 +229,17 @@ def output_writer(frames: FrameSource, output, scale: int, *, overwrite=False, l
                        lossless=lossless, overwrite=overwrite, like=frames, bit_depth=bit_depth, pix_fmt=pix_fmt)
 
 
-def restore_video(backend: Backend, source, output: str | os.PathLike, *,
-                  sigma: float | None = None, window: int | None = None, window_overlap: int | None = None,
-                  tile: int | Sequence[int] | None = None, tile_overlap: int | None = None, batch: int | None = None,
-                  overwrite: bool = False, lossless: bool = False, crf: int | None = None, codec: str | None = None,
-                  pix_fmt: str | None = None, bit_depth: int | None = None, start: float | None = None,
-                  frames: int | None = None, fps: float | None = None, progress=None, windows=None,
-                  notes=None) -> RestoreSummary:
-    """Restore ``source`` (video file, folder of frames, ``-`` for YUV4MPEG2 on stdin, or an
-    open :class:`FrameSource`) into ``output`` (video file, frame folder, ``-`` for stdout).
+def resolve_tiling(backend: Backend, *, window: int | None = None, window_overlap: int | None = None,
+                   tile: int | Sequence[int] | None = None, tile_overlap: int | None = None,
+                   batch: int | None = None) -> Tiling:
+    """The checked :class:`Tiling` that ``backend`` serves for these options (None: the default).
 
-    Window, tile and overlaps default to the task's official values (a 100-frame window where
-    the official script takes the whole video, so that memory stays bounded); ``tile`` is
-    (height, width) in input px or one int for a square; exported backends fix tile and batch.
-    ``start`` (seconds) and ``frames`` restore a segment; ``fps`` is the rate of a frame folder.
-    The output is checked and its encoder opened before any frame is restored. ``progress``:
-    called with a :class:`Status` at every stage call, tile and frame. ``notes``: called with
-    each thing the output cannot keep. ``windows``: the window runner (default
-    :class:`LocalWindows` over ``backend``).
+    Defaults are the task's official values (a 100-frame window where the official script takes
+    the whole video, so that memory stays bounded); an exported backend fixes tile and batch and
+    refuses others. Every frontend (rvrt-run, rvrt-batch, the VapourSynth filter) tiles through
+    this one function, so the same options give the same windows and tiles, hence the same frames.
     """
     task = backend.task
-    check_sigma(task, sigma)
     if backend.tile is not None and tile is not None and tile_shape_of(tile) != backend.tile:
         raise ValueError(f"this {backend.name} model was exported for {tile_name(backend.tile)} px tiles, not "
                          f"{tile_name(tile)}: export again with --tile {tile_name(tile)}, or leave the tile to the "
@@ -262,6 +252,30 @@ def restore_video(backend: Backend, source, output: str | os.PathLike, *,
                     tile_overlap=task.tile_overlap[1] if tile_overlap is None else tile_overlap,
                     batch=backend.batch or batch or 1)
     tiling.check(backend.config)
+    return tiling
+
+
+def restore_video(backend: Backend, source, output: str | os.PathLike, *,
+                  sigma: float | None = None, window: int | None = None, window_overlap: int | None = None,
+                  tile: int | Sequence[int] | None = None, tile_overlap: int | None = None, batch: int | None = None,
+                  overwrite: bool = False, lossless: bool = False, crf: int | None = None, codec: str | None = None,
+                  pix_fmt: str | None = None, bit_depth: int | None = None, start: float | None = None,
+                  frames: int | None = None, fps: float | None = None, progress=None, windows=None,
+                  notes=None) -> RestoreSummary:
+    """Restore ``source`` (video file, folder of frames, ``-`` for YUV4MPEG2 on stdin, or an
+    open :class:`FrameSource`) into ``output`` (video file, frame folder, ``-`` for stdout).
+
+    Window, tile, overlaps and batch are resolved by :func:`resolve_tiling`; ``tile`` is
+    (height, width) in input px or one int for a square.
+    ``start`` (seconds) and ``frames`` restore a segment; ``fps`` is the rate of a frame folder.
+    The output is checked and its encoder opened before any frame is restored. ``progress``:
+    called with a :class:`Status` at every stage call, tile and frame. ``notes``: called with
+    each thing the output cannot keep. ``windows``: the window runner (default
+    :class:`LocalWindows` over ``backend``).
+    """
+    check_sigma(backend.task, sigma)
+    tiling = resolve_tiling(backend, window=window, window_overlap=window_overlap, tile=tile,
+                            tile_overlap=tile_overlap, batch=batch)
 
     began = time.perf_counter()
     source_frames = open_source(source, fps, start, frames)
