@@ -69,6 +69,10 @@ class SpyNet(nn.Module):
         flow = refs[0].new_zeros(refs[0].shape[0], 2, refs[0].shape[2] // 2, refs[0].shape[3] // 2)
         for level, (ref_l, supp_l) in enumerate(zip(refs, supps)):
             up = F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True) * 2.0
+            # A level of odd size (e.g. 5 rows at 160 px) is one more than twice the one below: the official
+            # SpyNet extends the upsampled flow by its last row or column (replicate).
+            if up.shape[2:] != ref_l.shape[2:]:
+                up = F.pad(up, (0, ref_l.shape[3] - up.shape[3], 0, ref_l.shape[2] - up.shape[2]), mode="replicate")
             warped = flow_warp(supp_l, up, padding_mode="border")
             flow = self.basic_module[level](torch.cat([ref_l, warped, up], 1)) + up
 
