@@ -1,7 +1,8 @@
 """The CUDA runtime on one GPU, measured side by side in one run:
 
 1. GDA alone: the fused CUDA kernel (rvrt_plugins.gda_cuda) against the pure-PyTorch reference,
-   float32 and float16: milliseconds per call and peak GPU memory, at RVRT's widths on 64x64
+   float32 and float16: milliseconds per call, peak GPU memory and each one's largest difference
+   from the reference computed in float64 on the same inputs, at RVRT's widths on 64x64
    features and at the feature sizes of whole frames (SR: 320x180 LR, the paper's setting;
    denoising: 854x480, features at a quarter).
 2. The whole network, restoring a generated clip through the recurrent driver with the task's
@@ -11,10 +12,15 @@
 
     python benchmarks/gpu.py                       # everything
     python benchmarks/gpu.py --skip-model          # GDA only
+    python benchmarks/gpu.py --skip-gda            # the whole network only
     python benchmarks/gpu.py --frames 10 --batch 4 --tasks sr
+    python benchmarks/gpu.py --skip-gda --tasks denoise --json denoise.json
 
-Random weights (seeded): this measures speed and memory, not restoration quality. Exits with
-status 2 and a message where there is no CUDA GPU or the kernel cannot be built.
+Random weights (seeded): this measures speed and memory, not restoration quality. ``--json``
+also writes every figure printed, rewritten after each row (so a run stopped half-way keeps the
+rows it finished). Exit status 1 with a message where there is no CUDA GPU or the kernel cannot be
+built (the machine lacks something), 2 for bad options. benchmarks/gpu_check.py runs it on the
+project's GPU machine, a part at a time.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -44,9 +52,30 @@ def to_uint8(frames: torch.Tensor) -> torch.Tensor:
     return (frames.clamp(0, 1) * 255).round()
 
 
-def fail(message: str) -> None:
+def fail(message: str, status: int) -> None:
+    """One line on standard error, then exit: 1 where this machine lacks something, 2 for bad options."""
     print(f"{NAME}: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
+
+
+class Figures:
+    """Every figure printed, as JSON at ``path`` (None: nowhere), rewritten whole after each row
+    through a temporary name, so the file is always complete."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.data = {"device": None, "gda": [], "model": []}
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(self.data, indent=1) + "\n")
+        os.replace(partial, self.path)
+
+
+def mib(size: int | None) -> float | None:
+    return None if size is None else round(size / 2**20, 1)
 
 
 def measure(fn, repeats: int, warm_up=None):
@@ -81,15 +110,24 @@ def gda_implementation(name: str):
             os.environ["RVRT_GDA"] = saved
 
 
-def gda_benchmark(repeats: int) -> None:
+def cell(value: float | None, spec: str) -> str:
+    """``value`` formatted, or OOM in its width where the reference ran out of memory."""
+    return "OOM".rjust(int(spec.split(".")[0])) if value is None else format(value, spec)
+
+
+def largest_difference(computed: torch.Tensor, exact: torch.Tensor) -> float:
+    return (computed.double() - exact).abs().max().item()
+
+
+def gda_benchmark(repeats: int, figures: Figures) -> None:
     from rvrt import get_task
     from rvrt.gda import guided_deform_attn_reference
     from rvrt_plugins.gda_cuda import guided_deform_attn_cuda
 
     print("\nGDA alone, one clip of 2 frames (ms per call; peak MiB allocated, inputs included)")
-    print("(max diff: fused against the reference computed in the same dtype)")
+    print("(fused err, ref err: largest difference from the reference computed in float64 on the same inputs)")
     print(f"{'size':44} {'dtype':8} {'fused ms':>9} {'ref ms':>9} {'speed-up':>8} {'fused MiB':>10} "
-          f"{'ref MiB':>9} {'max diff':>9}")
+          f"{'ref MiB':>9} {'fused err':>9} {'ref err':>9}")
     for label, task_name, channels, height, width in GDA_SIZES:
         config = get_task(task_name).config
         kh, kw = config.attention_window
@@ -102,20 +140,32 @@ def gda_benchmark(repeats: int) -> None:
                                      dtype=dtype)
             args = (q, kv, offset, kh, kw, kh // 2, heads, groups, clip)
             fused, fused_s, fused_bytes = measure(lambda: guided_deform_attn_cuda(*args), repeats)
+            row = dict(size=label, task=task_name, channels=channels, height=height, width=width,
+                       dtype=str(dtype).removeprefix("torch."), fused_ms=fused_s * 1e3, fused_peak_mib=mib(fused_bytes),
+                       reference_ms=None, reference_peak_mib=None, speed_up=None, memory_ratio=None,
+                       fused_max_abs_vs_float64=None, reference_max_abs_vs_float64=None)
+            reference = None
             try:
                 reference, ref_s, ref_bytes = measure(lambda: guided_deform_attn_reference(*args), repeats)
+                row.update(reference_ms=ref_s * 1e3, reference_peak_mib=mib(ref_bytes), speed_up=ref_s / fused_s,
+                           memory_ratio=ref_bytes / fused_bytes)
+                exact = guided_deform_attn_reference(*(t.double() for t in args[:3]), *args[3:])
+                row.update(fused_max_abs_vs_float64=largest_difference(fused, exact),
+                           reference_max_abs_vs_float64=largest_difference(reference, exact))
+                del exact
             except torch.cuda.OutOfMemoryError:
-                print(f"{label:44} {str(dtype)[6:]:8} {fused_s * 1e3:9.2f} {'OOM':>9} {'':8} "
-                      f"{fused_bytes / 2**20:10.0f} {'OOM':>9}")
-                continue
-            difference = (fused.float() - reference.float()).abs().max().item()
-            print(f"{label:44} {str(dtype)[6:]:8} {fused_s * 1e3:9.2f} {ref_s * 1e3:9.2f} {ref_s / fused_s:7.1f}x "
-                  f"{fused_bytes / 2**20:10.0f} {ref_bytes / 2**20:9.0f} {difference:9.1e}")
+                pass   # the columns left out say so: OOM
+            figures.data["gda"].append(row)
+            figures.save()
+            print(f"{label:44} {row['dtype']:8} {fused_s * 1e3:9.2f} {cell(row['reference_ms'], '9.2f')} "
+                  f"{cell(row['speed_up'], '7.1f')}x {row['fused_peak_mib']:10.0f} "
+                  f"{cell(row['reference_peak_mib'], '9.0f')} {cell(row['fused_max_abs_vs_float64'], '9.1e')} "
+                  f"{cell(row['reference_max_abs_vs_float64'], '9.1e')}")
             del fused, reference
             torch.cuda.empty_cache()
 
 
-def model_benchmark(tasks: list[str], frames: int, batch: int) -> None:
+def model_benchmark(tasks: list[str], frames: int, batch: int, figures: Figures) -> None:
     from rvrt import Tiling, build_model, get_task, restore_tiled, run_recurrent
     from rvrt_engines.runtimes.pytorch_cuda import cuda_stages
     from rvrt_engines.synthetic import moving_photo_frames
@@ -133,12 +183,15 @@ def model_benchmark(tasks: list[str], frames: int, batch: int) -> None:
               f"{batch} tiles per call")
         print("(peak MiB: all GPU memory allocated during the run, weights included; differences against "
               "eager float32 with the fused GDA)")
-        print(f"{'runtime':40} {'fps':>8} {'peak MiB':>9} {'vs first':>9} {'max abs vs float32':>19} "
+        print(f"{'runtime':40} {'fps':>8} {'ms/frame':>9} {'peak MiB':>9} {'vs first':>9} {'max abs vs float32':>19} "
               f"{'uint8 levels':>12}")
+        entry = dict(task=task_name, frames=frames, width=width, height=height, tile=tiling.tile,
+                     tile_overlap=tiling.tile_overlap, batch=batch, runs=[])
+        figures.data["model"].append(entry)
         runs = [("eager float32, reference GDA", "float32", "reference"),
                 ("eager float32, fused GDA", "float32", "native"),
                 ("eager float16, fused GDA", "float16", "native")]
-        results = []
+        restored_by_run = []
         for label, precision, implementation in runs:
             stages = cuda_stages(copy.deepcopy(model), precision)
 
@@ -149,15 +202,20 @@ def model_benchmark(tasks: list[str], frames: int, batch: int) -> None:
                 restored, seconds, peak = measure(lambda: restore_tiled(restore, lq, model.config, tiling), 1,
                                                   warm_up=lambda: restore_tiled(restore, lq[:, :2], model.config,
                                                                                 tiling))
-            results.append((label, frames / seconds, peak, restored))
+            entry["runs"].append(dict(runtime=label, precision=precision, gda=implementation, fps=frames / seconds,
+                                      ms_per_frame=seconds / frames * 1e3, peak_mib=mib(peak)))
+            figures.save()
+            restored_by_run.append(restored)
             del stages
             torch.cuda.empty_cache()
-        baseline_fps, exact = results[0][1], results[1][3]
-        for label, fps, peak, restored in results:
-            difference = (restored - exact).abs().max().item()
-            levels = (to_uint8(restored) - to_uint8(exact)).abs().max().item()
-            print(f"{label:40} {fps:8.2f} {peak / 2**20:9.0f} {fps / baseline_fps:8.2f}x {difference:19.1e} "
-                  f"{levels:12.0f}")
+        exact = restored_by_run[1]
+        for run, restored in zip(entry["runs"], restored_by_run):
+            run.update(max_abs_vs_float32=(restored - exact).abs().max().item(),
+                       uint8_levels_vs_float32=(to_uint8(restored) - to_uint8(exact)).abs().max().item())
+            print(f"{run['runtime']:40} {run['fps']:8.2f} {run['ms_per_frame']:9.1f} {run['peak_mib']:9.0f} "
+                  f"{run['fps'] / entry['runs'][0]['fps']:8.2f}x {run['max_abs_vs_float32']:19.1e} "
+                  f"{run['uint8_levels_vs_float32']:12.0f}")
+        figures.save()
 
 
 def main() -> None:
@@ -166,15 +224,20 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=6, help="frames of the generated clip (whole-network runs)")
     parser.add_argument("--batch", type=int, default=4, help="tiles per call in the whole-network runs")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per GDA measurement (median)")
-    parser.add_argument("--skip-model", action="store_true", help="measure GDA alone")
+    parts = parser.add_mutually_exclusive_group()
+    parts.add_argument("--skip-model", action="store_true", help="measure GDA alone")
+    parts.add_argument("--skip-gda", action="store_true", help="measure the whole network alone")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.frames < 2 or args.batch < 1 or args.repeats < 1:
-        fail(f"--frames must be >= 2, --batch and --repeats >= 1 (got {args.frames}, {args.batch}, {args.repeats})")
+        fail(f"--frames must be >= 2, --batch and --repeats >= 1 (got {args.frames}, {args.batch}, {args.repeats})", 2)
+    if args.json is not None and not args.json.parent.is_dir():
+        fail(f"--json {args.json}: the folder {args.json.parent} does not exist", 2)
     if not torch.cuda.is_available():
         build = ("this PyTorch has no CUDA" if torch.version.cuda is None
                  else f"PyTorch (CUDA {torch.version.cuda}) sees none")
         fail(f"no CUDA GPU ({build}): this benchmark measures the CUDA runtime; run it on a machine with an "
-             f"NVIDIA GPU and the CUDA build of torch {torch.__version__.split('+')[0]}")
+             f"NVIDIA GPU and the CUDA build of torch {torch.__version__.split('+')[0]}", 1)
 
     from rvrt_plugins.build import PluginBuildError
     from rvrt_plugins.gda_cuda import kernel_library
@@ -182,14 +245,20 @@ def main() -> None:
         started = time.perf_counter()
         library = kernel_library()
     except PluginBuildError as error:
-        fail(f"the fused GDA kernel cannot be built, so there is nothing to compare: {error}")
+        fail(f"the fused GDA kernel cannot be built, so there is nothing to compare: {error}", 1)
     properties = torch.cuda.get_device_properties(0)
     print(f"{properties.name}, {properties.total_memory / 2**30:.0f} GiB, compute capability "
           f"{properties.major}.{properties.minor}; torch {torch.__version__} (CUDA {torch.version.cuda})")
     print(f"GDA kernel library {library} ({time.perf_counter() - started:.1f} s to build or find)")
-    gda_benchmark(args.repeats)
+    figures = Figures(args.json)
+    figures.data["device"] = dict(name=properties.name, memory_gib=round(properties.total_memory / 2**30, 1),
+                                  compute_capability=f"{properties.major}.{properties.minor}",
+                                  torch=torch.__version__, cuda=torch.version.cuda, library=str(library))
+    figures.save()
+    if not args.skip_gda:
+        gda_benchmark(args.repeats, figures)
     if not args.skip_model:
-        model_benchmark(args.tasks, args.frames, args.batch)
+        model_benchmark(args.tasks, args.frames, args.batch, figures)
 
 
 if __name__ == "__main__":

@@ -227,12 +227,22 @@ def test_cuda_runtime_without_a_gpu_says_so():
         cuda_stages(tiny_model("sr"), "bfloat16")
 
 
-def test_gpu_benchmark_without_a_gpu_exits_with_a_message():
+def test_gpu_benchmark_without_a_gpu_exits_with_a_message(tmp_path):
     if HAS_GPU:
         pytest.skip("this machine has a GPU")
-    result = subprocess.run([sys.executable, "benchmarks/gpu.py"], capture_output=True, text=True, cwd=REPOSITORY)
-    assert result.returncode == 2
+    figures = tmp_path / "figures.json"
+    result = subprocess.run([sys.executable, "benchmarks/gpu.py", "--json", str(figures)], capture_output=True,
+                            text=True, cwd=REPOSITORY)
+    # Status 1: the machine lacks something (README, "Exit status"); nothing measured, nothing written.
+    assert result.returncode == 1
     assert result.stderr.startswith("benchmarks/gpu.py: no CUDA GPU") and "Traceback" not in result.stderr
+    assert not figures.exists()
+    # A bad option is status 2, found before the GPU is looked for.
+    result = subprocess.run([sys.executable, "benchmarks/gpu.py", "--json", str(tmp_path / "missing" / "f.json")],
+                            capture_output=True, text=True, cwd=REPOSITORY)
+    assert result.returncode == 2
+    assert result.stderr == f"benchmarks/gpu.py: --json {tmp_path / 'missing' / 'f.json'}: the folder " \
+                            f"{tmp_path / 'missing'} does not exist\n"
 
 
 # -- on a GPU ------------------------------------------------------------------------------------
