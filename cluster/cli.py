@@ -1,15 +1,26 @@
 """``rvrt-batch MODEL INPUT... -o OUT_DIR``: many videos restored by one pool of Ray workers.
 
-One :class:`RayWindows` pool serves the whole batch: files are restored one after another,
-each file's temporal windows spread over all the workers, so a single long video and many
-short ones use the cluster alike and every file is written by the driver exactly as
-``rvrt-run`` writes it (same frames, temporary name renamed when complete).
+One :class:`RayWindows` pool serves the whole batch. Several files are restored at once (a
+driver thread each) and their temporal windows share the pool's window slots, the first file
+first: a single long video and many one-window clips keep every worker busy alike, memory stays
+bounded by the same number of windows in flight, and every file is written by the driver
+exactly as ``rvrt-run`` writes it (same frames, in order, under a temporary name renamed when
+complete).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import shutil
 import sys
+import threading
 import time
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,10 +28,11 @@ from typing import TYPE_CHECKING
 import click
 from tqdm import tqdm
 
-from rvrt_engines.cli import USER_ERRORS, UserError, encoding_options, known_task, model_options
+from rvrt import window_spans
+from rvrt_engines.cli import USER_ERRORS, UserError, encoding_options, known_task, model_options, parse_time
 from rvrt_engines.extras import require_extra
-from rvrt_engines.progress import terminal_columns
-from rvrt_engines.restore import check_sigma, open_source, output_writer, restore_video
+from rvrt_engines.progress import clock, terminal_columns
+from rvrt_engines.restore import check_sigma, open_source, output_writer, resolve_tiling, restore_video
 from rvrt_engines.tile_option import check_tile_fits
 from rvrt_engines.video import Terminated, VideoInputError, VideoOutputError, natural_key, signals_as_exceptions
 from rvrt_engines.video.reader import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -88,60 +100,86 @@ def plan(sources: list[Path], out_dir: Path, suffix: str | None) -> list[Item]:
 
 
 class BatchProgress:
-    """One bar over the frames of every file (a tqdm bar on a terminal that reports its width, else a
-    plain line every ``interval`` seconds on standard error), with the windows done over all workers."""
+    """Files and windows done over the whole batch, frames per second and an ETA: a tqdm bar on a
+    terminal that reports its width, else a plain line on standard error every ``interval`` seconds
+    and whenever a file is finished. Fed from the threads of the files restored at once.
 
-    def __init__(self, items: list[Item], pool: RayWindows, enabled: bool, interval: float = 10.0):
-        self.items = items
+    Work is counted in window-frames (``rvrt_engines.progress``): the ETA is the time per unit of
+    work done so far times the work left, the work of files that failed taken out."""
+
+    def __init__(self, windows: dict[int, list[int]], pool: RayWindows, enabled: bool, interval: float = 10.0):
+        self.lengths = windows
         self.pool = pool
-        self.total = sum(item.frames for item in items if item.state == "pending")
-        self.finished = 0
-        self.current = 0.0
-        self.index = 0
+        self.enabled = enabled
+        self.interval = interval
+        self.files = len(windows)
+        self.windows = sum(len(spans) for spans in windows.values())
+        self.work = float(sum(sum(spans) for spans in windows.values()))
+        self.finished = self.failed = 0
+        self.finished_work = self.finished_frames = 0.0
+        self.current: dict[int, tuple[float, float]] = {}
+        self.lock = threading.RLock()
         self.began = time.perf_counter()
         self.last = self.began
         self.bar = None
-        self.label = ""
-        self.enabled = enabled
         if enabled and terminal_columns(sys.stderr) > 0:
-            self.bar = tqdm(total=self.total, desc="rvrt-batch", unit="frame", dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+            self.bar = tqdm(total=max(self.work, 1.0), desc="rvrt-batch", dynamic_ncols=True,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
 
-    def start(self, position: int, count: int, item: Item) -> None:
-        self.label = f"file {position}/{count} {item.source.name}"
-        self.current = 0.0
+    def update(self, key: int, status) -> None:
+        with self.lock:
+            self.current[key] = (status.work_done, status.frames_done)
+            self.show()
 
-    def __call__(self, status) -> None:
-        self.current = status.frames_done
-        self.show()
+    def file_done(self, key: int, item: Item) -> None:
+        with self.lock:
+            self.current.pop(key, None)
+            if item.state == "done":
+                self.finished += 1
+                self.finished_work += sum(self.lengths[key])
+                self.finished_frames += item.frames
+            else:
+                self.failed += item.state == "failed"
+                self.work -= sum(self.lengths[key])
+            self.show(force=True)
 
-    def file_done(self, item: Item) -> None:
-        self.finished += item.frames
-        self.current = 0.0
-        self.show(force=True)
+    def line(self) -> str:
+        now = time.perf_counter()
+        done = self.finished_work + sum(work for work, _ in self.current.values())
+        frames = self.finished_frames + sum(frames for _, frames in self.current.values())
+        windows = sum(stats.windows for stats in self.pool.stats)
+        eta = (now - self.began) / done * max(self.work - done, 0.0) if done > 0 else None
+        failed = f" ({self.failed} failed)" if self.failed else ""
+        return (f"{self.finished}/{self.files} files{failed}, {windows}/{self.windows} windows on "
+                f"{count_of(len(self.pool.stats), 'worker')}, {frames:.0f} frames, "
+                f"{frames / (now - self.began):.3g} fps, ETA {clock(eta)}")
 
     def show(self, force: bool = False) -> None:
+        """Draw the bar, or print a plain line when ``interval`` seconds have passed (or ``force``)."""
         if not self.enabled:
             return
-        done = self.finished + self.current
-        windows = sum(stats.windows for stats in self.pool.stats)
-        if self.bar is not None:
-            self.bar.n = done
-            self.bar.set_postfix_str(f"{self.label}, {count_of(windows, 'window')}", refresh=False)
-            self.bar.refresh()
-            return
-        now = time.perf_counter()
-        if force or now - self.last >= 10.0:
-            self.last = now
-            rate = done / (now - self.began) if now > self.began else 0.0
-            click.echo(f"rvrt-batch: {done:.0f}/{self.total} frames, {self.label}, {count_of(windows, 'window')} on "
-                       f"{count_of(len(self.pool.stats), 'worker')}, {rate:.3g} fps", err=True)
+        with self.lock:
+            if self.bar is not None:
+                done = self.finished_work + sum(work for work, _ in self.current.values())
+                self.bar.total = max(self.work, 1.0)
+                self.bar.n = min(done, self.bar.total)
+                self.bar.set_postfix_str(self.line().rsplit(", ETA", 1)[0], refresh=False)
+                self.bar.refresh()
+                return
+            now = time.perf_counter()
+            if force or now - self.last >= self.interval:
+                self.last = now
+                click.echo(f"rvrt-batch: {self.line()}", err=True)
 
-    def note(self, message: str) -> None:
+    def note(self, item: Item, message: str) -> None:
         """What an output cannot keep, or how an input was converted, said without breaking the bar."""
         if self.enabled:
-            (self.bar.write if self.bar is not None else lambda line: click.echo(line, err=True))(
-                f"{self.label}: {message}")
+            with self.lock:
+                line = f"{item.source.name}: {message}"
+                if self.bar is not None:
+                    self.bar.write(line, file=sys.stderr)
+                else:
+                    click.echo(line, err=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -183,17 +221,25 @@ def summary_lines(items: list[Item], pool: RayWindows | None, seconds: float) ->
 @click.option("--workers", type=int, help="Ray workers, each loading the model once [one per GPU for GPU backends, "
                                           "else one per node].")
 @click.option("--threads", type=int, help="CPU threads per worker [the CPUs shared out on a local cluster, else 1].")
+@click.option("--start", "start_time", help="Restore every file from this time: seconds or HH:MM:SS[.ms] (audio cut "
+                                            "to match).")
+@click.option("--frames", "frame_limit", type=int, help="Restore at most this many frames of every file.")
 @model_options
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (one GPU per worker).")
 @encoding_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs [they are skipped].")
 @click.option("--allow-unvalidated", is_flag=True, help="Serve an export without a passing validation record.")
 @click.option("--quiet", is_flag=True, help="No progress.")
-def main(model, inputs, output_dir, suffix, address, workers, threads, task, checkpoint, random_weights, runtime,
-         fp16, sigma, window, window_overlap, tile, tile_overlap, batch, device, codec, crf, lossless, bit_depth,
-         pix_fmt, overwrite, allow_unvalidated, quiet):
+@click.option("--verbose", is_flag=True, help="Also show Ray's own messages (start-up, connection, workers' logs).")
+def main(model, inputs, output_dir, suffix, address, workers, threads, start_time, frame_limit, task, checkpoint,
+         random_weights, runtime, fp16, sigma, window, window_overlap, tile, tile_overlap, batch, device, codec, crf,
+         lossless, bit_depth, pix_fmt, overwrite, allow_unvalidated, quiet, verbose):
     """Restore every INPUT (video files, folders of videos, folders of frames) with MODEL into
-    OUTPUT_DIR, on a Ray cluster. Exit status 1 when any file failed."""
+    OUTPUT_DIR, on a Ray cluster. Existing outputs are skipped, so a batch that was stopped
+    restores only what is missing when run again.
+
+    Exit status: 0 every file done or skipped, 1 a file failed (the summary names it and why) or
+    the cluster lacks something, 2 bad input, 128 + N when stopped by signal N (130 for Ctrl-C)."""
     began = time.perf_counter()
     items: list[Item] = []
     pool = None
@@ -215,7 +261,8 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, task, che
                 raise UserError(f"--workers {workers}: expected at least 1")
             if threads is not None and threads < 1:
                 raise UserError(f"--threads {threads}: expected at least 1")
-            probe(items, known, overwrite, encoding)
+            segment = dict(start=parse_time(start_time), frames=frame_limit)
+            probe(items, known, overwrite, encoding, segment)
             if not any(item.state == "pending" for item in items):
                 finish(items, None, began)
             load_args = dict(model=model, task=task, checkpoint=checkpoint, random_weights=random_weights,
@@ -226,7 +273,9 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, task, che
             if fp16:
                 load_args["fp16"] = True
             pool = RayWindows(load_args, address=address, workers=workers, threads=threads)
-            with pool:
+            with ExitStack() as started:
+                with ray_messages(verbose):
+                    started.enter_context(pool)
                 warn(pool, allow_unvalidated)
                 restore_all(items, pool, quiet, dict(sigma=sigma, window=window, window_overlap=window_overlap,
                                                      tile=tile, tile_overlap=tile_overlap, batch=batch,
@@ -234,7 +283,8 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, task, che
     except (Terminated, KeyboardInterrupt) as stop:
         for line in summary_lines(items, pool, time.perf_counter() - began):
             click.echo(line, err=True)
-        click.echo(f"rvrt-batch: {str(stop) or 'interrupted (Ctrl-C)'}; the file in progress was not written", err=True)
+        click.echo(f"rvrt-batch: {str(stop) or 'interrupted (Ctrl-C)'}; the files in progress were not written "
+                   f"(run the same command again to restore what is missing)", err=True)
         sys.exit(getattr(stop, "exit_status", 130))
     except USER_ERRORS as err:
         raise UserError(str(err)) from None
@@ -245,15 +295,47 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, task, che
     finish(items, pool, began)
 
 
-def probe(items: list[Item], known, overwrite: bool, encoding: dict) -> None:
-    """Skip existing outputs, open every input (unreadable ones fail here, before any work) and check
-    the output encoder where the task is known."""
+@contextmanager
+def ray_messages(verbose: bool) -> Iterator[None]:
+    """Ray's start-up lines (its own log records and what its processes print to this process's
+    standard error, such as the token-authentication warning) go nowhere unless ``verbose``; a
+    failure to start is still reported, in one line, by the caller."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.worker", "ray._private.worker")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def probe(items: list[Item], known, overwrite: bool, encoding: dict, segment: dict) -> None:
+    """Skip existing outputs, remove temporaries that an interrupted run of ours left beside an output,
+    open every input (unreadable ones fail here, before any work; ``segment``: start and frames) and
+    check the output encoder where the task is known."""
     for item in items:
+        for leftover in leftovers(item.output):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            click.echo(f"removed {leftover}: an unfinished output left by a run that was killed", err=True)
         if item.output.exists() and not overwrite:
             item.state, item.reason = "skipped", f"{item.output} exists (--overwrite replaces it)"
             continue
         try:
-            item.opened = open_source(item.source)
+            item.opened = open_source(item.source, None, **segment)
         except VideoInputError as err:
             item.state, item.reason = "failed", str(err)
             continue
@@ -268,6 +350,17 @@ def probe(items: list[Item], known, overwrite: bool, encoding: dict) -> None:
                 raise UserError(f"{item.source}: {err}") from None
 
 
+def leftovers(output: Path) -> list[Path]:
+    """Temporaries of ``output`` that a killed run left behind: the names outputs are written under
+    until complete (``rvrt_engines.video.output.Staging``: ``.NAME.partial-TAG`` + the suffix)."""
+    if not output.parent.is_dir():
+        return []
+    folder = output.suffix == ""
+    pattern = re.compile(re.escape(f".{output.name if folder else output.stem}.partial-") + "[0-9a-f]{8}"
+                         + re.escape("" if folder else output.suffix))
+    return sorted(path for path in output.parent.iterdir() if pattern.fullmatch(path.name))
+
+
 def warn(pool: RayWindows, allow_unvalidated: bool) -> None:
     if allow_unvalidated:
         click.secho("warning: --allow-unvalidated: this model's outputs have not been checked against eager PyTorch",
@@ -277,30 +370,77 @@ def warn(pool: RayWindows, allow_unvalidated: bool) -> None:
                     err=True)
 
 
-def restore_all(items: list[Item], pool: RayWindows, quiet: bool, options: dict) -> None:
-    """Each pending file in turn over the whole pool; a file that fails is recorded and the next one
-    goes on, unless the options themselves cannot work (exit 2) or every worker is lost."""
-    from .windows import WindowFailed
+def restore_all(items: list[Item], pool: RayWindows, quiet: bool, options: dict, interval: float = 10.0) -> None:
+    """The pending files, several at once over the whole pool (one thread each, as many as the pool
+    has window slots), so that every worker has a window while windows are left. A file that fails
+    is recorded and the others go on, unless the options themselves cannot work (exit 2) or no
+    worker is left (the files not restored fail with the reason)."""
+    from .windows import Cancelled, WindowFailed
 
     pending = [item for item in items if item.state == "pending"]
-    progress = BatchProgress(items, pool, enabled=not quiet)
-    try:
-        for position, item in enumerate(pending, 1):
-            progress.start(position, len(pending), item)
-            try:
-                summary = restore_video(pool.backend, item.opened, item.output, windows=pool, progress=progress,
-                                        notes=progress.note, **options)
-            except (VideoInputError, VideoOutputError, WindowFailed, FileExistsError, OSError) as err:
-                item.state, item.reason = "failed", str(err)
-                continue
-            except RuntimeError as err:
-                for rest in pending[position - 1:]:
-                    rest.state, rest.reason = "failed", f"not restored: {err}"
-                return
+    tiling = resolve_tiling(pool.backend, **{name: options[name] for name in ("window", "window_overlap", "tile",
+                                                                              "tile_overlap", "batch")})
+    windows = {key: [stop - first for first, stop in window_spans(item.frames, tiling)] if item.frames else []
+               for key, item in enumerate(pending)}
+    progress = BatchProgress(windows, pool, enabled=not quiet, interval=interval)
+    todo = deque(enumerate(pending))
+    taking = threading.Lock()
+    stopped: list[BaseException] = []
+
+    def restore_one(key: int, item: Item, runner) -> None:
+        try:
+            summary = restore_video(pool.backend, item.opened, item.output, windows=runner,
+                                    progress=lambda status: progress.update(key, status),
+                                    notes=lambda message: progress.note(item, message), **options)
+        except Cancelled:
+            return
+        except (VideoInputError, VideoOutputError, WindowFailed, FileExistsError, OSError) as err:
+            item.state, item.reason = "failed", str(err)
+        except RuntimeError as err:
+            item.state, item.reason = "failed", f"not restored: {err}"
+            stopped.append(err)
+        except BaseException as err:
+            stopped.append(err)
+            pool.cancel(f"stopped by an error on another file: {err}")
+            return
+        else:
             item.state, item.frames, item.seconds = "done", summary.frames, summary.seconds
-            progress.file_done(item)
+        progress.file_done(key, item)
+
+    def drive() -> None:
+        while True:
+            with taking:
+                if not todo or stopped:
+                    return
+                key, item = todo.popleft()
+                runner = pool.for_file()
+            restore_one(key, item, runner)
+
+    threads = [threading.Thread(target=drive, name=f"rvrt-batch-{index}", daemon=True)
+               for index in range(min(len(pending), pool.max_in_flight))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(interval)
+                progress.show()
+    except BaseException:
+        # Ctrl-C or SIGTERM (this thread's): every file in progress stops and removes its temporary.
+        with taking:
+            stopped.append(Cancelled("interrupted"))
+        pool.cancel("interrupted")
+        for thread in threads:
+            thread.join()
+        raise
     finally:
         progress.close()
+    failure = next((err for err in stopped if not isinstance(err, RuntimeError)), None)
+    if failure is not None:
+        raise failure
+    if stopped:
+        for _, rest in todo:
+            rest.state, rest.reason = "failed", f"not restored: {stopped[0]}"
 
 
 def finish(items: list[Item], pool: RayWindows | None, began: float) -> None:

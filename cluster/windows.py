@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import itertools
 import signal
-import socket
 import sys
 import threading
 import time
@@ -121,12 +121,13 @@ class WindowWorker:
         return self.backend
 
     def describe(self) -> tuple[Backend, str, int]:
-        return describe_backend(self.loaded()), socket.gethostname(), os.getpid()
+        return describe_backend(self.loaded()), ray.get_runtime_context().get_node_id(), os.getpid()
 
     @ray.method(max_task_retries=-1)
-    def ping(self) -> int:
-        """Answers once the worker is up again after a restart; fails once Ray gave up on it."""
-        return os.getpid()
+    def ping(self) -> tuple[str, int]:
+        """Answers (node id, pid) once the worker is up again after a restart (on another node when
+        its node is lost); fails once Ray gave up on it."""
+        return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def restore(self, window: np.ndarray, tiling: Tiling) -> tuple[np.ndarray, float, float, int]:
         """window (n, t, cin, H, W) from ``pack_window`` -> (restored (n, t, 3, H*s, W*s) float32,
@@ -142,7 +143,9 @@ class WindowWorker:
 class WorkerStats:
     """One worker's share of the work: windows restored, their frames, seconds spent restoring,
     the CPU seconds its process used meanwhile (below ``seconds`` x threads when the machine is
-    shared or the work waits on a GPU), and failures (windows that failed on it, deaths included)."""
+    shared or the work waits on a GPU), and failures (windows that failed on it, deaths included).
+    ``node``: the Ray node it runs on (its name, by default its IP address, and the start of its
+    node id, which tells apart nodes sharing an address)."""
 
     index: int
     node: str
@@ -156,7 +159,7 @@ class WorkerStats:
     def line(self) -> str:
         rate = f", {self.frames / self.seconds:.2f} frames/s" if self.seconds else ""
         failed = f", {self.failures} failed" if self.failures else ""
-        return (f"worker {self.index} ({self.node}, pid {self.pid}): {count_of(self.windows, 'window')}, "
+        return (f"worker {self.index} (node {self.node}, pid {self.pid}): {count_of(self.windows, 'window')}, "
                 f"{count_of(self.frames, 'frame')}, {self.seconds:.1f} s ({self.cpu_seconds:.1f} s CPU){rate}{failed}")
 
 
@@ -165,19 +168,22 @@ class _Worker:
     actor: object
     stats: WorkerStats
     busy: bool = False
-    lost: bool = False
+    down: bool = False                  # died; Ray is bringing it back (a ping is out)
+    lost: bool = False                  # Ray gave up on it
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
-    """One input window of the current video and what became of it."""
+    """One input window of a video and what became of it."""
 
     index: int
-    window: object                      # ObjectRef of the packed input, kept until the window is done
+    window: object                      # ObjectRef of the packed input, dropped once restored
     frames: int
+    tiling: Tiling
     result: np.ndarray | None = None
     failed_on: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    out_of_attempts: bool = False
 
 
 @dataclass
@@ -187,6 +193,31 @@ class _Task:
     worker: _Worker
     job: _Job | None
     ping: bool = False
+
+
+class Cancelled(RuntimeError):
+    """The pool is stopping (the driver was interrupted): windows not handed back are dropped."""
+
+
+class FileWindows:
+    """One video's share of a :class:`RayWindows` pool: a window runner for ``restore_video`` (entering
+    and leaving it leaves the pool as it is). Videos restored at once through several of these are
+    given the pool's window slots in the order their runners were made: the first wanting a slot
+    gets it, so a long video keeps every worker busy and later videos wait, holding no window."""
+
+    def __init__(self, pool: RayWindows, order: int):
+        self.pool = pool
+        self.order = order
+        self.backend = pool.backend
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, windows: Iterable[np.ndarray], tiling: Tiling) -> Iterator[np.ndarray]:
+        return self.pool._map(windows, tiling, self.order)
 
 
 class RayWindows:
@@ -199,15 +230,18 @@ class RayWindows:
     used and left alone. workers: actors (default: one per GPU for backends that need a GPU,
     else one per node), each with ``threads`` CPUs (ONNX Runtime / PyTorch threads; default:
     the machine's CPUs shared out on a local cluster, 1 on a joined one) and one GPU where the
-    backend needs one. max_in_flight: windows read and not yet handed back (default 2 per
-    worker): memory stays flat in the video's length. attempts: tries per window, on another
-    worker where one is free, before the run stops with :class:`WindowFailed`.
+    backend needs one. max_in_flight: windows read and not yet handed back, over every video
+    restored at once (default 2 per worker): memory stays flat in the videos' length and number.
+    attempts: tries per window, on another worker where one is free, before its video stops with
+    :class:`WindowFailed`.
 
     Entering starts the workers and loads their backends (load errors are raised as they are);
     ``backend`` then describes the model for ``restore_video``. Entering again while entered
-    keeps the same workers (``rvrt-batch`` holds one pool over many ``restore_video`` calls);
-    the last exit, also on errors and Ctrl-C, kills the workers and shuts down a cluster it
-    started.
+    keeps the same workers; the last exit, also on errors and Ctrl-C, kills the workers and shuts
+    down a cluster it started. ``map`` restores one video; ``for_file()`` gives a runner per video
+    for several videos restored at once from several threads (``rvrt-batch``): one scheduler
+    thread hands windows to idle workers, collects what comes back and resends what a dead worker
+    or a lost node took with it.
     """
 
     def __init__(self, load_args: dict, *, address: str = "local", workers: int | None = 1,
@@ -231,7 +265,19 @@ class RayWindows:
         self._depth = 0
         self._connected = False
         self._pool: list[_Worker] = []
+        self._needs: tuple[int, int] = (1, 0)
+        self._nodes: dict[str, str] = {}
+        self._order = itertools.count()
+        self._state = threading.Condition()
+        # Everything below is guarded by _state; the scheduler thread and the videos' threads share it.
         self._running: dict[object, _Task] = {}
+        self._queue: deque[_Job] = deque()
+        self._in_flight = 0
+        self._waiting: set[int] = set()
+        self._fatal: tuple[type[RuntimeError], str] | None = None
+        self._stopping = False
+        self._checked = 0.0
+        self._scheduler: threading.Thread | None = None
 
     @property
     def stats(self) -> list[WorkerStats]:
@@ -276,6 +322,7 @@ class RayWindows:
         self.max_in_flight = self.max_in_flight or 2 * self.workers
         threads = self.threads or self._default_threads()
         self._check_resources(threads, gpus)
+        self._needs = (threads, gpus)
         load_args = {**self.load_args, "threads": threads}
         actors = [WindowWorker.options(num_cpus=threads, num_gpus=gpus).remote(self.loader, load_args, threads)
                   for _ in range(self.workers)]
@@ -286,8 +333,11 @@ class RayWindows:
         except RayTaskError as err:
             raise err.cause from None
         for worker, (backend, node, pid) in zip(self._pool, described):
-            worker.stats.node, worker.stats.pid = node, pid
+            worker.stats.node, worker.stats.pid = self._node_name(node), pid
         self.backend = described[0][0]
+        self._fatal, self._stopping, self.retries = None, False, 0
+        self._scheduler = threading.Thread(target=self._serve, name="ray-windows", daemon=True)
+        self._scheduler.start()
 
     def _default_threads(self) -> int:
         if not self._connected or self.address != "local":
@@ -309,118 +359,246 @@ class RayWindows:
             raise ValueError(f"this backend needs one GPU per worker: --workers {self.workers} needs "
                              f"{count_of(self.workers, 'GPU')}, the Ray cluster has {have_gpus}")
 
+    def _node_name(self, node_id: str) -> str:
+        """'NAME ID8': the node's name (its IP address unless ``ray start --node-name`` set one) and the
+        start of its id."""
+        if node_id not in self._nodes:
+            for node in ray.nodes():
+                self._nodes[node["NodeID"]] = f"{node.get('NodeName') or node['NodeManagerAddress']} {node['NodeID'][:8]}"
+        return self._nodes.get(node_id, node_id[:8])
+
     def _stop(self) -> None:
+        with self._state:
+            self._stopping = True
+            self._state.notify_all()
+        if self._scheduler is not None:
+            self._scheduler.join()
+            self._scheduler = None
         for worker in self._pool:
             ray.kill(worker.actor, no_restart=True)
-        self._running.clear()
+        with self._state:
+            self._running.clear()
+            self._queue.clear()
         if self._connected:
             ray.shutdown()
             self._connected = False
 
+    def cancel(self, reason: str) -> None:
+        """Stop every video being restored: each raises :class:`Cancelled` at its next window."""
+        with self._state:
+            self._fatal = self._fatal or (Cancelled, reason)
+            self._state.notify_all()
+
     def report(self) -> list[str]:
         """One line per worker: windows, frames, seconds restoring, frames per second, failures."""
-        lines = [worker.stats.line() + (" (lost)" if worker.lost else "") for worker in self._pool]
+        lines = []
+        for worker in self._pool:
+            gone = " (lost)" if worker.lost else " (died; not back by the end)" if worker.down else ""
+            lines.append(worker.stats.line() + gone)
         if self.retries:
             lines.append(f"{count_of(self.retries, 'window')} restored again after a failure")
         return lines
 
+    def for_file(self) -> FileWindows:
+        """A runner for one of several videos restored at once; videos get window slots in the order
+        their runners were made."""
+        return FileWindows(self, next(self._order))
+
     def map(self, windows: Iterable[np.ndarray], tiling: Tiling) -> Iterator[np.ndarray]:
         """Input windows (n, t, cin, H, W) in order -> restored windows (n, t, 3, H*s, W*s) in the same
         order, restored on the workers with at most ``max_in_flight`` windows read and not yet yielded."""
+        return self._map(windows, tiling, next(self._order))
+
+    def _map(self, windows: Iterable[np.ndarray], tiling: Tiling, order: int) -> Iterator[np.ndarray]:
         if not self._depth:
             raise RuntimeError("RayWindows.map needs the workers: use it inside 'with RayWindows(...)'")
         source = iter(windows)
         jobs: dict[int, _Job] = {}
-        queue: deque[_Job] = deque()
         read = emitted = 0
         exhausted = False
         try:
             while True:
-                while not exhausted and len(jobs) < self.max_in_flight:
+                step = self._next_step(order, jobs, emitted, exhausted)
+                if step == "read":
                     lq = next(source, None)
                     if lq is None:
                         exhausted = True
-                        break
-                    jobs[read] = _Job(read, ray.put(pack_window(lq)), lq.shape[1])
-                    queue.append(jobs[read])
+                        with self._state:
+                            self._in_flight -= 1
+                            self._state.notify_all()
+                        continue
+                    job = _Job(read, ray.put(pack_window(lq)), lq.shape[1], tiling)
+                    del lq
+                    with self._state:
+                        jobs[read] = job
+                        self._queue.append(job)
+                        self._dispatch()
+                        self._state.notify_all()
                     read += 1
-                self._dispatch(queue, tiling)
-                done = jobs.get(emitted)
-                if done is not None and done.result is not None:
-                    del jobs[emitted]
+                elif step == "yield":
+                    job = jobs.pop(emitted)
                     emitted += 1
-                    # A copy: arrays from Ray's object store are read-only.
-                    yield done.result.copy()
-                    continue
-                if not jobs:
+                    # A copy: arrays from Ray's object store are read-only, and the copy lets the store
+                    # free the result before the caller blends it.
+                    restored, job.result = job.result.copy(), None
+                    with self._state:
+                        self._in_flight -= 1
+                        self._state.notify_all()
+                    yield restored
+                elif step == "done":
                     return
-                failed = self._complete_one(queue)
-                if failed is not None:
+                else:
+                    failed = step
                     if not exhausted and failed.index == read - 1:
                         exhausted = next(source, None) is None
                     raise WindowFailed(self._failure_message(failed, tiling, read if exhausted else None))
         finally:
-            for task in self._running.values():
-                task.job = None
+            with self._state:
+                for job in jobs.values():
+                    if job in self._queue:
+                        self._queue.remove(job)
+                for task in self._running.values():
+                    if task.job is not None and jobs.get(task.job.index) is task.job:
+                        task.job = None
+                self._in_flight -= len(jobs)
+                self._state.notify_all()
 
-    def _dispatch(self, queue: deque[_Job], tiling: Tiling) -> None:
+    def _next_step(self, order: int, jobs: dict[int, _Job], emitted: int, exhausted: bool):
+        """Wait until this video can read a window ("read": a slot is taken for it), hand one back
+        ("yield"), is finished ("done") or has a window out of attempts (that window is returned).
+        A free slot goes to the first video (in the order of their runners) waiting for one."""
+        with self._state:
+            if not exhausted:
+                self._waiting.add(order)
+            try:
+                while True:
+                    if self._fatal is not None:
+                        kind, message = self._fatal
+                        raise kind(message)
+                    failed = next((job for job in jobs.values() if job.out_of_attempts), None)
+                    if failed is not None:
+                        return failed
+                    if not exhausted and self._in_flight < self.max_in_flight and min(self._waiting) == order:
+                        self._in_flight += 1
+                        return "read"
+                    ready = jobs.get(emitted)
+                    if ready is not None and ready.result is not None:
+                        return "yield"
+                    if exhausted and not jobs:
+                        return "done"
+                    self._state.wait()
+            finally:
+                self._waiting.discard(order)
+
+    def _serve(self) -> None:
+        """The scheduler thread: hand queued windows to idle workers and account for what comes back."""
+        try:
+            while True:
+                with self._state:
+                    if self._stopping:
+                        return
+                    self._dispatch()
+                    self._check_workers()
+                    calls = list(self._running)
+                    if not calls:
+                        self._state.wait(0.5)
+                        continue
+                ready, _ = ray.wait(calls, num_returns=1, timeout=0.05)
+                del calls
+                if ready:
+                    with self._state:
+                        self._complete(ready[0])
+                        self._state.notify_all()
+                    del ready
+        except Exception as err:
+            with self._state:
+                self._fatal = (RuntimeError, f"the Ray scheduler stopped: {type(err).__name__}: {err}")
+                self._state.notify_all()
+
+    def _dispatch(self) -> None:
         """Hand queued windows to idle workers, a retried window to one it has not failed on where possible."""
-        while queue:
-            idle = [worker for worker in self._pool if not worker.busy and not worker.lost]
+        while self._queue:
+            idle = [worker for worker in self._pool if not (worker.busy or worker.down or worker.lost)]
             if not idle:
-                if not self._running:
-                    raise RuntimeError(f"all {len(self._pool)} Ray workers are lost (each died more than "
-                                       f"{WORKER_RESTARTS} times or its node is gone); see the Ray logs")
                 return
-            job = queue.popleft()
+            job = self._queue.popleft()
             fresh = [worker for worker in idle if worker.stats.index not in job.failed_on]
             worker = (fresh or idle)[0]
             worker.busy = True
-            self._running[worker.actor.restore.remote(job.window, tiling)] = _Task(worker, job)
+            self._running[worker.actor.restore.remote(job.window, job.tiling)] = _Task(worker, job)
 
-    def _complete_one(self, queue: deque[_Job]) -> _Job | None:
-        """Wait for one call to finish and account for it; returns a window that is out of attempts."""
-        with signal_exceptions_unwrapped():
-            ready, _ = ray.wait(list(self._running), num_returns=1)
-        task = self._running.pop(ready[0])
+    def _check_workers(self) -> None:
+        """With windows waiting and no worker to take them: stop the run when none can come back."""
+        if not self._queue or self._fatal is not None:
+            return
+        if any(not (worker.down or worker.lost) for worker in self._pool):
+            return
+        if all(worker.lost for worker in self._pool):
+            self._fatal = (RuntimeError, f"all {len(self._pool)} Ray workers are lost (each died more than "
+                                         f"{WORKER_RESTARTS} times or its node is gone); see the Ray logs")
+            self._state.notify_all()
+            return
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        threads, gpus = self._needs
+        nodes = ray.nodes()
+        if any(node["Alive"] and node["Resources"].get("CPU", 0) >= threads and node["Resources"].get("GPU", 0) >= gpus
+               for node in nodes):
+            return      # Ray brings the workers back there
+        gone = sorted({worker.stats.node for worker in self._pool})
+        need = count_of(threads, "CPU") + (f" and {count_of(gpus, 'GPU')}" if gpus else "")
+        self._fatal = (RuntimeError, f"every Ray worker is lost with its node ({', '.join(gone)}) and no node left in "
+                                     f"the cluster has {need} for one: start or rejoin a node (ray start --address "
+                                     f"...) and run again")
+        self._state.notify_all()
+
+    def _complete(self, ready: object) -> None:
+        """Account for one finished call: a restored window, a failure to retry or give up, a ping."""
+        task = self._running.pop(ready)
         worker, job = task.worker, task.job
         try:
-            value = ray.get(ready[0])
+            value = ray.get(ready)
         except RayActorError as err:
             if task.ping:
                 worker.lost = isinstance(err, ActorDiedError)
-                worker.busy = False
-                return None
-            error = f"worker {worker.stats.index} (pid {worker.stats.pid} on {worker.stats.node}) died: " \
+                worker.down = False
+                return
+            error = f"worker {worker.stats.index} (pid {worker.stats.pid} on node {worker.stats.node}) died: " \
                     f"{str(err).splitlines()[0]}"
-            # A worker that died comes back as a new process, or not at all: ask before sending it more.
+            # A worker that died comes back as a new process (on another node when its node is lost),
+            # or not at all: ask before sending it more.
+            worker.busy, worker.down = False, True
             self._running[worker.actor.ping.remote()] = _Task(worker, None, ping=True)
         except RayTaskError as err:
-            error = f"worker {worker.stats.index} (pid {worker.stats.pid} on {worker.stats.node}): " \
+            error = f"worker {worker.stats.index} (pid {worker.stats.pid} on node {worker.stats.node}): " \
                     f"{type(err.cause).__name__}: {err.cause}"
             worker.busy = False
         else:
             worker.busy = False
             if task.ping:
-                worker.stats.pid = value
-            elif job is not None:
+                node, worker.stats.pid = value
+                worker.stats.node, worker.down = self._node_name(node), False
+            else:
                 result, seconds, cpu_seconds, worker.stats.pid = value
-                worker.stats.windows += 1
-                worker.stats.frames += job.frames
-                worker.stats.seconds += seconds
-                worker.stats.cpu_seconds += cpu_seconds
-                job.result = result
-            return None
+                if job is not None:
+                    worker.stats.windows += 1
+                    worker.stats.frames += job.frames
+                    worker.stats.seconds += seconds
+                    worker.stats.cpu_seconds += cpu_seconds
+                    job.result, job.window = result, None
+            return
         worker.stats.failures += 1
         if job is None:
-            return None
+            return
         job.failed_on.append(worker.stats.index)
         job.errors.append(error)
         if len(job.errors) >= self.attempts:
-            return job
+            job.out_of_attempts = True
+            return
         self.retries += 1
-        queue.appendleft(job)
-        return None
+        self._queue.appendleft(job)
 
     @staticmethod
     def _failure_message(job: _Job, tiling: Tiling, windows_in_video: int | None) -> str:

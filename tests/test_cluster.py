@@ -230,7 +230,7 @@ def test_ctrl_c_and_sigterm_stop_workers_and_the_local_cluster_leaving_nothing(s
         assert batch.wait(60) == 128 + signum
     finally:
         batch.kill()
-    assert f"rvrt-batch: {message}; the file in progress was not written" in batch.stderr.read()
+    assert f"rvrt-batch: {message}; the files in progress were not written" in batch.stderr.read()
     assert list(out.iterdir()) == []
     deadline = time.monotonic() + 20
     while ray_processes(ray_dir) and time.monotonic() < deadline:
