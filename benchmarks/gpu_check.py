@@ -61,6 +61,7 @@ BUDGET_S = 390
 # Seconds per step; every step also stops at the run's budget.
 LIMITS = {"wheels": 60, "project": 90, "versions": 60, "build": 120, "tests": 150, "gda": 75, "sr": 100,
           "denoise": 100}
+MEASURING_STEPS = ("build", "tests", "gda", "sr", "denoise")
 TEST_TIMEOUT_S = 90
 STOP_GRACE_S = 5
 
@@ -227,19 +228,25 @@ def probe() -> int:
         found = shutil.which(tool)
         machine[tool] = found and subprocess.run([found, "--version"], capture_output=True,
                                                  text=True).stdout.splitlines()[0]
+    machine["pytest_timeout"] = importlib.util.find_spec("pytest_timeout") is not None
     # Imported here, in the child: the orchestrating process runs before the project is installed.
+    try:
+        import torch
+    except ImportError as error:
+        print(f"{NAME}: PyTorch cannot be imported ({error}): run this with the Python that holds the CUDA "
+              f"build of torch", flush=True)
+        return 1
     from rvrt_plugins.build import PluginBuildError
     from rvrt_plugins.gda_cuda import find_nvcc
+
     try:
         nvcc = find_nvcc()
         machine["nvcc"] = f"{nvcc}: " + subprocess.run([nvcc, "--version"], capture_output=True,
                                                        text=True).stdout.strip().splitlines()[-1]
     except PluginBuildError as error:
         machine["nvcc"] = f"missing: {error}"
-    machine["pytest_timeout"] = importlib.util.find_spec("pytest_timeout") is not None
-    import torch
-
-    machine.update(torch=torch.__version__, torch_cuda=torch.version.cuda, gpu=None)
+    machine.update(torch=torch.__version__, torch_cuda=torch.version.cuda, gpu=None,
+                   project=str(Path(importlib.util.find_spec("rvrt").origin).parent.parent))
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)
         machine.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2**30, 1),
@@ -293,6 +300,39 @@ def benchmark(run: Run, name: str, arguments: list[str], scratch: Path) -> None:
         run.report["figures"]["model"] += found["model"]
         run.report["figures"].setdefault("device", found["device"])
         run.save()
+
+
+def measure(run: Run, scratch: Path, steps: list[str]) -> None:
+    """Step 3, then those of steps 4-8 named in ``steps``; stops after step 3 where there is no GPU."""
+    versions = run.run(Step("versions", [sys.executable, str(Path(__file__).resolve()), "--probe"],
+                            LIMITS["versions"]))
+    machine = next((line.removeprefix("MACHINE ") for line in versions.output if line.startswith("MACHINE ")), None)
+    run.report["machine"] = machine and json.loads(machine)
+    run.save()
+    if versions.status != "passed":
+        return
+    if "build" in steps:
+        run.run(Step("build", [sys.executable, "-m", "rvrt_plugins.gda_cuda"], LIMITS["build"]))
+    if "tests" in steps:
+        run_tests(run)
+    for name, arguments in (("gda", ["--skip-model"]), ("sr", ["--skip-gda", "--tasks", "sr"]),
+                            ("denoise", ["--skip-gda", "--tasks", "denoise"])):
+        if name in steps:
+            benchmark(run, name, arguments, scratch)
+
+
+def run_tests(run: Run) -> None:
+    junit = run.output / "pytest.xml"
+    limit_each = [f"--timeout={TEST_TIMEOUT_S}"] if run.report["machine"]["pytest_timeout"] else []
+    if not limit_each:
+        run.say(f"pytest-timeout is missing: tests are limited only as a whole ({LIMITS['tests']} s)")
+    run.run(Step("tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-rfEs", "-v", "--tb=short",
+                           "-p", "no:cacheprovider", "--continue-on-collection-errors", *limit_each,
+                           f"--junitxml={junit}", *gpu_test_files()], LIMITS["tests"]))
+    run.report["tests"] = read_junit(junit)
+    run.report["failures"] += [dict(step="tests", message=f"{f['test']}: {f['message'][:500]}")
+                               for f in (run.report["tests"] or {}).get("failures", [])]
+    run.save()
 
 
 def judge(report: dict) -> None:
@@ -368,10 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-install", action="store_true",
                         help="the project and its packages are installed already: skip steps 1-2")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help=f"seconds for the whole run ({BUDGET_S})")
+    parser.add_argument("--steps", default=",".join(MEASURING_STEPS),
+                        help="the steps after install and versions to run, comma-separated, e.g. 'tests,gda' for "
+                             f"a shorter rerun (default {','.join(MEASURING_STEPS)})")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         return probe()
+    steps = args.steps.split(",")
+    unknown = [step for step in steps if step not in MEASURING_STEPS]
+    if unknown:
+        parser.exit(2, f"{NAME}: --steps {args.steps}: unknown step {unknown[0]!r}: expected some of "
+                       f"{','.join(MEASURING_STEPS)}\n")
     if not args.output:
         parser.exit(2, f"{NAME}: no output folder: pass one, or set OUT\n")
     output = Path(args.output)
@@ -389,36 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         run.env.pop("RVRT_GDA_CUDA_LIBRARY", None)
         run.env.pop("RVRT_GDA", None)
         if args.no_install or install(run, args.wheels):
-            measure(run, scratch)
+            measure(run, scratch, steps)
     run.save()
     summary(run)
     return 0 if not run.report["failures"] else 1
-
-
-def measure(run: Run, scratch: Path) -> None:
-    """Steps 3-8; stops after step 3 where there is no GPU."""
-    versions = run.run(Step("versions", [sys.executable, str(Path(__file__).resolve()), "--probe"],
-                            LIMITS["versions"]))
-    machine = next((line.removeprefix("MACHINE ") for line in versions.output if line.startswith("MACHINE ")), None)
-    run.report["machine"] = machine and json.loads(machine)
-    run.save()
-    if versions.status != "passed":
-        return
-    run.run(Step("build", [sys.executable, "-m", "rvrt_plugins.gda_cuda"], LIMITS["build"]))
-    junit = run.output / "pytest.xml"
-    limit_each = [f"--timeout={TEST_TIMEOUT_S}"] if run.report["machine"]["pytest_timeout"] else []
-    if not limit_each:
-        run.say(f"pytest-timeout is missing: tests are limited only as a whole ({LIMITS['tests']} s)")
-    run.run(Step("tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-rfEs", "-v", "--tb=short",
-                           "-p", "no:cacheprovider", "--continue-on-collection-errors", *limit_each,
-                           f"--junitxml={junit}", *gpu_test_files()], LIMITS["tests"]))
-    run.report["tests"] = read_junit(junit)
-    run.report["failures"] += [dict(step="tests", message=f"{f['test']}: {f['message'][:500]}")
-                               for f in (run.report["tests"] or {}).get("failures", [])]
-    run.save()
-    benchmark(run, "gda", ["--skip-model"], scratch)
-    benchmark(run, "sr", ["--skip-gda", "--tasks", "sr"], scratch)
-    benchmark(run, "denoise", ["--skip-gda", "--tasks", "denoise"], scratch)
 
 
 if __name__ == "__main__":
