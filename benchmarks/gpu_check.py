@@ -10,6 +10,11 @@ ignored ``.whl/``). Then make this one device call from the repository root:
 
     run(command='PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py "$OUT"', timeout_s=420, carry=[".whl"])
 
+A session has 15 minutes of device time in all, the machine's start (a minute or more) counted:
+one full run leaves room for one shorter rerun after a fix made on the CPU side, e.g.
+``python3 benchmarks/gpu_check.py "$OUT" --steps tests,gda --budget 150`` with timeout_s=180
+(installs and versions always run; a machine idle for 30 s is given back and restarts bare).
+
 Steps (each one's output goes to the log and to standard output as it comes):
 
 1. wheels   the carried ``.whl/*.whl`` into /tmp/site (``pip --target``; on PYTHONPATH after)

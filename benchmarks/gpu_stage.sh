@@ -6,7 +6,8 @@
 #
 #     bash benchmarks/gpu_stage.sh        # from the repository root; writes .whl/ (ignored by git)
 #
-# Then name ".whl" in the device tool's carry (see benchmarks/gpu_check.py for the whole call).
+# Then name ".whl" in the device tool's carry; the whole call (benchmarks/gpu_check.py says more):
+#     run(command='PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py "$OUT"', timeout_s=420, carry=[".whl"])
 # Exit status: 0 staged; 1 a download failed, two versions of one package are in .whl/ (pip would
 # refuse to install them together: remove the stale one), or what travels would exceed 64 MiB.
 set -euo pipefail
