@@ -375,7 +375,10 @@ class RayWindows:
             self._scheduler.join()
             self._scheduler = None
         for worker in self._pool:
-            ray.kill(worker.actor, no_restart=True)
+            if worker.actor is not None:
+                ray.kill(worker.actor, no_restart=True)
+                # Its handle holds a reference until dropped; the statistics stay for the summary.
+                worker.actor = None
         with self._state:
             self._running.clear()
             self._queue.clear()
@@ -561,6 +564,9 @@ class RayWindows:
         try:
             value = ray.get(ready)
         except RayActorError as err:
+            # Ray keeps the error as the call's value and raises that object again: its traceback
+            # would hold these frames, and they the call's reference, so the error would never be freed.
+            err.__traceback__ = None
             if task.ping:
                 worker.lost = isinstance(err, ActorDiedError)
                 worker.down = False
@@ -572,6 +578,7 @@ class RayWindows:
             worker.busy, worker.down = False, True
             self._running[worker.actor.ping.remote()] = _Task(worker, None, ping=True)
         except RayTaskError as err:
+            err.__traceback__ = None
             error = f"worker {worker.stats.index} (pid {worker.stats.pid} on node {worker.stats.node}): " \
                     f"{type(err.cause).__name__}: {err.cause}"
             worker.busy = False
