@@ -14,6 +14,7 @@ from rvrt_export.manifest import ArtifactError, check_files, read_manifest
 
 from .backends import load_backend
 from .extras import require_extra
+from .memory_budget import GIB, default_budget, parse_memory, plan_tiling, suggestion
 from .progress import ProgressDisplay, log_to_stderr
 from .restore import check_sigma, open_source, output_writer, restore_video
 from .signals import stopped_by_signals
@@ -43,6 +44,16 @@ def parse_time(text: str | None) -> float | None:
     for part in parts:
         seconds = seconds * 60 + part
     return seconds
+
+
+def memory_option(ctx, param, value) -> int | None:
+    """--memory SIZE in bytes, read with the command line (one line, exit 2, before any work)."""
+    if value is None:
+        return None
+    try:
+        return parse_memory(value)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def known_task(model: str, task: str | None):
@@ -110,6 +121,11 @@ encoding_options = option_group(
 @model_options
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads [all cores].")
+@click.option("--memory", callback=memory_option,
+              help="Memory to stay within, e.g. 1.5G, 3GB or 800M (powers of 1024) [60%% of free RAM; of the "
+                   "GPU's free memory for --device cuda and TensorRT]: a task or checkpoint run picks the tile "
+                   "(the whole frame when it fits, else the shape computing the fewest pixels) and the window (up "
+                   "to the official one) within it; an explicit --tile or --window is kept.")
 @click.option("--start", "start_time", help="Restore from this time: seconds or HH:MM:SS[.ms] (audio cut to match).")
 @click.option("--frames", "frame_limit", type=int, help="Restore at most this many frames.")
 @click.option("--fps", type=float, help="Frame rate of a folder of frames [25].")
@@ -124,7 +140,7 @@ encoding_options = option_group(
 @click.option("--workers", type=int, help="Ray workers [one per GPU for GPU backends, else one per node].")
 @click.option("--quiet", is_flag=True, help="No progress.")
 def main(model, source, output, task, checkpoint, random_weights, runtime, fp16, sigma, window, window_overlap, tile,
-         tile_overlap, batch, device, threads, start_time, frame_limit, fps, codec, crf, lossless, bit_depth, pix_fmt,
+         tile_overlap, batch, device, threads, memory, start_time, frame_limit, fps, codec, crf, lossless, bit_depth, pix_fmt,
          overwrite, allow_unvalidated, verify, ray, workers, quiet):
     """Restore SOURCE (video file, folder of frames, or - for YUV4MPEG2 on standard input) with
     MODEL: an export directory (ONNX Runtime, TensorRT), an official checkpoint or a task name.
@@ -141,7 +157,7 @@ def main(model, source, output, task, checkpoint, random_weights, runtime, fp16,
                 runtime=runtime, fp16=fp16, sigma=sigma, tiling=dict(window=window, window_overlap=window_overlap,
                                                                       tile=tile, tile_overlap=tile_overlap,
                                                                       batch=batch),
-                device=device, threads=threads, start=parse_time(start_time), frames=frame_limit, fps=fps,
+                device=device, threads=threads, memory=memory, start=parse_time(start_time), frames=frame_limit, fps=fps,
                 encoding=dict(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt,
                               bit_depth=int(bit_depth) if bit_depth else None),
                 overwrite=overwrite, allow_unvalidated=allow_unvalidated, verify=verify, ray=ray, workers=workers,
@@ -158,7 +174,7 @@ def show_build_messages() -> None:
 
 
 def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp16, sigma, tiling, device, threads,
-        start, frames, fps, encoding, overwrite, allow_unvalidated, verify, ray, workers, quiet):
+        memory=None, start, frames, fps, encoding, overwrite, allow_unvalidated, verify, ray, workers, quiet):
     known = known_task(model, task)
     if known is not None:
         check_sigma(known, sigma)
@@ -175,6 +191,10 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
         output_writer(frame_source, output, known.config.upscale, overwrite=overwrite, **encoding).validate()
     if verify and Path(model).is_dir():
         check_files(read_manifest(model), model, hashes=True)
+    budget = Budget(memory, runtime or "pytorch", device)
+    if known is not None and not Path(model).is_dir():
+        # The tile and window are chosen before loading: an exported runtime is exported for that tile.
+        tiling.update(budget.plan(known, known.config, frame_source, tiling, quiet=quiet).options())
     load_args = dict(model=model, task=task, checkpoint=checkpoint, random_weights=random_weights, device=device,
                      threads=threads, allow_unvalidated=allow_unvalidated)
     if runtime is not None:
@@ -192,9 +212,51 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
             backend = windows.backend
         else:
             backend = load_backend(**load_args)
+        if Path(model).is_dir():
+            tiling["window"] = budget.plan(backend.task, backend.config, frame_source, tiling, quiet=quiet,
+                                           export=backend).window
         restore_with(backend, windows, frame_source, output, sigma=sigma, tiling=tiling, encoding=encoding,
                      overwrite=overwrite, allow_unvalidated=allow_unvalidated, random_weights=random_weights,
                      quiet=quiet)
+
+
+class Budget:
+    """The memory a run stays within (--memory, else a share of what is free) and the tiling chosen in it."""
+
+    def __init__(self, memory: int | None, runtime: str, device: str):
+        self.explicit = memory is not None
+        self.runtime, self.device = runtime, device
+        self.bytes, self.source = (memory, "--memory") if memory is not None else default_budget(runtime, device)
+
+    def plan(self, task, config, frames, tiling: dict, *, quiet: bool, export=None):
+        """The :class:`~.memory_budget.TilingPlan` for ``frames`` (a frame source); printed on stderr unless
+        ``quiet``. ``export``: a backend serving its own tile and batch (an export directory), told how much
+        it wastes here and which --tile would fit better. Raises ValueError naming --memory where an explicit
+        budget cannot hold even the smallest plan."""
+        runtime = export.name if export is not None else self.runtime
+        shared = dict(runtime=runtime, device=self.device, memory_bytes=self.bytes, window=tiling["window"],
+                      frames=frames.frame_count, tile_overlap=tiling["tile_overlap"],
+                      window_overlap=tiling["window_overlap"])
+        plan = plan_tiling(task, config, frames.height, frames.width,
+                           tile=export.tile if export is not None else tiling["tile"],
+                           batch=(export.batch if export is not None else tiling["batch"]) or 1, **shared)
+        if not plan.fits:
+            fixed = " (the tile of this export)" if export is not None else ""
+            message = (f"est. peak {plan.peak_bytes / GIB:.1f} GiB with {plan.layout}{fixed}, "
+                       f"window {plan.window}, is over {self.bytes / GIB:.1f} GiB ({self.source})")
+            if self.explicit and not (export is None and tiling["tile"] is not None and tiling["window"] is not None):
+                raise ValueError(f"--memory {self.bytes / GIB:.2f}G is too little for task {task.short!r} at "
+                                 f"{frames.width}x{frames.height}: {message}; give more memory, or a smaller "
+                                 f"--tile or --window")
+            click.secho(f"warning: {message}", fg="yellow", err=True)
+        if not quiet:
+            click.echo(f"tiling: {plan.describe()} ({self.source})", err=True)
+        if export is not None:
+            better = plan_tiling(task, config, frames.height, frames.width, **shared)
+            hint = suggestion(plan, better)
+            if hint and not quiet:
+                click.echo(f"note: {hint}", err=True)
+        return plan
 
 
 def restore_with(backend, windows, frame_source, output, *, sigma, tiling, encoding, overwrite, allow_unvalidated,
