@@ -13,6 +13,7 @@ the same float32 arithmetic in the same order, so the frames are bit-identical e
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -155,25 +156,42 @@ def window_spans(num_frames: int, tiling: Tiling) -> list[tuple[int, int]]:
             for start in tile_starts(num_frames, window, tiling.window_overlap)]
 
 
+def covering_windows(spans: Sequence[tuple[int, int]], index: int) -> range:
+    """The indices, in window order, of the windows of ``spans`` (as :func:`window_spans` gives
+    them: starts and stops both ascending) that hold frame ``index``."""
+    return range(bisect.bisect_right(spans, index, key=lambda span: span[1]),
+                 bisect.bisect_right(spans, index, key=lambda span: span[0]))
+
+
+def blend_frame(frames: Sequence[Array]) -> Array:
+    """One frame (n, 3, H, W) from its restorations by the windows that hold it, frames[k] (n, 3,
+    H, W) from the k-th of them in window order: summed in that order, then divided by the count.
+
+    The one arithmetic of temporal blending: :func:`blend_windows` and any frontend that restores
+    a single frame's windows (the VapourSynth filter) give bit-identical frames through it.
+    """
+    total = frames[0]
+    for frame in frames[1:]:
+        total = total + frame
+    return total / len(frames)
+
+
 def blend_windows(spans: list[tuple[int, int]], restored: Iterable[Array],
                   num_frames: int) -> Iterator[Array]:
     """Average restored windows (n, t, 3, H, W), given in the order of ``spans``, where they
     overlap, and yield each frame (n, 3, H, W) in order as soon as no later window covers it.
 
-    The sum runs in window order, so any producer of the same windows (this process, another
-    process, a cluster) gives bit-identical frames.
+    Each frame is :func:`blend_frame` of its windows' frames in window order, so any producer of
+    the same windows (this process, another process, a cluster) gives bit-identical frames.
     """
-    sums: dict[int, Array] = {}
-    counts: dict[int, int] = {}
+    held: dict[int, list[Array]] = {}
     emitted = 0
     for k, ((start, stop), window) in enumerate(zip(spans, restored, strict=True)):
         for offset in range(stop - start):
-            index = start + offset
-            sums[index] = sums[index] + window[:, offset] if index in sums else window[:, offset]
-            counts[index] = counts.get(index, 0) + 1
+            held.setdefault(start + offset, []).append(window[:, offset])
         final = spans[k + 1][0] if k + 1 < len(spans) else num_frames
         while emitted < final:
-            yield sums.pop(emitted) / counts.pop(emitted)
+            yield blend_frame(held.pop(emitted))
             emitted += 1
 
 

@@ -1,0 +1,398 @@
+"""The VapourSynth filter (``rvrt_engines.vapoursynth.restore``) in a real VapourSynth R81 core.
+
+VapourSynth R81 has wheels for Python >= 3.12 only and this suite runs on 3.11: the tests make a
+Python >= 3.12 venv with vapoursynth==81, vapoursynth-bestsource and the checkout's own
+dependencies (no extras: the serving-only install, no PyTorch), cached across runs under
+``$XDG_CACHE_HOME/rvrt-deploy/vapoursynth-venv/<key>`` (the key covers the interpreter, those
+requirements and pyproject's dependencies), and install the checkout into a per-module folder with
+that venv's pip, without extras. VapourSynth scripts and ``vspipe`` then run as real subprocesses on
+the small ONNX export that this environment makes (``conftest.tiny_export``), and their frames are
+compared with this environment's ``rvrt-run`` on the same input.
+"""
+
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from rvrt.tiling import iter_restored
+from rvrt_engines.backends import load_backend
+from rvrt_engines.cli import main as run_cli
+from rvrt_engines.restore import frame_to_array, resolve_tiling, to_uint8
+from rvrt_engines.synthetic import moving_photo_frames, write_video
+from test_serving import caches, checked, run, source_copy, venv_env  # noqa: F401 (caches: a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+# The [vapoursynth] extra, a source filter for the vspipe test, and what installs the checkout without build isolation.
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+VS_REQUIREMENTS = (*PROJECT["optional-dependencies"]["vapoursynth"], "vapoursynth-bestsource==22", "setuptools>=68")
+FRAMES, HEIGHT, WIDTH = 8, 48, 64        # LR: one tile high, two 48 px tiles wide (tiny SR export, batch 2)
+WINDOW = ["--window", "4", "--window-overlap", "2", "--threads", "2"]   # windows (0, 4), (2, 6), (4, 8)
+SPANS = [(0, 4), (2, 6), (4, 8)]
+
+
+def python_312() -> str | None:
+    """An interpreter of Python >= 3.12 with venv and ensurepip: this one, pyenv's versions (not its
+    shims, which need PYENV_VERSION), or python3.1x on PATH."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [sys.executable, *sorted(glob.glob(str(root / "versions" / "3.1[2-9]*" / "bin" / "python3"))),
+                  *filter(None, (shutil.which(f"python3.{minor}") for minor in (12, 13, 14)))]
+    probe = "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 12))"
+    for candidate in candidates:
+        try:
+            if subprocess.run([candidate, "-c", probe], capture_output=True, timeout=60).returncode == 0:
+                return candidate
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    return None
+
+
+def cached_venv(python: str) -> Path:
+    """The venv of ``python`` with VapourSynth and the checkout's dependencies, made once per key
+    (under a lock, so that concurrent sessions wait for one build) and reused."""
+    version = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    key = hashlib.sha256(json.dumps([version, VS_REQUIREMENTS, PROJECT["dependencies"]]).encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rvrt-deploy" / "vapoursynth-venv"
+    base.mkdir(parents=True, exist_ok=True)
+    venv, done = base / key, base / f"{key}.done"
+    with open(base / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            checked(run([python, "-m", "venv", venv], os.environ, cwd=base))
+            checked(run([venv / "bin" / "python", "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+                         *VS_REQUIREMENTS, *PROJECT["dependencies"]], os.environ, cwd=base, timeout=1200))
+            done.write_text(version)
+    return venv
+
+
+@pytest.fixture(scope="module")
+def vs_env(tmp_path_factory, caches):  # noqa: F811
+    """(python, env): the cached VapourSynth venv's interpreter and the environment to run it in,
+    with this checkout installed (no extras, no dependencies: the venv holds them) on PYTHONPATH and
+    vspipe configured in a temporary XDG_CONFIG_HOME."""
+    python = python_312()
+    if python is None:
+        pytest.skip("VapourSynth R81 needs Python >= 3.12 and none was found (this Python, pyenv's versions, "
+                    "python3.12-3.14 on PATH)")
+    venv = cached_venv(python)
+    base = tmp_path_factory.mktemp("vapoursynth")
+    site = base / "site"
+    checked(run([venv / "bin" / "python", "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+                 "--no-deps", "--no-build-isolation", "--no-index", "--target", site, source_copy(base / "source")],
+                venv_env(venv, caches), cwd=base, timeout=600))
+    env = venv_env(venv, caches, PYTHONPATH=str(site), XDG_CONFIG_HOME=str(base / "config"))
+    checked(run([venv / "bin" / "vapoursynth", "config"], env, cwd=base))
+    return venv, env
+
+
+HARNESS = textwrap.dedent('''
+    """Runs one case of tests/test_vapoursynth.py in VapourSynth: python harness.py CASE EXPORT INPUT OUTPUT."""
+    import json, sys
+    import numpy as np
+    import vapoursynth as vs
+    from rvrt_engines.vapoursynth import restore
+
+    core = vs.core
+    messages = []
+    core.add_log_handler(lambda kind, message: messages.append(message))
+    case, export, source, output = sys.argv[1:5]
+    data = np.load(source)
+    PROPS = dict(_Matrix=vs.MATRIX_RGB, _Primaries=vs.PRIMARIES_BT709, _Transfer=vs.TRANSFER_BT709,
+                 _Range=vs.RANGE_FULL, _SARNum=4, _SARDen=3, _FieldBased=vs.FIELD_PROGRESSIVE, Custom="kept")
+
+    def clip_of(frames):
+        """(T, H, W, 3) uint8 -> an RGB24 clip at 24000/1001 fps, each frame with PROPS, its own duration
+        and scene-change marks."""
+        base = core.std.BlankClip(format=vs.RGB24, width=frames.shape[2], height=frames.shape[1],
+                                  length=len(frames), fpsnum=24000, fpsden=1001)
+
+        def fill(n, f):
+            out = f.copy()
+            for plane in range(3):
+                np.copyto(np.asarray(out[plane]), frames[n, ..., plane])
+            out.props.update(PROPS, _DurationNum=1001 + n, _DurationDen=24000, _SceneChangePrev=int(n == 4),
+                             _SceneChangeNext=int(n == 3))
+            return out
+        return core.std.ModifyFrame(base, base, fill)
+
+    def planes(frame):
+        return [np.array(frame[plane]) for plane in range(frame.format.num_planes)]
+
+    def props(frame):
+        return {key: value.decode() if isinstance(value, bytes) else int(value) if isinstance(value, int) else value
+                for key, value in frame.props.items()}
+
+    def restored():
+        return [message for message in messages if "restored in" in message]
+
+    def info(clip):
+        return dict(format=clip.format.name, width=clip.width, height=clip.height, num_frames=clip.num_frames,
+                    fps=[clip.fps.numerator, clip.fps.denominator])
+
+    result = {}
+    if case == "frames":
+        clip = clip_of(data)
+        sequential = restore(clip, export, window=4, window_overlap=2, threads=2)
+        # frames() keeps several requests in flight, as vspipe does.
+        frames = [planes(frame) for frame in sequential.frames(prefetch=4)]
+        result.update(sequential_restored=restored(), info=info(sequential), input_props=props(clip.get_frame(4)),
+                      output_props=props(sequential.get_frame(4)))
+        messages.clear()
+        seeking = restore(clip, export, window=4, window_overlap=2, threads=2, format=vs.RGB24)
+        order = [7, 6, 0, 1, 3, 2, 5, 4]
+        sought = {n: planes(seeking.get_frame(n)) for n in order}
+        result.update(order=order, seeking_restored=restored(), seeking_info=info(seeking))
+        np.savez(output + ".npz", sequential=np.array(frames), seeking=np.array([sought[n] for n in range(len(data))]))
+        result["torch_loaded"] = "torch" in sys.modules
+    elif case == "yuv":
+        clip = clip_of(data)
+        checks = {}
+        for depth, fmt, rgb in ((8, vs.YUV420P8, vs.RGB24), (10, vs.YUV420P10, vs.RGB48)):
+            yuv = core.resize.Bicubic(clip, format=fmt, matrix=vs.MATRIX_BT709, range=vs.RANGE_LIMITED)
+            yuv = core.std.SetFrameProps(yuv, _ChromaLocation=vs.CHROMA_TOP_LEFT)
+            as_rgb = core.resize.Bicubic(yuv, format=rgb, range=vs.RANGE_FULL)
+            through_rgb = restore(as_rgb, export, window=4, threads=2)
+            if depth == 8:
+                direct = restore(yuv, export, window=4, threads=2)
+            else:
+                direct = restore(yuv, export, window=4, threads=2, format=yuv.format)
+                through_rgb = core.resize.Bicubic(through_rgb, format=fmt, matrix=vs.MATRIX_BT709,
+                                                  range=vs.RANGE_LIMITED, chromaloc=vs.CHROMA_TOP_LEFT)
+            a, b = direct.get_frame(1), through_rgb.get_frame(1)
+            equal = all(np.array_equal(x, y) for x, y in zip(planes(a), planes(b)))
+            checks[depth] = dict(info=info(direct), equal=equal, spread=float(np.std(planes(a)[0])), props=props(a),
+                                 input_props=props(yuv.get_frame(1)))
+        result.update(checks=checks, restored=restored())
+    elif case == "errors":
+        clip = clip_of(data)
+        bad = {
+            "unknown option": lambda: restore(clip, export, windw=4),
+            "window type": lambda: restore(clip, export, window="4"),
+            "flag type": lambda: restore(clip, export, fp16=1),
+            "tile type": lambda: restore(clip, export, tile="48"),
+            "cache size": lambda: restore(clip, export, cache_windows=0),
+            "sigma range": lambda: restore(clip, export, sigma=300),
+            "not a clip": lambda: restore(data, export),
+            "gray clip": lambda: restore(core.std.BlankClip(format=vs.GRAY8), export),
+            "half floats": lambda: restore(core.std.BlankClip(format=vs.RGBH), export),
+            "variable format": lambda: restore(core.std.BlankClip(varformat=True), export),
+            "variable size": lambda: restore(core.std.BlankClip(varsize=True), export),
+            "bad format": lambda: restore(clip, export, format=vs.GRAY16),
+            "yuv format of rgb": lambda: restore(clip, export, format=vs.YUV420P8),
+            "sigma for sr": lambda: restore(clip, export, sigma=20),
+            "another task": lambda: restore(clip, export, task="denoise"),
+            "another tile": lambda: restore(clip, export, tile=64),
+            "bad window": lambda: restore(clip, export, window=3),
+            "missing model": lambda: restore(clip, export + "-missing"),
+        }
+        errors = {}
+        for name, call in bad.items():
+            try:
+                call()
+                errors[name] = None
+            except vs.Error as error:
+                errors[name] = str(error)
+        untagged = core.resize.Bicubic(clip, format=vs.YUV420P8, matrix=vs.MATRIX_BT709)
+        untagged = core.std.RemoveFrameProps(untagged, "_Matrix")
+        try:
+            restore(untagged, export, window=4, threads=2).get_frame(2)
+            errors["frame without a matrix"] = None
+        except vs.Error as error:
+            errors["frame without a matrix"] = str(error)
+        result.update(errors=errors, restored=restored())
+    with open(output + ".json", "w") as out:
+        json.dump(result, out)
+''')
+
+
+@pytest.fixture(scope="module")
+def lr_frames(tmp_path_factory):
+    """(frames.npy, PNG folder of the same frames): FRAMES of WIDTHxHEIGHT, a pan over a photograph."""
+    base = tmp_path_factory.mktemp("lr")
+    frames = moving_photo_frames(FRAMES, HEIGHT, WIDTH, image="coffee", seed=5)
+    np.save(base / "frames.npy", frames)
+    folder = base / "png"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{index:06d}.png")
+    return base / "frames.npy", folder
+
+
+def harness(vs_env, case, export, source, tmp_path):
+    venv, env = vs_env
+    script = tmp_path / "harness.py"
+    script.write_text(HARNESS)
+    checked(run([venv / "bin" / "python", script, case, export, source, tmp_path / case], env, cwd=tmp_path,
+                timeout=900))
+    result = json.loads((tmp_path / f"{case}.json").read_text())
+    arrays = np.load(tmp_path / f"{case}.npz") if (tmp_path / f"{case}.npz").exists() else None
+    return result, arrays
+
+
+@pytest.fixture(scope="module")
+def frames_case(vs_env, tiny_export, lr_frames, tmp_path_factory):
+    return harness(vs_env, "frames", tiny_export("sr")[2], lr_frames[0], tmp_path_factory.mktemp("frames"))
+
+
+@pytest.fixture(scope="module")
+def rvrt_run_frames(tiny_export, lr_frames, tmp_path_factory):
+    """rvrt-run's 8-bit frames of the PNG folder, and the float32 frames its driver computes (the same
+    windows, tiles and blending, in this process)."""
+    export = tiny_export("sr")[2]
+    out = tmp_path_factory.mktemp("rvrt-run") / "out"
+    done = CliRunner().invoke(run_cli, [str(export), str(lr_frames[1]), "-o", str(out), "--quiet", *WINDOW])
+    assert done.exit_code == 0, done.output
+    png = np.stack([np.asarray(Image.open(path)) for path in sorted(out.iterdir())])
+    backend = load_backend(export, threads=2)
+    tiling = resolve_tiling(backend, window=4, window_overlap=2)
+    frames = np.load(lr_frames[0])
+    to_array = frame_to_array(None)
+    with backend:
+        floats = [frame[0] for frame in iter_restored(
+            backend.restore, lambda start, stop: np.stack([to_array(f) for f in frames[start:stop]])[None],
+            FRAMES, backend.config.upscale, tiling, backend.config.min_tile)]
+    return png, np.stack(floats)
+
+
+def test_frames_equal_rvrt_runs_bit_for_bit(frames_case, rvrt_run_frames):
+    result, arrays = frames_case
+    png, floats = rvrt_run_frames
+    assert result["info"] == dict(format="RGBS", width=4 * WIDTH, height=4 * HEIGHT, num_frames=FRAMES,
+                                  fps=[24000, 1001])
+    sequential = arrays["sequential"]
+    assert sequential.dtype == np.float32 and sequential.shape == floats.shape == (FRAMES, 3, 4 * HEIGHT, 4 * WIDTH)
+    assert np.array_equal(sequential, floats)                   # float32, bit for bit
+    assert np.array_equal(np.stack([to_uint8(frame) for frame in sequential]), png)
+    assert png.std() > 1
+    assert not result["torch_loaded"]                           # the serving-only install
+
+
+def test_random_access_gives_the_sequential_frames(frames_case, rvrt_run_frames):
+    """Frames asked for out of order (format=vs.RGB24) equal the sequential ones, quantised as rvrt-run's PNGs."""
+    result, arrays = frames_case
+    assert result["seeking_info"]["format"] == "RGB24"
+    seeking = arrays["seeking"].transpose(0, 2, 3, 1)
+    assert np.array_equal(seeking, rvrt_run_frames[0])
+
+
+def restored_windows(messages):
+    """(window, cached windows after it) of each restoration the filter logged, in order."""
+    return [(int(message.split()[3]), message.rsplit(" ", 1)[1]) for message in messages]
+
+
+def test_the_window_cache_is_bounded_and_playback_restores_each_window_once(frames_case):
+    result, _ = frames_case
+    sequential = restored_windows(result["sequential_restored"])
+    assert [window for window, _ in sequential] == [0, 1, 2]
+    assert [cached for _, cached in sequential] == ["0", "0,1", "1,2"]
+    # Seeking 7 6 0 1 3 2 5 4 with two windows kept: window 2 is dropped for 0 and 1 and restored again for 5.
+    assert restored_windows(result["seeking_restored"]) == [(2, "2"), (0, "2,0"), (1, "0,1"), (2, "1,2")]
+    assert result["sequential_restored"][0].startswith("rvrt restore: window 0 (frames 0-3) restored in ")
+
+
+def test_frame_properties_frame_rate_and_length_are_kept(frames_case):
+    result, _ = frames_case
+    expected = {**result["input_props"], "_Matrix": 0, "_Range": 1}
+    assert result["output_props"] == expected
+    assert expected["_SceneChangePrev"] == 1 and expected["_SceneChangeNext"] == 0
+    assert expected["_DurationNum"] == 1005 and expected["_SARNum"] == 4 and expected["Custom"] == "kept"
+    assert expected["_Primaries"] == 1 and expected["_Transfer"] == 1 and expected["_FieldBased"] == 0
+
+
+def test_yuv_8_and_10_bit_inputs_are_read_with_their_own_matrix_and_range(vs_env, tiny_export, lr_frames, tmp_path):
+    frames = np.load(lr_frames[0])[:4, :, :48]
+    np.save(tmp_path / "small.npy", frames)
+    result, _ = harness(vs_env, "yuv", tiny_export("sr")[2], tmp_path / "small.npy", tmp_path)
+    eight, ten = result["checks"]["8"], result["checks"]["10"]
+    assert eight["info"] == dict(format="RGBS", width=192, height=192, num_frames=4, fps=[24000, 1001])
+    assert ten["info"] == dict(format="YUV420P10", width=192, height=192, num_frames=4, fps=[24000, 1001])
+    assert eight["equal"] and ten["equal"] and eight["spread"] > 0.01 and ten["spread"] > 10
+    assert eight["props"]["_Matrix"] == 0 and eight["props"]["_Range"] == 1 and "_ChromaLocation" not in eight["props"]
+    for name in ("_Matrix", "_Range", "_ChromaLocation", "_Primaries", "_Transfer", "_SARNum", "_DurationNum"):
+        assert ten["props"][name] == ten["input_props"][name], name
+    assert ten["props"]["_Range"] == 0 and ten["props"]["_Matrix"] == 1       # limited, BT.709
+
+
+def test_bad_arguments_fail_in_one_line_naming_the_argument_before_any_frame(vs_env, tiny_export, lr_frames,
+                                                                            tmp_path):
+    result, _ = harness(vs_env, "errors", tiny_export("sr")[2], lr_frames[0], tmp_path)
+    errors = result["errors"]
+    expected = {
+        "unknown option": "unknown option 'windw' (did you mean 'window'?)",
+        "window type": "window='4': expected an integer",
+        "flag type": "fp16=1: expected True or False",
+        "tile type": "tile='48': expected an int",
+        "cache size": "cache_windows=0: expected at least 1",
+        "sigma range": "sigma=300: expected a noise level from 0 to 255",
+        "not a clip": "clip: expected a video clip",
+        "gray clip": "clip is Gray8: expected an RGB or YUV format",
+        "half floats": "clip is RGBH: expected 8-16 bit integer or 32-bit float",
+        "variable format": "clip has a variable format",
+        "variable size": "clip has a variable frame size",
+        "bad format": "format=Gray16: expected an RGB or YUV format",
+        "yuv format of rgb": "format=YUV420P8 for an RGB clip",
+        "sigma for sr": "--sigma only applies to denoising",
+        "another task": "was exported for task 'sr'",
+        "another tile": "exported for 48 px tiles, not 64",
+        "bad window": "temporal window must be 0 (whole video) or a positive multiple of the clip size 2, got 3",
+        "missing model": "neither an export or engine directory",
+        "frame without a matrix": "is YUV without a _Matrix property",
+    }
+    assert set(errors) == set(expected)
+    for name, part in expected.items():
+        assert errors[name] is not None, f"{name}: no error"
+        assert part in errors[name], f"{name}: {errors[name]}"
+        if name != "frame without a matrix":      # a frame's error carries VapourSynth's traceback
+            assert errors[name].startswith("rvrt restore: ") and "\n" not in errors[name], errors[name]
+    assert result["restored"] == []
+
+
+VPY = textwrap.dedent("""
+    import vapoursynth as vs
+    from rvrt_engines.vapoursynth import restore
+
+    clip = vs.core.bs.VideoSource({video!r})
+    restore(clip, {export!r}, window=4, threads=2, format=clip.format).set_output()
+""")
+
+
+def test_vspipe_restores_a_video_file_end_to_end(vs_env, tiny_export, lr_frames, tmp_path):
+    """vspipe -c y4m on a script that loads an H.264 file (made with PyAV) with core.bs.VideoSource."""
+    venv, env = vs_env
+    export = tiny_export("sr")[2]
+    frames = np.load(lr_frames[0])[:4, :, :48]
+    video = tmp_path / "lr.mp4"
+    write_video(video, frames, frame_rate=24)
+    script = tmp_path / "restore.vpy"
+    script.write_text(VPY.format(video=str(video), export=str(export)))
+    out = tmp_path / "out.y4m"
+    with open(out, "wb") as sink:
+        done = subprocess.run([venv / "bin" / "vspipe", "-c", "y4m", script, "-"], stdout=sink, stderr=subprocess.PIPE,
+                              env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    header = out.read_bytes().split(b"\n", 1)[0].split()
+    assert header[0] == b"YUV4MPEG2" and {b"W192", b"H192", b"F24:1", b"C420"} <= set(header), header
+    with av.open(str(out)) as container:
+        restored = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    result = CliRunner().invoke(run_cli, [str(export), str(video), "-o", str(tmp_path / "rvrt-run"), "--quiet",
+                                          "--window", "4", "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    reference = np.stack([np.asarray(Image.open(path)) for path in sorted((tmp_path / "rvrt-run").iterdir())])
+    assert np.stack(restored).shape == reference.shape == (4, 192, 192, 3)
+    # The same network on the same decoded frames; zimg and swscale convert YUV <-> RGB a little differently.
+    assert np.abs(np.stack(restored).astype(int) - reference).mean() < 2
