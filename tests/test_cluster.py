@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from rvrt import Tiling
 from rvrt_cluster import RayWindows, WindowFailed
 from rvrt_cluster.windows import pack_window, unpack_window
+from rvrt_cluster.cli import collect_inputs, plan, probe, restore_all
 from rvrt_cluster.cli import main as batch_cli
 from rvrt_engines.backends import load_backend
 from rvrt_engines.restore import restore_video
@@ -210,6 +211,102 @@ def test_batch_restores_a_folder_and_reports_the_broken_file(cluster, video_fold
         in again.stdout
 
 
+def loader_logging_calls(log, **load_args):
+    """A real backend that notes when each of its calls began and ended, and in which process."""
+    backend = load_backend(**load_args)
+    restore = backend.restore
+
+    def restore_logged(lq):
+        began = time.time()
+        restored = restore(lq)
+        with open(log, "a") as file:
+            file.write(f"{os.getpid()} {began} {time.time()}\n")
+        return restored
+
+    backend.restore = restore_logged
+    return backend
+
+
+def test_a_batch_of_one_window_files_keeps_every_worker_busy(cluster, frames, tiny_export, tmp_path, capsys):
+    folder, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "calls"
+    for index in range(4):
+        write_video(folder / f"clip{index}.mkv", frames[2 * index:2 * index + 2], lossless=True)
+    items = plan(collect_inputs((folder,)), out, "")          # frame folders: lossless, compared below
+    probe(items, None, False, {}, dict(start=None, frames=None))
+    options = dict(sigma=None, window=2, window_overlap=0, tile=None, tile_overlap=16, batch=None, overwrite=False)
+    load_args = {"model": tiny_export("sr")[2], "log": str(log)}
+    with RayWindows(load_args, workers=2, threads=1, loader=loader_logging_calls) as pool:
+        restore_all(items, pool, quiet=False, options=options, interval=0.0)
+    assert [item.state for item in items] == ["done"] * 4
+    # One backend call per window: windows of different files ran at the same time on the two workers.
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert len(calls) == 4 and len({pid for pid, *_ in calls}) == 2
+    assert any(float(a[1]) < float(b[2]) and float(b[1]) < float(a[2]) for a in calls for b in calls if a[0] != b[0])
+    reference = load_backend(tiny_export("sr")[2], threads=1)
+    for index in range(4):
+        restore_video(reference, folder / f"clip{index}.mkv", tmp_path / f"reference{index}", **options)
+        assert np.array_equal(read_all(out / f"clip{index}"), read_all(tmp_path / f"reference{index}"))
+    progress = capsys.readouterr().err.splitlines()
+    assert progress[0].startswith("rvrt-batch: 0/4 files, ") and ", ETA " in progress[0]
+    assert progress[-1].startswith("rvrt-batch: 4/4 files, 4/4 windows on 2 workers, 8 frames, ")
+    assert progress[-1].endswith(" fps, ETA 0:00")
+
+
+def test_batch_restores_the_segment_asked_for(cluster, frames, tiny_export, tmp_path):
+    write_video(tmp_path / "clip.mkv", frames, lossless=True)      # 25 frames per second
+    command = [str(tiny_export("sr")[2]), str(tmp_path / "clip.mkv"), "-o", str(tmp_path / "out"), "--workers", "2",
+               "--threads", "1", "--start", "0.2", "--frames", "7", "--suffix", "png", "--window", "4",
+               "--window-overlap", "2", "--tile-overlap", "16", "--quiet"]
+    result = CliRunner().invoke(batch_cli, command)
+    assert result.exit_code == 0, result.output
+    assert "(7 frames, " in result.stdout
+    restore_video(load_backend(tiny_export("sr")[2], threads=1), tmp_path / "clip.mkv", tmp_path / "reference",
+                  start=0.2, frames=7, window=4, window_overlap=2, tile_overlap=16)
+    assert np.array_equal(read_all(tmp_path / "out" / "clip"), read_all(tmp_path / "reference"))
+
+
+def test_a_killed_batch_run_again_restores_only_what_is_missing(frames, tiny_export, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    names = ["a.mkv", "b.mkv", "c.mkv", "d.mkv"]
+    for name in names:
+        write_video(folder / name, frames[:6], lossless=True)
+    ray_dir = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))
+    command = [sys.executable, "-m", "rvrt_cluster.cli", str(tiny_export("sr")[2]), str(folder), "-o", str(out),
+               "--ray", "local", "--workers", "1", "--threads", "1", "--window", "2", "--window-overlap", "0",
+               "--tile-overlap", "16", "--quiet"]
+    env = {**os.environ, "RAY_TMPDIR": str(ray_dir)}
+    try:
+        first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (out / "a.mkv").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first.kill()
+        assert first.wait(30) == -signal.SIGKILL
+        # Two files are restored at once: the first output is written, another may be; the rest are partial.
+        kept = {name: (out / name).read_bytes() for name in names if (out / name).exists()}
+        partial = sorted(path.name for path in out.iterdir() if ".partial-" in path.name)
+        assert "a.mkv" in kept and len(kept) < len(names) and partial
+        for line in ray_processes(ray_dir):          # the killed driver's own cluster: ours to end
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        for line in ray_processes(ray_dir):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[:4] == [f"skipped: {folder / name}: {out / name} exists (--overwrite replaces it)" if name in kept
+                         else lines[index] for index, name in enumerate(names)]
+    assert all(line.startswith(f"done: {folder / name} -> ") for line, name in zip(lines, names) if name not in kept)
+    assert lines[4].startswith(f"{4 - len(kept)} done, 0 failed, {len(kept)} skipped in ")
+    assert [f"removed {out / name}: an unfinished output left by a run that was killed" for name in partial] == \
+        again.stderr.splitlines()
+    assert sorted(path.name for path in out.iterdir()) == names
+    assert all((out / name).read_bytes() == content for name, content in kept.items())
+    for name in names[1:]:
+        assert np.array_equal(read_all(out / name), read_all(out / "a.mkv"))
+
+
 @pytest.mark.parametrize("signum,message", [(signal.SIGINT, "interrupted (Ctrl-C)"),
                                             (signal.SIGTERM, "stopped by SIGTERM")])
 def test_ctrl_c_and_sigterm_stop_workers_and_the_local_cluster_leaving_nothing(signum, message, video, tiny_export,
@@ -230,7 +327,9 @@ def test_ctrl_c_and_sigterm_stop_workers_and_the_local_cluster_leaving_nothing(s
         assert batch.wait(60) == 128 + signum
     finally:
         batch.kill()
-    assert f"rvrt-batch: {message}; the files in progress were not written" in batch.stderr.read()
+    stderr = batch.stderr.read()
+    assert f"rvrt-batch: {message}; the files in progress were not written" in stderr
+    assert "Token authentication" not in stderr and "INFO" not in stderr      # Ray's start-up, kept off
     assert list(out.iterdir()) == []
     deadline = time.monotonic() + 20
     while ray_processes(ray_dir) and time.monotonic() < deadline:
@@ -246,7 +345,7 @@ def interruptible() -> None:
 
 
 def ray_processes(ray_dir: Path) -> list[str]:
-    """Command lines of live processes of the Ray cluster kept under ``ray_dir``."""
+    """'PID COMMAND LINE' of live processes of the Ray cluster kept under ``ray_dir``."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
@@ -254,5 +353,5 @@ def ray_processes(ray_dir: Path) -> list[str]:
         except OSError:
             continue
         if str(ray_dir) in command:
-            found.append(command)
+            found.append(f"{proc.name} {command}")
     return found

@@ -127,6 +127,58 @@ def test_a_node_lost_mid_run_costs_only_its_window(nodes, video, tiny_export, si
     assert held == {}
 
 
+@pytest.fixture(scope="module")
+def soak_folder(frames, tmp_path_factory):
+    """30 inputs: 24 clips of 2 frames, 3 files that only claim to be videos, 3 whose output exists."""
+    folder, out = tmp_path_factory.mktemp("soak"), tmp_path_factory.mktemp("soak-out")
+    for index in range(24):
+        write_video(folder / f"clip{index:02d}.mkv", frames[index % 12:index % 12 + 2], lossless=True)
+    for index in range(3):
+        (folder / f"broken{index}.mkv").write_bytes(os.urandom(2000 + index))
+        write_video(folder / f"restored{index}.mkv", frames[:2], lossless=True)
+        (out / f"restored{index}.mkv").write_bytes(b"an earlier run's output")
+    return folder, out
+
+
+def test_a_long_batch_keeps_the_driver_flat_and_its_summary_exact(nodes, soak_folder, tiny_export):
+    folder, out = soak_folder
+    run = batch(nodes, tiny_export("sr")[2], folder, "-o", out, "--workers", "2", "--threads", "1", "--window", "2",
+                "--window-overlap", "0", "--tile-overlap", "16")
+    samples = []        # (outputs written, driver RSS in kB)
+    status = Path(f"/proc/{run.pid}/status")
+    while run.poll() is None:
+        try:
+            rss = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            break
+        samples.append((sum(1 for path in out.glob("clip*.mkv")), rss))
+        time.sleep(0.05)
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1, stderr
+    lines = stdout.splitlines()
+    done = [f"done: {folder / f'clip{i:02d}.mkv'} -> {out / f'clip{i:02d}.mkv'} (2 frames, " for i in range(24)]
+    assert sorted(line.split(" s)")[0].rsplit(" ", 1)[0] + " " for line in lines if line.startswith("done:")) == done
+    failed = [line for line in lines if line.startswith("failed:")]
+    assert [line.split(": ")[1] for line in failed] == [str(folder / f"broken{i}.mkv") for i in range(3)]
+    assert all("not a readable video" in line for line in failed)
+    assert [line for line in lines if line.startswith("skipped:")] == [
+        f"skipped: {folder / f'restored{i}.mkv'}: {out / f'restored{i}.mkv'} exists (--overwrite replaces it)"
+        for i in range(3)]
+    assert lines[30].startswith("24 done, 3 failed, 3 skipped in ")
+    assert sorted(path.name for path in out.iterdir()) == sorted([f"clip{i:02d}.mkv" for i in range(24)] +
+                                                                 [f"restored{i}.mkv" for i in range(3)])
+    assert [len(read_all(out / f"clip{i:02d}.mkv")) for i in range(24)] == [2] * 24
+    # The driver's memory over the first and the last third of the files (start-up left out).
+    first = [rss for written, rss in samples if 1 <= written <= 8]
+    last = [rss for written, rss in samples if 16 < written < 24]
+    assert first and last
+    growth = np.mean(last) / np.mean(first) - 1
+    print(f"driver RSS: first third {np.mean(first) / 1024:.1f} MiB, last third {np.mean(last) / 1024:.1f} MiB "
+          f"({growth:+.1%}, {len(samples)} samples)")
+    assert abs(growth) <= 0.10
+    assert "rvrt-batch: 24/24 files, 24/24 windows on 2 workers, 48 frames" in stderr, stderr
+
+
 def test_losing_the_only_nodes_that_run_workers_stops_the_run_in_one_line(nodes, video, tiny_export, tmp_path):
     # Last in this module: it leaves the cluster without a worker node.
     [first, second] = sorted(nodes.worker_nodes, key=lambda node: node.node_id)
