@@ -90,12 +90,14 @@ model_options = option_group(
                       "use."),
     click.option("--fp16", is_flag=True, help="float16 graphs/engines (with --runtime)."),
     click.option("--sigma", type=float, help="Noise level (0-255 scale), denoising only."),
-    click.option("--window", type=int, help="Frames per temporal window [task's official value; 100 where the "
-                                            "official script takes the whole video]; 0 = whole video."),
+    click.option("--window", type=int, help="Frames per temporal window [rvrt-run: chosen within --memory, up to "
+                                            "the task's official value; rvrt-batch: the official value; 100 where "
+                                            "the official script takes the whole video]; 0 = whole video."),
     click.option("--window-overlap", type=int, help="Frames shared by neighbouring windows [2]."),
     click.option("--tile", type=TILE, help="Spatial tile in input px: 64 (square) or HEIGHTxWIDTH, e.g. 144x176; "
-                                           "multiples of 8, at least 40 for SR and 136 otherwise [task's official "
-                                           "value]: eager PyTorch takes any such tile; with --runtime an export is "
+                                           "multiples of 8, at least 40 for SR and 136 otherwise [rvrt-run: the "
+                                           "whole frame, or the tile computing the fewest pixels within --memory; "
+                                           "rvrt-batch: the task's official value]: eager PyTorch takes any such tile; with --runtime an export is "
                                            "made (and cached) for it; an export directory serves the tile it was "
                                            "exported for."),
     click.option("--tile-overlap", type=int, help="Pixels shared by neighbouring tiles [20]."),
@@ -194,7 +196,7 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
     budget = Budget(memory, runtime or "pytorch", device)
     if known is not None and not Path(model).is_dir():
         # The tile and window are chosen before loading: an exported runtime is exported for that tile.
-        tiling.update(budget.plan(known, known.config, frame_source, tiling, quiet=quiet).options())
+        tiling.update(budget.plan(known, known.config, frame_source, tiling).options())
     load_args = dict(model=model, task=task, checkpoint=checkpoint, random_weights=random_weights, device=device,
                      threads=threads, allow_unvalidated=allow_unvalidated)
     if runtime is not None:
@@ -213,8 +215,9 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
         else:
             backend = load_backend(**load_args)
         if Path(model).is_dir():
-            tiling["window"] = budget.plan(backend.task, backend.config, frame_source, tiling, quiet=quiet,
-                                           export=backend).window
+            tiling["window"] = budget.plan(backend.task, backend.config, frame_source, tiling, export=backend).window
+        # Said once the model has loaded: a run that cannot start ends with its one error line only.
+        budget.tell(quiet)
         restore_with(backend, windows, frame_source, output, sigma=sigma, tiling=tiling, encoding=encoding,
                      overwrite=overwrite, allow_unvalidated=allow_unvalidated, random_weights=random_weights,
                      quiet=quiet)
@@ -227,12 +230,14 @@ class Budget:
         self.explicit = memory is not None
         self.runtime, self.device = runtime, device
         self.bytes, self.source = (memory, "--memory") if memory is not None else default_budget(runtime, device)
+        self.warnings: list[str] = []
+        self.lines: list[str] = []
 
-    def plan(self, task, config, frames, tiling: dict, *, quiet: bool, export=None):
-        """The :class:`~.memory_budget.TilingPlan` for ``frames`` (a frame source); printed on stderr unless
-        ``quiet``. ``export``: a backend serving its own tile and batch (an export directory), told how much
-        it wastes here and which --tile would fit better. Raises ValueError naming --memory where an explicit
-        budget cannot hold even the smallest plan."""
+    def plan(self, task, config, frames, tiling: dict, *, export=None):
+        """The :class:`~.memory_budget.TilingPlan` for ``frames`` (a frame source), its description kept for
+        :meth:`tell`. ``export``: a backend serving its own tile and batch (an export directory), told how
+        much it wastes here and which --tile would fit better. Raises ValueError naming --memory where an
+        explicit budget cannot hold even the smallest plan."""
         runtime = export.name if export is not None else self.runtime
         shared = dict(runtime=runtime, device=self.device, memory_bytes=self.bytes, window=tiling["window"],
                       frames=frames.frame_count, tile_overlap=tiling["tile_overlap"],
@@ -242,21 +247,27 @@ class Budget:
                            batch=(export.batch if export is not None else tiling["batch"]) or 1, **shared)
         if not plan.fits:
             fixed = " (the tile of this export)" if export is not None else ""
-            message = (f"est. peak {plan.peak_bytes / GIB:.1f} GiB with {plan.layout}{fixed}, "
-                       f"window {plan.window}, is over {self.bytes / GIB:.1f} GiB ({self.source})")
+            message = (f"est. peak {plan.peak_bytes / GIB:.1f} GiB with {plan.layout}{fixed}, window {plan.window}, "
+                       f"is over {self.bytes / GIB:.1f} GiB ({self.source})")
             if self.explicit and not (export is None and tiling["tile"] is not None and tiling["window"] is not None):
                 raise ValueError(f"--memory {self.bytes / GIB:.2f}G is too little for task {task.short!r} at "
                                  f"{frames.width}x{frames.height}: {message}; give more memory, or a smaller "
                                  f"--tile or --window")
+            self.warnings.append(message)
+        self.lines.append(f"tiling: {plan.describe()} ({self.source})")
+        if export is not None:
+            hint = suggestion(plan, plan_tiling(task, config, frames.height, frames.width, **shared))
+            if hint:
+                self.lines.append(f"note: {hint}")
+        return plan
+
+    def tell(self, quiet: bool) -> None:
+        """The choice on stderr (not with --quiet), and a warning where it is over the budget (always)."""
+        for message in self.warnings:
             click.secho(f"warning: {message}", fg="yellow", err=True)
         if not quiet:
-            click.echo(f"tiling: {plan.describe()} ({self.source})", err=True)
-        if export is not None:
-            better = plan_tiling(task, config, frames.height, frames.width, **shared)
-            hint = suggestion(plan, better)
-            if hint and not quiet:
-                click.echo(f"note: {hint}", err=True)
-        return plan
+            for line in self.lines:
+                click.echo(line, err=True)
 
 
 def restore_with(backend, windows, frame_source, output, *, sigma, tiling, encoding, overwrite, allow_unvalidated,
