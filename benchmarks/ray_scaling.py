@@ -13,13 +13,24 @@ took the cores) and whether all outputs are bit-identical (``--single-process`` 
 with an in-process run).
 
     python benchmarks/ray_scaling.py                 # 24 frames 64x64, workers 1 and 2, 1 thread each
+
+``--batch`` measures ``rvrt-batch`` instead, as a user runs it (one process per run, ``--ray
+local``, start-up included): ``--batch-files`` short files (alternately ``--window`` and
+2 x ``--window`` - 2 frames: one and two windows, overlapping by 2) restored with ``--workers 2 --threads 1``, with
+``--workers 1`` (its default threads: every core) and with ``--workers 1 --threads 1``. Printed
+per run: wall clock, windows and CPU seconds per worker, the driver's peak RSS (GNU time), and
+the speed-ups; the outputs of all runs must be bit-identical (lossless frame folders).
+
+    python benchmarks/ray_scaling.py --batch         # 8 files of 1-2 windows of 8 frames 64x64
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +81,64 @@ def run_cluster(model: Path, clip: Path, out: Path, workers: int, threads: int, 
                 cpu=busiest_cpu)
 
 
+WORKER = re.compile(r"worker (\d+) \(node .*?, pid \d+\): (\d+) windows?, .*?, ([\d.]+) s \(([\d.]+) s CPU\)")
+
+
+def run_batch(model: Path, folder: Path, out: Path, workers: int, threads: int | None, window: int) -> dict:
+    """One ``rvrt-batch --ray local`` process over ``folder``: wall clock, per-worker windows and CPU seconds,
+    the peak RSS GNU time reports for it."""
+    command = ["rvrt-batch", str(model), str(folder), "-o", str(out), "--suffix", "png", "--ray", "local",
+               "--workers", str(workers), "--window", str(window), "--quiet"]
+    if threads:
+        command += ["--threads", str(threads)]
+    began = time.perf_counter()
+    result = subprocess.run(["/usr/bin/time", "-f", "peak-rss-kb %M", *command], capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    if result.returncode:
+        sys.exit(f"rvrt-batch failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    peak = next(int(line.split()[1]) for line in result.stderr.splitlines() if line.startswith("peak-rss-kb "))
+    workers_seen = [WORKER.match(line).groups() for line in result.stdout.splitlines() if line.startswith("worker ")]
+    return dict(wall=wall, peak=peak / 1024, windows=[int(w[1]) for w in workers_seen],
+                cpu=max(float(w[3]) for w in workers_seen), lines=result.stdout.splitlines())
+
+
+def batch_case(args, model: Path, scratch: Path) -> bool:
+    size = args.size * 4
+    folder = scratch / "files"
+    folder.mkdir()
+    windows = 0
+    for index in range(args.batch_files):
+        frames = 2 * args.window - 2 if index % 2 else args.window
+        write_video(folder / f"file{index}.mkv", degrade(moving_photo_frames(frames, size, size, seed=index), "sr"),
+                    lossless=True)
+        windows += 1 + (index % 2)
+    print(f"batch: {args.batch_files} files of {args.window} and {2 * args.window - 2} frames {args.size}x{args.size} "
+          f"({windows} windows of {args.window}, overlap 2), rvrt-batch --ray local on "
+          f"{len(os.sched_getaffinity(0))} cores; load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    runs = {"--workers 2 --threads 1": (2, 1), "--workers 1": (1, None), "--workers 1 --threads 1": (1, 1)}
+    results, outputs = {}, {}
+    for name, (workers, threads) in runs.items():
+        outputs[name] = scratch / f"batch-out-{workers}-{threads}"
+        results[name] = result = run_batch(model, folder, outputs[name], workers, threads, args.window)
+        print(f"{name}: {result['wall']:.1f} s, windows per worker {result['windows']}, CPU seconds of the busiest "
+              f"worker {result['cpu']:.1f}, driver peak RSS {result['peak']:.0f} MiB; load average "
+              f"{os.getloadavg()[0]:.2f}", flush=True)
+    two = results["--workers 2 --threads 1"]
+    for name in list(runs)[1:]:
+        one = results[name]
+        print(f"speed-up --workers 2 --threads 1 vs {name}: {one['wall'] / two['wall']:.2f}x wall clock "
+              f"(start-up included); busiest worker's CPU seconds {one['cpu']:.1f} vs {two['cpu']:.1f} s: "
+              f"{one['cpu'] / two['cpu']:.2f}x")
+    first = outputs["--workers 2 --threads 1"]
+    identical = all(np.array_equal(np.stack(list(open_frames(first / f"file{index}"))),
+                                   np.stack(list(open_frames(path / f"file{index}"))))
+                    for path in outputs.values() for index in range(args.batch_files))
+    print(f"outputs bit-identical ({', '.join(runs)}): {'yes' if identical else 'NO'}")
+    for path in outputs.values():
+        shutil.rmtree(path)
+    return identical
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=24)
@@ -80,11 +149,15 @@ def main() -> None:
     parser.add_argument("--export", type=Path, default=ROOT / "runs" / "ray-scaling" / "sr-tile64-random")
     parser.add_argument("--single-process", action="store_true",
                         help="also restore in this process (same threads) and compare")
+    parser.add_argument("--batch", action="store_true", help="measure rvrt-batch over many short files instead")
+    parser.add_argument("--batch-files", type=int, default=8)
     args = parser.parse_args()
 
     model = export(args.export)
     with tempfile.TemporaryDirectory(prefix="ray-scaling-") as scratch:
         scratch = Path(scratch)
+        if args.batch:
+            sys.exit(0 if batch_case(args, model, scratch) else 1)
         size = args.size * 4
         clip = scratch / "clip"
         write_video(clip, degrade(moving_photo_frames(args.frames, size, size, seed=7), "sr"))

@@ -228,7 +228,7 @@ class RayWindows:
     node). address: ``"local"`` starts a Ray cluster in this process, ``"auto"`` or an address
     joins a running one; when Ray is already initialised in this process, that connection is
     used and left alone. workers: actors (default: one per GPU for backends that need a GPU,
-    else one per node), each with ``threads`` CPUs (ONNX Runtime / PyTorch threads; default:
+    else one per node with a CPU), each with ``threads`` CPUs (ONNX Runtime / PyTorch threads; default:
     the machine's CPUs shared out on a local cluster, 1 on a joined one) and one GPU where the
     backend needs one. max_in_flight: windows read and not yet handed back, over every video
     restored at once (default 2 per worker): memory stays flat in the videos' length and number.
@@ -317,8 +317,9 @@ class RayWindows:
                 signal.signal(signal.SIGTERM, previous)
         gpus = 1 if needs_gpu(self.load_args) else 0
         if self.workers is None:
-            alive = sum(1 for node in ray.nodes() if node["Alive"])
-            self.workers = int(ray.cluster_resources().get("GPU", 0)) if gpus else alive
+            # One per machine that can run one: a head started with --num-cpus 0 only drives.
+            alive = sum(1 for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) >= 1)
+            self.workers = int(ray.cluster_resources().get("GPU", 0)) if gpus else max(alive, 1)
         self.max_in_flight = self.max_in_flight or 2 * self.workers
         threads = self.threads or self._default_threads()
         self._check_resources(threads, gpus)
