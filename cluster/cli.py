@@ -10,17 +10,12 @@ complete).
 
 from __future__ import annotations
 
-import logging
-import os
 import re
 import shutil
 import sys
 import threading
 import time
-import warnings
 from collections import deque
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,7 +119,7 @@ class BatchProgress:
         self.bar = None
         if enabled and terminal_columns(sys.stderr) > 0:
             self.bar = tqdm(total=max(self.work, 1.0), desc="rvrt-batch", dynamic_ncols=True,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
 
     def update(self, key: int, status) -> None:
         with self.lock:
@@ -163,7 +158,7 @@ class BatchProgress:
                 done = self.finished_work + sum(work for work, _ in self.current.values())
                 self.bar.total = max(self.work, 1.0)
                 self.bar.n = min(done, self.bar.total)
-                self.bar.set_postfix_str(self.line().rsplit(", ETA", 1)[0], refresh=False)
+                self.bar.set_description_str(f"rvrt-batch: {self.line().rsplit(', ETA', 1)[0]}", refresh=False)
                 self.bar.refresh()
                 return
             now = time.perf_counter()
@@ -230,7 +225,7 @@ def summary_lines(items: list[Item], pool: RayWindows | None, seconds: float) ->
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs [they are skipped].")
 @click.option("--allow-unvalidated", is_flag=True, help="Serve an export without a passing validation record.")
 @click.option("--quiet", is_flag=True, help="No progress.")
-@click.option("--verbose", is_flag=True, help="Also show Ray's own messages (start-up, connection, workers' logs).")
+@click.option("--verbose", is_flag=True, help="Also show Ray's own start-up messages.")
 def main(model, inputs, output_dir, suffix, address, workers, threads, start_time, frame_limit, task, checkpoint,
          random_weights, runtime, fp16, sigma, window, window_overlap, tile, tile_overlap, batch, device, codec, crf,
          lossless, bit_depth, pix_fmt, overwrite, allow_unvalidated, quiet, verbose):
@@ -272,10 +267,8 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, start_tim
                 load_args.update(runtime=runtime, tile=tile, batch=batch)
             if fp16:
                 load_args["fp16"] = True
-            pool = RayWindows(load_args, address=address, workers=workers, threads=threads)
-            with ExitStack() as started:
-                with ray_messages(verbose):
-                    started.enter_context(pool)
+            pool = RayWindows(load_args, address=address, workers=workers, threads=threads, verbose=verbose)
+            with pool:
                 warn(pool, allow_unvalidated)
                 restore_all(items, pool, quiet, dict(sigma=sigma, window=window, window_overlap=window_overlap,
                                                      tile=tile, tile_overlap=tile_overlap, batch=batch,
@@ -293,34 +286,6 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, start_tim
         # workers could not start: one line, exit status 1.
         raise click.ClickException(str(err)) from None
     finish(items, pool, began)
-
-
-@contextmanager
-def ray_messages(verbose: bool) -> Iterator[None]:
-    """Ray's start-up lines (its own log records and what its processes print to this process's
-    standard error, such as the token-authentication warning) go nowhere unless ``verbose``; a
-    failure to start is still reported, in one line, by the caller."""
-    if verbose:
-        yield
-        return
-    loggers = [logging.getLogger(name) for name in ("ray", "ray.worker", "ray._private.worker")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.ERROR)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            os.dup2(null.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
-        for log, level in zip(loggers, levels):
-            log.setLevel(level)
 
 
 def probe(items: list[Item], known, overwrite: bool, encoding: dict, segment: dict) -> None:

@@ -17,13 +17,14 @@ the output.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
-import itertools
 import signal
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -76,6 +77,34 @@ def signal_exceptions_unwrapped():
         if isinstance(err.__cause__, BaseException) and not isinstance(err.__cause__, Exception):
             raise err.__cause__ from None
         raise
+
+
+@contextmanager
+def ray_start_messages(verbose: bool) -> Iterator[None]:
+    """Ray's start-up lines (its log records, and what it and the processes it starts print to this
+    process's standard error, such as the token-authentication warning) go nowhere unless
+    ``verbose``; a failure to start is still raised, and reported in one line by the commands."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.worker", "ray._private.worker")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def needs_gpu(load_args: dict) -> bool:
@@ -233,7 +262,7 @@ class RayWindows:
     backend needs one. max_in_flight: windows read and not yet handed back, over every video
     restored at once (default 2 per worker): memory stays flat in the videos' length and number.
     attempts: tries per window, on another worker where one is free, before its video stops with
-    :class:`WindowFailed`.
+    :class:`WindowFailed`. verbose: let Ray's start-up messages through to standard error.
 
     Entering starts the workers and loads their backends (load errors are raised as they are);
     ``backend`` then describes the model for ``restore_video``. Entering again while entered
@@ -246,7 +275,7 @@ class RayWindows:
 
     def __init__(self, load_args: dict, *, address: str = "local", workers: int | None = 1,
                  threads: int | None = None, max_in_flight: int | None = None, attempts: int = 3,
-                 loader: Callable[..., Backend] = load_backend):
+                 loader: Callable[..., Backend] = load_backend, verbose: bool = False):
         if workers is not None and workers < 1:
             raise ValueError(f"--workers must be at least 1, got {workers}")
         if threads is not None and threads < 1:
@@ -260,6 +289,7 @@ class RayWindows:
         self.max_in_flight = max_in_flight
         self.attempts = attempts
         self.loader = loader
+        self.verbose = verbose
         self.backend: Backend | None = None
         self.retries = 0
         self._depth = 0
@@ -306,10 +336,11 @@ class RayWindows:
             options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             main_thread = threading.current_thread() is threading.main_thread()
             previous = signal.getsignal(signal.SIGTERM) if main_thread else None
-            if self.address == "local":
-                ray.init(**options)
-            else:
-                ray.init(address=self.address, **options)
+            with ray_start_messages(self.verbose):
+                if self.address == "local":
+                    ray.init(**options)
+                else:
+                    ray.init(address=self.address, **options)
             self._connected = True
             if callable(previous):
                 # ray.init replaces the SIGTERM handler with one that exits at once; the caller's own
