@@ -392,11 +392,12 @@ class RayWindows:
                              f"{count_of(self.workers, 'GPU')}, the Ray cluster has {have_gpus}")
 
     def _node_name(self, node_id: str) -> str:
-        """'NAME ID8': the node's name (its IP address unless ``ray start --node-name`` set one) and the
+        """'NAME ID8': the node's name in Ray (its IP address unless set otherwise) and the
         start of its id."""
         if node_id not in self._nodes:
             for node in ray.nodes():
-                self._nodes[node["NodeID"]] = f"{node.get('NodeName') or node['NodeManagerAddress']} {node['NodeID'][:8]}"
+                name = node.get("NodeName") or node["NodeManagerAddress"]
+                self._nodes[node["NodeID"]] = f"{name} {node['NodeID'][:8]}"
         return self._nodes.get(node_id, node_id[:8])
 
     def _stop(self) -> None:

@@ -111,7 +111,8 @@ def test_a_node_lost_mid_run_costs_only_its_window(nodes, video, tiny_export, si
     killer.start()
     load_args = {"model": tiny_export("sr")[2], "pid_file": pid_file}
     try:
-        with RayWindows(load_args, address=nodes.address, workers=2, threads=1, loader=loader_killed_mid_window) as pool:
+        with RayWindows(load_args, address=nodes.address, workers=2, threads=1,
+                        loader=loader_killed_mid_window) as pool:
             restore_video(pool.backend, video, tmp_path / "out", windows=pool, **OPTIONS)
             report, stats, retries = pool.report(), pool.stats, pool.retries
         held = driver_references()
