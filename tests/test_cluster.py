@@ -238,6 +238,7 @@ def test_a_batch_of_one_window_files_keeps_every_worker_busy(cluster, frames, ti
     with RayWindows(load_args, workers=2, threads=1, loader=loader_logging_calls) as pool:
         restore_all(items, pool, quiet=False, options=options, interval=0.0)
     assert [item.state for item in items] == ["done"] * 4
+    assert driver_references() == {}            # every window's input and result released
     # One backend call per window: windows of different files ran at the same time on the two workers.
     calls = [line.split() for line in log.read_text().splitlines()]
     assert len(calls) == 4 and len({pid for pid, *_ in calls}) == 2
@@ -342,6 +343,17 @@ def interruptible() -> None:
     """SIGINT as a terminal's Ctrl-C finds it: a suite started in the background (``cmd &``,
     nohup) inherits SIGINT ignored, exec keeps it so, and Python then leaves it ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def driver_references(seconds: float = 5.0) -> dict:
+    """Objects this process still references, owned or borrowed (what keeps windows in the object
+    stores of the nodes), once Ray has dropped what was released (``ray memory`` reads the same
+    counts; it needs grpcio, which Ray's minimal install lacks)."""
+    worker = ray._private.worker.global_worker.core_worker
+    deadline = time.monotonic() + seconds
+    while (held := worker.get_all_reference_counts()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return held
 
 
 def ray_processes(ray_dir: Path) -> list[str]:

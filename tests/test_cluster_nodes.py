@@ -25,7 +25,8 @@ import test_cluster
 from rvrt_cluster import RayWindows
 from rvrt_engines.restore import restore_video
 from rvrt_engines.synthetic import write_video
-from test_cluster import OPTIONS, frames, loader_killed_mid_window, read_all, single_process, video  # noqa: F401
+from test_cluster import (OPTIONS, driver_references, frames, loader_killed_mid_window, read_all,  # noqa: F401
+                          single_process, video)
 
 STORE = 80 * 1024 * 1024
 """Object store per node: small, as a tiny model's windows need little (Ray's floor is 75 MiB)."""
@@ -59,17 +60,6 @@ def node_of(cluster: Cluster, pid: int):
     """The worker node whose raylet started process ``pid``."""
     parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     return next(node for node in cluster.worker_nodes if node.all_processes["raylet"][0].process.pid == parent)
-
-
-def driver_references(seconds: float = 5.0) -> dict:
-    """Objects this process still references, owned or borrowed (what keeps windows in the object
-    stores of the nodes), once Ray has dropped what was released (``ray memory`` reads the same
-    counts; it needs grpcio, which Ray's minimal install lacks)."""
-    worker = ray._private.worker.global_worker.core_worker
-    deadline = time.monotonic() + seconds
-    while (held := worker.get_all_reference_counts()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return held
 
 
 def batch(cluster: Cluster, *args, **popen) -> subprocess.Popen:
