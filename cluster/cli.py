@@ -214,7 +214,7 @@ def summary_lines(items: list[Item], pool: RayWindows | None, seconds: float) ->
               help="Ray cluster: local (started here, shut down at the end), auto (the one this machine joined) or "
                    "an address.")
 @click.option("--workers", type=int, help="Ray workers, each loading the model once [one per GPU for GPU backends, "
-                                          "else one per node].")
+                                          "else one per node with CPUs].")
 @click.option("--threads", type=int, help="CPU threads per worker [the CPUs shared out on a local cluster, else 1].")
 @click.option("--start", "start_time", help="Restore every file from this time: seconds or HH:MM:SS[.ms] (audio cut "
                                             "to match).")
