@@ -1,5 +1,6 @@
 """rvrt-run's windows on a real local Ray cluster: same frames as one process, workers killed, windows
-that fail, rvrt-batch over a folder, Ctrl-C."""
+that fail; rvrt-batch over a folder (files restored at once, a segment of each, a killed batch run
+again), Ctrl-C and SIGTERM. Several nodes: test_cluster_nodes.py."""
 
 import dataclasses
 import os
