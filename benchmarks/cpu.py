@@ -21,7 +21,16 @@ Console scripts are those of this interpreter's environment (``bin/`` beside ``s
 not a version manager's shims, which add their own start-up (0.3 s for pyenv's here).
 
 Cases (input size, frames): ``sr-8`` and ``sr-32`` full-size SR x4 at 64x64, ``denoise-4``
-non-blind denoising at 256x256. With ``--repeats N`` each is run N times and the fastest
+non-blind denoising at 256x256.
+
+Real-size cases (issue 21): ``sr-176x144`` (SR x4, 8 frames), ``sr-320x180`` (4 frames) and
+``denoise-480x270`` (4 frames), each an H.264 clip made here with PyAV (a panning photograph, degraded as the task's input
+would be; no downloaded video). Each runs ``rvrt-run TASK --random-weights --runtime onnxruntime`` as a user
+would, at its default settings (``auto``: the tile and window chosen from the memory budget, which rvrt-run
+prints) and at the official tiling (``official``: ``--tile 128`` for SR, 256 for denoise), side by side in
+one run, exports in an artefact cache under ``--work-dir`` made by an unmeasured first run. For
+``sr-176x144`` the default run is also measured on first use (an empty cache: the export made for its tile,
+timed apart). With ``--repeats N`` each is run N times and the fastest
 run is reported (a shared machine only ever adds time). Steady-state frames per second are
 (32 - 8) / (time of sr-32 - time of sr-8): what a longer video approaches once start-up and the first window are paid.
 
@@ -76,6 +85,27 @@ CASES = {case.name: case for case in (
     Case("sr-8", "sr", 8, 64, 64),
     Case("sr-32", "sr", 32, 64, 64),
     Case("denoise-4", "denoise", 4, 256, 256, sigma=20.0),
+)}
+
+
+@dataclass(frozen=True)
+class RealCase:
+    """A real-size clip: (height, width) input px, frames; ``official_tile`` the official script's tile."""
+
+    name: str
+    task: str
+    frames: int
+    height: int
+    width: int
+    official_tile: int
+    sigma: float | None = None
+    first_use: bool = False
+
+
+REAL_CASES = {case.name: case for case in (
+    RealCase("sr-176x144", "sr", 8, 144, 176, 128, first_use=True),
+    RealCase("sr-320x180", "sr", 4, 180, 320, 128),
+    RealCase("denoise-480x270", "denoise", 4, 270, 480, 256, sigma=20.0),
 )}
 
 
@@ -208,6 +238,107 @@ def rvrt_run(runtime: str, case: Case, frames: Path, work: Path, threads: int, l
     return Measurement(seconds, peak_kb / 1e6, output)
 
 
+def real_clip(case: RealCase, work: Path) -> Path:
+    """The case's H.264 clip (PyAV), made once."""
+    from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
+
+    path = work / f"clip-{case.name}-{case.frames}.mp4"
+    if not path.exists():
+        if case.task == "sr":
+            frames = degrade(moving_photo_frames(case.frames, 4 * case.height, 4 * case.width, seed=0), "sr")
+        else:
+            frames = degrade(moving_photo_frames(case.frames, case.height, case.width, seed=0), case.task,
+                             sigma=case.sigma)
+        partial = path.with_name(path.stem + ".partial.mp4")
+        write_video(partial, frames)
+        partial.replace(path)
+    return path
+
+
+@dataclass
+class RealMeasurement:
+    seconds: float
+    peak_rss_gb: float
+    tiling: str
+
+
+def real_run(case: RealCase, mode: str, clip: Path, cache: Path, work: Path, threads: int,
+             memory: str | None = None, frames: int | None = None) -> RealMeasurement:
+    """One ``rvrt-run`` process on ONNX Runtime: ``auto`` (default settings, or within ``memory``) or
+    ``official`` (its tile)."""
+    output = work / "outputs" / f"{case.name}-{mode}.mkv"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "RVRT_CACHE": str(cache)}
+    command = [console_script("rvrt-run"), case.task, "--random-weights", "--runtime", "onnxruntime", str(clip),
+               "-o", str(output), "--threads", str(threads), "--overwrite"]
+    if mode == "official":
+        command += ["--tile", str(case.official_tile)]
+    if memory is not None:
+        command += ["--memory", memory]
+    if frames is not None:
+        command += ["--frames", str(frames)]
+    if case.sigma is not None:
+        command += ["--sigma", str(case.sigma)]
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        start = time.perf_counter()
+        result = run(["/usr/bin/time", "-f", "%M", "-o", report.name, *command], env=env)
+        seconds = time.perf_counter() - start
+        peak_kb = int(report.read().strip().splitlines()[-1])
+    if result.returncode != 0:
+        raise SystemExit(f"{case.name} ({mode}) failed:\n{' '.join(command)}\n{result.stderr[-3000:]}")
+    tiling = next((line.removeprefix("tiling: ") for line in result.stderr.splitlines()
+                   if line.startswith("tiling: ")), "?")
+    return RealMeasurement(seconds, peak_kb * 1024 / 2 ** 30, tiling)
+
+
+def real_cases(cases: list[RealCase], work: Path, cache: Path, threads: int, log, first_use: bool = True) -> None:
+    """Default (auto) settings against the official tiling, side by side, as fps and peak RSS; exports in
+    ``cache`` (an artefact cache, as ``$RVRT_CACHE``)."""
+    results = {}
+    for case in cases:
+        clip = real_clip(case, work)
+        if case.first_use and first_use:
+            with tempfile.TemporaryDirectory(dir=work) as fresh:
+                first = real_run(case, "auto", clip, Path(fresh), work, threads)
+            log(f"  {case.name:16s} auto, first use (export made for its tile): {first.seconds:7.1f} s, peak RSS "
+                f"{first.peak_rss_gb:5.2f} GiB (the export's own peak included)")
+            results[case.name, "first use"] = first
+        for mode in ("official", "auto"):
+            # Makes or finds the export, unmeasured: two frames choose the same tile as the clip on a roomy machine.
+            real_run(case, mode, clip, cache, work, threads, frames=2)
+        # Alternating, so that a change of load on a shared machine falls on both settings alike.
+        for mode in ("official", "auto"):
+            m = real_run(case, mode, clip, cache, work, threads)
+            results[case.name, mode] = m
+            log(f"  {case.name:16s} {mode:8s} {m.seconds:7.1f} s  peak RSS {m.peak_rss_gb:5.2f} GiB  {m.tiling}")
+        if case.first_use:
+            # The chooser within the official tiling's measured peak: what --memory buys when the whole frame
+            # (the default on a roomy machine) needs more than the official tiling did.
+            memory = f"{results[case.name, 'official'].peak_rss_gb:.2f}G"
+            real_run(case, "auto", clip, cache, work, threads, memory)
+            m = real_run(case, "auto", clip, cache, work, threads, memory)
+            results[case.name, f"--memory {memory}"] = m
+            log(f"  {case.name:16s} auto --memory {memory} {m.seconds:7.1f} s  peak RSS {m.peak_rss_gb:5.2f} GiB  "
+                f"{m.tiling}")
+    log(f"\nreal-size clips, ONNX Runtime, {threads} threads (end to end per process: start-up, decoding, encoding "
+        f"included; peak RSS in GiB):")
+    log(f"  {'case':16s} {'frames':>6s} {'official s':>10s} {'fps':>6s} {'GiB':>5s} {'auto s':>8s} {'fps':>6s} "
+        f"{'GiB':>5s} {'speed-up':>8s}  auto tiling")
+    for case in cases:
+        official, auto = results[case.name, "official"], results[case.name, "auto"]
+        log(f"  {case.name:16s} {case.frames:6d} {official.seconds:10.1f} {case.frames / official.seconds:6.3f} "
+            f"{official.peak_rss_gb:5.2f} {auto.seconds:8.1f} {case.frames / auto.seconds:6.3f} {auto.peak_rss_gb:5.2f} "
+            f"{official.seconds / auto.seconds:7.2f}x  {auto.tiling}")
+        for (name, mode), m in results.items():
+            if name == case.name and mode.startswith("--memory"):
+                log(f"  {'':16s} auto {mode}: {m.seconds:.1f} s, {case.frames / m.seconds:.3f} fps, {m.peak_rss_gb:.2f} "
+                    f"GiB, {official.seconds / m.seconds:.2f}x the official tiling's speed; {m.tiling}")
+        first = results.get((case.name, "first use"))
+        if first is not None:
+            log(f"  {'':16s} first use of the default settings (export included): {first.seconds:.1f} s, of which "
+                f"the export ~{first.seconds - auto.seconds:.0f} s")
+
+
 def gda_flops(q_shape, clip: int, kernel_h: int, kernel_w: int) -> int:
     frames, _, channels, height, width = q_shape
     return frames * height * width * clip * kernel_h * kernel_w * (8 * 2 * channels + 2 * channels + 2 * channels)
@@ -272,7 +403,8 @@ def stage_table(case: Case, work: Path, threads: int, ceiling: float, log) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--cases", default=",".join([*CASES, *REAL_CASES]),
+                        help=f"comma-separated, of {', '.join([*CASES, *REAL_CASES])}")
     parser.add_argument("--runtimes", help=f"comma-separated, of {', '.join(RUNTIMES)} [all; official where a "
                                            f"checkout is named]")
     parser.add_argument("--official-dir", type=Path, default=os.environ.get("RVRT_OFFICIAL_DIR") or None,
@@ -282,13 +414,20 @@ def main() -> None:
                         help="runs of each case and runtime; the fastest is reported [1]")
     parser.add_argument("--stages", action="store_true", help="also time each ONNX Runtime stage of the SR export")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "cpu-bench")
+    parser.add_argument("--no-first-use", action="store_true",
+                        help="skip the first-use run of sr-176x144 (an export made in an empty cache, minutes)")
+    parser.add_argument("--cache", type=Path, help="artefact cache of the real-size cases' exports [WORK_DIR/cache; "
+                                                   "benchmarks/memory_model.py uses runs/cache]")
     args = parser.parse_args()
-    cases = [c for c in args.cases.split(",") if c]
+    chosen = [c for c in args.cases.split(",") if c]
+    cases = [c for c in chosen if c not in REAL_CASES]
+    real = [REAL_CASES[c] for c in chosen if c in REAL_CASES]
     runtimes = ([r for r in args.runtimes.split(",") if r] if args.runtimes
                 else [r for r in RUNTIMES if r != "official" or args.official_dir])
     unknown = [c for c in cases if c not in CASES] + [r for r in runtimes if r not in RUNTIMES]
+    unknown = [c for c in unknown if c]
     if unknown:
-        parser.error(f"unknown case or runtime {', '.join(unknown)}; cases: {', '.join(CASES)}; runtimes: "
+        parser.error(f"unknown case or runtime {', '.join(unknown)}; cases: {', '.join([*CASES, *REAL_CASES])}; runtimes: "
                      f"{', '.join(RUNTIMES)}")
     if "official" in runtimes and not (args.official_dir and (args.official_dir / "main_test_rvrt.py").is_file()):
         parser.error(f"--runtimes official needs --official-dir (or $RVRT_OFFICIAL_DIR) naming a checkout of "
@@ -326,9 +465,10 @@ def main() -> None:
     ceiling = max(ceiling, again)
     baselines = [r for r in ("eager-reference", "official") if r in runtimes]
     short = {"eager-reference": "vs eager-ref", "official": "vs official"}
-    log(f"\n{'case':10s} {'runtime':16s} {'end to end':>10s} {'fps':>6s} "
-        + "".join(f"{short[b]:>13s}" for b in baselines)
-        + f" {'peak RSS':>8s} {'GFLOP/s':>8s} {'of ceiling':>10s} {'max |diff| vs eager-reference':>30s}")
+    if cases:
+        log(f"\n{'case':10s} {'runtime':16s} {'end to end':>10s} {'fps':>6s} "
+            + "".join(f"{short[b]:>13s}" for b in baselines)
+            + f" {'peak RSS':>8s} {'GFLOP/s':>8s} {'of ceiling':>10s} {'max |diff| vs eager-reference':>30s}")
     for case in (CASES[c] for c in cases):
         reference = results.get((case.name, "eager-reference"))
         reference_frames = uint8_frames(reference.output) if reference else None
@@ -340,6 +480,10 @@ def main() -> None:
                     if reference_frames is not None else "-")
             log(f"{case.name:10s} {runtime:16s} {m.seconds:9.1f}s {case.frames / m.seconds:6.2f} {speedups} "
                 f"{m.peak_rss_gb:6.2f}GB {rate:8.1f} {100 * rate / ceiling:9.0f} % {diff:>30s}")
+    if real:
+        log("\nreal-size clips:")
+        real_cases(real, args.work_dir, args.cache or args.work_dir / "cache", args.threads, log,
+                   first_use=not args.no_first_use)
     if {"sr-8", "sr-32"} <= set(cases):
         log("\nsteady state, full-size SR 64x64 ((32 - 8) frames / (time of sr-32 - time of sr-8)):")
         steady = {}

@@ -54,8 +54,8 @@ DEFAULT_POINTS = (
 )
 
 # RUNTIME:KIND:HEIGHTxWIDTH (the clip's):FRAMES:MEMORY
-DEFAULT_CHECKS = ("eager:sr:144x176:8:1.5G", "eager:sr:180x320:8:3G", "eager:sr:180x320:8:6G",
-                  "eager:denoise:270x480:4:1.5G")
+DEFAULT_CHECKS = ("eager:sr:144x176:4:1.5G", "eager:denoise:270x480:4:1.5G", "eager:sr:180x320:4:3G",
+                  "eager:sr:180x320:4:6G")
 
 
 def console_script(name: str) -> str:

@@ -102,11 +102,13 @@ class MemoryModel:
 #   eager SR       64x64 2: 0.58, 64x64 8: 0.84, 128x128 4: 1.62, 144x176 2: 1.54, 144x176 8: 2.73
 #   eager denoise  136x136 2: 0.44, 256x256 2: 0.74, 256x256 6: 0.93, 272x480 4: 1.18
 #   ORT SR         64x64 2: 0.70, 64x64 8: 0.92, 128x128 2: 2.04, 128x128 8: 2.62, 144x176 2: 2.93, 144x176 8: 3.97
+#   ORT denoise    256x256 2: 0.84, 256x256 6: 1.05, 272x480 4: 1.73
+# ONNX Runtime's SR peak per tile pixel is about three times eager's (measured; the cause not yet profiled).
 MODELS = {
     ("pytorch", "sr"): MemoryModel(0.635 * GIB, 7649.0, 31417.0, "eager SR, 5 points, 2026-12-01"),
     ("pytorch", "quarter"): MemoryModel(0.426 * GIB, 754.0, 3454.0, "eager denoise, 4 points, 2026-12-01"),
     ("onnxruntime", "sr"): MemoryModel(0.329 * GIB, 6531.0, 97685.0, "ONNX Runtime SR, 6 points, 2026-12-01"),
-    ("onnxruntime", "quarter"): MemoryModel(0.70 * GIB, 400.0, 8000.0, "provisional"),
+    ("onnxruntime", "quarter"): MemoryModel(0.150 * GIB, 759.0, 9713.0, "ONNX Runtime denoise, 3 points, 2026-12-01"),
 }
 
 
@@ -168,7 +170,7 @@ class TilingPlan:
     def describe(self) -> str:
         held = f" ({self.window_frames} frames)" if self.window_frames < self.window else ""
         budget = f" of {self.memory_bytes / GIB:.1f} GiB" if self.memory_bytes is not None else ""
-        guess = "" if self.calibrated else f" (not calibrated for {self.runtime}: eager PyTorch's CPU figures)"
+        guess = "" if self.calibrated else f" (not measured on a GPU: eager PyTorch's CPU figures)"
         return (f"{self.layout}: {self.overhead:.2f}x the frame's pixels, window {self.window}"
                 f"{held}, est. peak {self.peak_bytes / GIB:.1f} GiB{budget}{guess}")
 
@@ -225,10 +227,10 @@ def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: 
         heights = range(config.min_tile, padded_h + 1, 8)
         widths = range(config.min_tile, padded_w + 1, 8)
         shapes = [(h, w) for h in heights for w in widths]
-    costs = sorted((computed_pixels(frame_height, frame_width, shape, tile_overlap), shape) for shape in shapes)
-    # Fewest computed pixels first, then fewer tiles; among equals the larger tile (it holds the frame in fewer
-    # pieces), so that the whole frame wins when it costs no more.
-    costs.sort(key=lambda item: (item[0][1], item[0][0], -item[1][0] * item[1][1]))
+    # Fewest computed pixels first, then fewer tiles; among equals the larger tile, so that the whole frame wins
+    # when it costs no more.
+    costs = sorted(((computed_pixels(frame_height, frame_width, shape, tile_overlap), shape) for shape in shapes),
+                   key=lambda item: (item[0][1], item[0][0], -item[1][0] * item[1][1]))
 
     official = task.tile[0] or 100
     if window is not None:
@@ -247,7 +249,7 @@ def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: 
     def plan(counted: tuple[int, int], shape: tuple[int, int], window_size: int) -> TilingPlan:
         return TilingPlan(shape, window_size, (frame_height, frame_width), counted[0], counted[1],
                           held_frames(window_size), peak(shape, window_size), memory_bytes, runtime,
-                          calibrated=runtime in ("pytorch", "onnxruntime"))
+                          calibrated=runtime in ("pytorch", "onnxruntime") and not gpu_runtime(runtime, device))
 
     best, best_cost = None, None
     for window_size in windows:

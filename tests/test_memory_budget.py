@@ -101,12 +101,24 @@ def test_an_explicit_tile_or_window_is_kept_and_the_other_chosen_within_the_budg
     assert plan.window == 16 and plan.fits
 
 
+def test_gpu_runtimes_say_their_estimate_is_not_measured():
+    for runtime, device in (("tensorrt", "cuda"), ("pytorch", "cuda")):
+        plan = plan_tiling(SR, SR.config, 144, 176, runtime=runtime, device=device, memory_bytes=8 * GIB, frames=8)
+        assert plan.describe().endswith("(not measured on a GPU: eager PyTorch's CPU figures)")
+    assert "not measured" not in plan_tiling(SR, SR.config, 144, 176, memory_bytes=8 * GIB).describe()
+
+
 def test_nothing_fitting_gives_the_least_memory_plan_marked_as_not_fitting():
     plan = plan_tiling(SR, SR.config, 144, 176, memory_bytes=100 * 2 ** 20, frames=8)
     assert not plan.fits and plan.tile == (40, 40) and plan.window == 4
 
 
-@pytest.mark.parametrize("height, width", [(144, 176), (68, 120), (96, 96)])
+def test_every_runtime_and_kind_has_a_measured_model():
+    assert {key for key in MODELS} == {(r, k) for r in ("pytorch", "onnxruntime") for k in ("sr", "quarter")}
+    assert all("provisional" not in model.source for model in MODELS.values())
+
+
+@pytest.mark.parametrize("height, width", [(144, 176), (68, 120)])
 def test_spynet_takes_sizes_whose_pyramid_has_odd_levels(height, width):
     """144x176 is resized to 160x192 in SpyNet, whose coarsest levels are 5x6 and 10x12: the upsampled
     flow of an odd level is one row short, extended as the official SpyNet does (replicate). Whole frames
