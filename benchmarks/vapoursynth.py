@@ -11,7 +11,10 @@ and ONNX Runtime threads on both sides. Each process is timed from before its st
 peak RSS read by ``/usr/bin/time -f %M`` (its own, not this process's), for clips of 40 and 160 frames,
 alternating the two sides, ``--repeats`` times (the fastest run of each kept: the machine's load
 only ever slows a run down). It prints frames per second and the filter's share of rvrt-run's (goal:
->= 95 %), and the filter's peak RSS at 160 frames over that at 40 (goal: within 10 %).
+>= 95 %), and the filter's peak RSS at 160 frames over that at 40 (goal: within 10 %). Within each
+filter process, the seconds spent restoring windows (from the filter's debug log) against the rest:
+measured in one process at one time, it tells the frameserver's own cost even where the load of a
+shared machine moves two processes' times apart.
 
 VapourSynth R81 runs on Python >= 3.12: the filter runs in a venv under ``--work-dir`` with
 vapoursynth==81, vapoursynth-bestsource and the checkout's dependencies without extras (made on first
@@ -36,10 +39,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LENGTHS = (40, 160)
 VPY = """
+import re
 import vapoursynth as vs
 from rvrt_engines.vapoursynth import restore
 
 vs.core.num_threads = {threads}
+restorations = open({log!r}, "w")
+
+
+def restored(kind, message):
+    found = re.search(r"restored in ([0-9.]+) s", message)
+    if found:
+        print(found.group(1), file=restorations, flush=True)
+
+
+vs.core.add_log_handler(restored)
 clip = vs.core.bs.VideoSource({video!r})
 restore(clip, {export!r}, window={window}, window_overlap={overlap}, threads={threads},
         format=clip.format).set_output()
@@ -153,10 +167,13 @@ def main() -> None:
     options = ["--window", str(args.window), "--window-overlap", str(args.window_overlap), "--threads",
                str(args.threads), "--quiet"]
 
+    def restorations(video: Path) -> Path:
+        return args.work_dir / f"{video.stem}.restorations"
+
     def commands(video: Path) -> dict[str, list[str]]:
         script = args.work_dir / f"{video.stem}.vpy"
         script.write_text(VPY.format(threads=args.threads, video=str(video), export=str(export), window=args.window,
-                                     overlap=args.window_overlap))
+                                     overlap=args.window_overlap, log=str(restorations(video))))
         return {"rvrt-run": [rvrt_run, str(export), str(video), "-o", "-", *options],
                 "vapoursynth": [str(venv / "bin" / "vspipe"), "-c", "y4m", str(script), "-"]}
 
@@ -168,7 +185,8 @@ def main() -> None:
     results = {}
     for repeat in range(args.repeats):
         for length in LENGTHS:
-            for side, command in commands(input_video(args.work_dir, length, height, width)).items():
+            video = input_video(args.work_dir, length, height, width)
+            for side, command in commands(video).items():
                 seconds, peak, frames = measured(command, env)
                 if frames != length:
                     raise SystemExit(f"{side}: {frames} frames on the pipe, expected {length}")
@@ -176,6 +194,11 @@ def main() -> None:
                 results[side, length] = (min(best, seconds), max(highest, peak))
                 log(f"run {repeat + 1}: {side:12s} {length:4d} frames: {seconds:7.1f} s ({length / seconds:.2f} fps), "
                     f"peak RSS {peak:.3f} GB")
+                if side == "vapoursynth":
+                    windows = [float(line) for line in restorations(video).read_text().split()]
+                    log(f"       in that process: {len(windows)} windows restored in {sum(windows):.1f} s (the "
+                        f"computation rvrt-run does too); everything else {seconds - sum(windows):.1f} s "
+                        f"({1 - sum(windows) / seconds:.1%}: start-up, decoding, conversions, the frameserver)")
     log()
     for (side, length), (seconds, peak) in results.items():
         log(f"fastest of {args.repeats}: {side:12s} {length:4d} frames: {seconds:7.1f} s ({length / seconds:.2f} fps), "

@@ -260,7 +260,7 @@ class WindowRestorer:
         converters = {}
 
         def to_yuv(n, f):
-            props = f.props
+            props = has_matrix(n, f).props
             key = (props.get("_Matrix"), props.get("_Range", vs.RANGE_LIMITED), props.get("_ChromaLocation", 0))
             if key not in converters:
                 converters[key] = self.core.resize.Bicubic(rgbs, format=fmt.id, matrix=key[0], range=key[1],
