@@ -102,13 +102,13 @@ class MemoryModel:
 #   eager SR       64x64 2: 0.58, 64x64 8: 0.84, 128x128 4: 1.62, 144x176 2: 1.54, 144x176 8: 2.73
 #   eager denoise  136x136 2: 0.44, 256x256 2: 0.74, 256x256 6: 0.93, 272x480 4: 1.18
 #   ORT SR         64x64 2: 0.70, 64x64 8: 0.92, 128x128 2: 2.04, 128x128 8: 2.62, 144x176 2: 2.93, 144x176 8: 3.97
-#   ORT denoise    256x256 2: 0.84, 256x256 6: 1.05, 272x480 4: 1.73
+#   ORT denoise    136x136 2: 0.46, 256x256 2: 0.84, 256x256 6: 1.05, 272x480 4: 1.73
 # ONNX Runtime's SR peak per tile pixel is about three times eager's (measured; the cause not yet profiled).
 MODELS = {
     ("pytorch", "sr"): MemoryModel(0.635 * GIB, 7649.0, 31417.0, "eager SR, 5 points, 2026-12-01"),
     ("pytorch", "quarter"): MemoryModel(0.426 * GIB, 754.0, 3454.0, "eager denoise, 4 points, 2026-12-01"),
     ("onnxruntime", "sr"): MemoryModel(0.329 * GIB, 6531.0, 97685.0, "ONNX Runtime SR, 6 points, 2026-12-01"),
-    ("onnxruntime", "quarter"): MemoryModel(0.150 * GIB, 759.0, 9713.0, "ONNX Runtime denoise, 3 points, 2026-12-01"),
+    ("onnxruntime", "quarter"): MemoryModel(0.278 * GIB, 716.0, 8917.0, "ONNX Runtime denoise, 4 points, 2026-12-01"),
 }
 
 
