@@ -24,9 +24,9 @@ Cases (input size, frames): ``sr-8`` and ``sr-32`` full-size SR x4 at 64x64, ``d
 non-blind denoising at 256x256.
 
 Real-size cases (issue 21): ``sr-176x144`` (SR x4, 8 frames), ``sr-320x180`` (4 frames) and
-``denoise-480x270`` (4 frames), each an H.264 clip made here with PyAV (a panning photograph, degraded as the task's input
-would be; no downloaded video). Each runs ``rvrt-run TASK --random-weights --runtime onnxruntime`` as a user
-would, at its default settings (``auto``: the tile and window chosen from the memory budget, which rvrt-run
+``denoise-480x270`` (4 frames), each an H.264 clip made here with PyAV (a panning photograph, degraded as the
+task's input would be; no downloaded video). Each runs ``rvrt-run TASK --random-weights --runtime onnxruntime``
+as a user would, at its default settings (``auto``: the tile and window chosen from the memory budget, which rvrt-run
 prints) and at the official tiling (``official``: ``--tile 128`` for SR, 256 for denoise), side by side in
 one run, exports in an artefact cache under ``--work-dir`` made by an unmeasured first run. For
 ``sr-176x144`` the default run is also measured on first use (an empty cache: the export made for its tile,
@@ -327,12 +327,13 @@ def real_cases(cases: list[RealCase], work: Path, cache: Path, threads: int, log
     for case in cases:
         official, auto = results[case.name, "official"], results[case.name, "auto"]
         log(f"  {case.name:16s} {case.frames:6d} {official.seconds:10.1f} {case.frames / official.seconds:6.3f} "
-            f"{official.peak_rss_gb:5.2f} {auto.seconds:8.1f} {case.frames / auto.seconds:6.3f} {auto.peak_rss_gb:5.2f} "
-            f"{official.seconds / auto.seconds:7.2f}x  {auto.tiling}")
+            f"{official.peak_rss_gb:5.2f} {auto.seconds:8.1f} {case.frames / auto.seconds:6.3f} "
+            f"{auto.peak_rss_gb:5.2f} {official.seconds / auto.seconds:7.2f}x  {auto.tiling}")
         for (name, mode), m in results.items():
             if name == case.name and mode.startswith("--memory"):
-                log(f"  {'':16s} auto {mode}: {m.seconds:.1f} s, {case.frames / m.seconds:.3f} fps, {m.peak_rss_gb:.2f} "
-                    f"GiB, {official.seconds / m.seconds:.2f}x the official tiling's speed; {m.tiling}")
+                log(f"  {'':16s} auto {mode}: {m.seconds:.1f} s, {case.frames / m.seconds:.3f} fps, "
+                    f"{m.peak_rss_gb:.2f} GiB, {official.seconds / m.seconds:.2f}x the official tiling's speed; "
+                    f"{m.tiling}")
         first = results.get((case.name, "first use"))
         if first is not None:
             log(f"  {'':16s} first use of the default settings (export included): {first.seconds:.1f} s, of which "
@@ -427,8 +428,8 @@ def main() -> None:
     unknown = [c for c in cases if c not in CASES] + [r for r in runtimes if r not in RUNTIMES]
     unknown = [c for c in unknown if c]
     if unknown:
-        parser.error(f"unknown case or runtime {', '.join(unknown)}; cases: {', '.join([*CASES, *REAL_CASES])}; runtimes: "
-                     f"{', '.join(RUNTIMES)}")
+        parser.error(f"unknown case or runtime {', '.join(unknown)}; cases: {', '.join([*CASES, *REAL_CASES])}; "
+                     f"runtimes: {', '.join(RUNTIMES)}")
     if "official" in runtimes and not (args.official_dir and (args.official_dir / "main_test_rvrt.py").is_file()):
         parser.error(f"--runtimes official needs --official-dir (or $RVRT_OFFICIAL_DIR) naming a checkout of "
                      f"github.com/JingyunLiang/RVRT; got {args.official_dir or 'none'}")

@@ -4,8 +4,8 @@ processes at a few tile shapes and windows, and the least-squares fit of
     peak = fixed + per_window_px * frames_in_window * tile_px + per_tile_px * tile_px
 
 (plus the restored frames, counted: ``frame_bytes``) as an upper envelope of the points (least squares, then
-``fixed`` raised until no point lies above), per runtime (eager PyTorch, ONNX Runtime) and task kind (SR; denoise, which stands for deblur too:
-same network at 1/4 resolution, 192 channels).
+``fixed`` raised until no point lies above), per runtime (eager PyTorch, ONNX Runtime) and task kind (SR;
+denoise, which stands for deblur too: same network at 1/4 resolution, 192 channels).
 
     python benchmarks/memory_model.py                       # every point, then the fit
     python benchmarks/memory_model.py --points eager:sr:64x64:2,eager:sr:144x176:8
@@ -175,9 +175,10 @@ def fit(records: list[dict], log) -> dict:
         predicted = predicted + np.array([r["peak_bytes"] for r in group]) - peaks
         model[runtime, kind] = coefficients
         log(f"{runtime} {kind}: fixed {coefficients[0] / 2**30:.3f} GiB, per window px {coefficients[1]:.0f} B, "
-            f"per tile px {coefficients[2]:.0f} B (fixed raised {shortfall / 2**30:.3f} GiB to cover every point); largest "
-            f"overestimate {100 * worst:.1f} % over {len(group)} points")
-        log(f"    MemoryModel({coefficients[0] / 2**30:.3f} * GIB, {coefficients[1]:.0f}.0, {coefficients[2]:.0f}.0, ...)")
+            f"per tile px {coefficients[2]:.0f} B (fixed raised {shortfall / 2**30:.3f} GiB to cover every point); "
+            f"largest overestimate {100 * worst:.1f} % over {len(group)} points")
+        log(f"    MemoryModel({coefficients[0] / 2**30:.3f} * GIB, {coefficients[1]:.0f}.0, {coefficients[2]:.0f}.0, "
+            f"...)")
         for record, guess in zip(group, predicted):
             log(f"    {record['point']:30s} measured {record['peak_bytes'] / 2**30:6.2f} GiB, fit "
                 f"{guess / 2**30:6.2f} GiB")

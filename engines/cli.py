@@ -97,9 +97,9 @@ model_options = option_group(
     click.option("--tile", type=TILE, help="Spatial tile in input px: 64 (square) or HEIGHTxWIDTH, e.g. 144x176; "
                                            "multiples of 8, at least 40 for SR and 136 otherwise [rvrt-run: the "
                                            "whole frame, or the tile computing the fewest pixels within --memory; "
-                                           "rvrt-batch: the task's official value]: eager PyTorch takes any such tile; with --runtime an export is "
-                                           "made (and cached) for it; an export directory serves the tile it was "
-                                           "exported for."),
+                                           "rvrt-batch: the task's official value]: eager PyTorch takes any such "
+                                           "tile; with --runtime an export is made (and cached) for it; an export "
+                                           "directory serves the tile it was exported for."),
     click.option("--tile-overlap", type=int, help="Pixels shared by neighbouring tiles [20]."),
     click.option("--batch", type=int, help="Tiles per call [1]: eager PyTorch takes any; with --runtime an export "
                                            "is made (and cached) for it; an export directory serves its own."),
@@ -142,8 +142,8 @@ encoding_options = option_group(
 @click.option("--workers", type=int, help="Ray workers [one per GPU for GPU backends, else one per node].")
 @click.option("--quiet", is_flag=True, help="No progress.")
 def main(model, source, output, task, checkpoint, random_weights, runtime, fp16, sigma, window, window_overlap, tile,
-         tile_overlap, batch, device, threads, memory, start_time, frame_limit, fps, codec, crf, lossless, bit_depth, pix_fmt,
-         overwrite, allow_unvalidated, verify, ray, workers, quiet):
+         tile_overlap, batch, device, threads, memory, start_time, frame_limit, fps, codec, crf, lossless, bit_depth,
+         pix_fmt, overwrite, allow_unvalidated, verify, ray, workers, quiet):
     """Restore SOURCE (video file, folder of frames, or - for YUV4MPEG2 on standard input) with
     MODEL: an export directory (ONNX Runtime, TensorRT), an official checkpoint or a task name.
 
@@ -159,7 +159,8 @@ def main(model, source, output, task, checkpoint, random_weights, runtime, fp16,
                 runtime=runtime, fp16=fp16, sigma=sigma, tiling=dict(window=window, window_overlap=window_overlap,
                                                                       tile=tile, tile_overlap=tile_overlap,
                                                                       batch=batch),
-                device=device, threads=threads, memory=memory, start=parse_time(start_time), frames=frame_limit, fps=fps,
+                device=device, threads=threads, memory=memory, start=parse_time(start_time), frames=frame_limit,
+                fps=fps,
                 encoding=dict(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt,
                               bit_depth=int(bit_depth) if bit_depth else None),
                 overwrite=overwrite, allow_unvalidated=allow_unvalidated, verify=verify, ray=ray, workers=workers,
