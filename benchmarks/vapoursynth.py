@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import re
 import subprocess
 import sys
 import tempfile

@@ -110,7 +110,7 @@ def restore(clip: vs.VideoNode, model: str | os.PathLike, **options) -> vs.Video
         check_sigma(backend.task, settings["sigma"])
         tiling = resolve_tiling(backend, window=settings["window"], window_overlap=settings["window_overlap"],
                                 tile=settings["tile"], tile_overlap=settings["tile_overlap"], batch=settings["batch"])
-    except (ValueError, OSError) as error:
+    except (ValueError, RuntimeError, OSError) as error:   # bad input, or what this machine lacks (TensorRT, CUDA)
         raise vs.Error(f"rvrt restore: {error}") from None
     core = vs.core.core
     if backend.random_weights:

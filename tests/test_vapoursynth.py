@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from rvrt.tiling import iter_restored
+from rvrt.tiling import Tiling, blend_frame, blend_windows, covering_windows, iter_restored, window_spans
 from rvrt_engines.backends import load_backend
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.restore import frame_to_array, resolve_tiling, to_uint8
@@ -217,6 +217,21 @@ HARNESS = textwrap.dedent('''
     with open(output + ".json", "w") as out:
         json.dump(result, out)
 ''')
+
+
+@pytest.mark.parametrize("frames, window, overlap", [(8, 4, 2), (11, 6, 2), (25, 8, 5), (7, 0, 2)])
+def test_one_frame_blended_from_its_windows_equals_the_streamed_blend(frames, window, overlap):
+    """What the filter does per request (covering_windows, blend_frame) against what rvrt-run streams
+    (blend_windows), also where the last window, flush with the end, makes a frame's third window."""
+    spans = window_spans(frames, Tiling(window=window, window_overlap=overlap))
+    rng = np.random.default_rng(frames)
+    windows = [rng.standard_normal((1, stop - start, 3, 4, 5)).astype(np.float32) for start, stop in spans]
+    streamed = list(blend_windows(spans, windows, frames))
+    for index in range(frames):
+        covering = covering_windows(spans, index)
+        assert list(covering) == [k for k, (start, stop) in enumerate(spans) if start <= index < stop]
+        single = blend_frame([windows[k][:, index - spans[k][0]] for k in covering])
+        assert single.dtype == np.float32 and np.array_equal(single, streamed[index])
 
 
 @pytest.fixture(scope="module")
