@@ -485,6 +485,8 @@ def main() -> None:
         log("\nreal-size clips:")
         real_cases(real, args.work_dir, args.cache or args.work_dir / "cache", args.threads, log,
                    first_use=not args.no_first_use)
+        log(f"float32 matmul ceiling after the real-size cases: {matmul_ceiling_gflops(args.threads):.1f} GFLOP/s "
+            f"(before them: {ceiling:.1f}): a change means the machine's load changed during them")
     if {"sr-8", "sr-32"} <= set(cases):
         log("\nsteady state, full-size SR 64x64 ((32 - 8) frames / (time of sr-32 - time of sr-8)):")
         steady = {}

@@ -4,12 +4,13 @@ RVRT keeps every clip's features of every branch for a whole temporal window, so
 grows with the frames of a window times the pixels of a tile, plus what one tile's computation
 holds at once, plus the restored window frames (whole frames, at the output scale). The model
 
-    peak = fixed + per_window_px * window_frames * tile_px * batch + per_tile_px * tile_px * batch
+    peak = (fixed + per_window_px * window_frames * tile_px * batch + per_tile_px * tile_px * batch) * headroom
            + frame_bytes(window_frames, frame)
 
 has its first three constants fitted to peak RSS measured on real ``rvrt-run`` processes
-(``benchmarks/memory_model.py``; the measurements are listed beside each model below) and its last
-term counted from the arrays the tiling and blending hold (:func:`frame_bytes`).
+(``benchmarks/memory_model.py``; the measurements are listed beside each model below), ``headroom`` 1.1
+for frames cut in several tiles (:data:`MULTI_TILE_HEADROOM`, measured), and its last term counted from the
+arrays the tiling and blending hold (:func:`frame_bytes`).
 
 The chooser, :func:`plan_tiling`, is a pure function of the task, the frame size and the budget:
 no PyTorch, no click, so that every frontend (rvrt-run, the VapourSynth filter) can call it.
@@ -92,8 +93,16 @@ class MemoryModel:
     per_tile_px: float
     source: str
 
-    def tile_bytes(self, window_frames: int, tile_px: int) -> float:
-        return self.fixed + (self.per_window_px * window_frames + self.per_tile_px) * tile_px
+    def tile_bytes(self, window_frames: int, tile_px: int, tiles: int = 1) -> float:
+        """Peak bytes but the restored frames; ``tiles`` per frame: several tiles get :data:`MULTI_TILE_HEADROOM`."""
+        single = self.fixed + (self.per_window_px * window_frames + self.per_tile_px) * tile_px
+        return single * (MULTI_TILE_HEADROOM if tiles > 1 else 1.0)
+
+
+MULTI_TILE_HEADROOM = 1.1
+"""Runs of several tiles peaked up to 8.7 % above the one-tile model (eager SR 176x144 in 3 tiles of 144x72: 1.40
+GiB measured, 1.29 estimated; ONNX Runtime SR 320x180 in 6 tiles of 128: 2.64 GiB, 2.45 estimated): what the
+allocators keep between tiles. The calibration points are one tile each."""
 
 
 # Fitted by benchmarks/memory_model.py on 2026-12-01 (least squares, then ``fixed`` raised until no point lies
@@ -101,13 +110,14 @@ class MemoryModel:
 # this project's 2-core machine, one window of one tile per point. Measured (tile, frames: GiB):
 #   eager SR       64x64 2: 0.58, 64x64 8: 0.84, 128x128 4: 1.62, 144x176 2: 1.54, 144x176 8: 2.73
 #   eager denoise  136x136 2: 0.44, 256x256 2: 0.74, 256x256 6: 0.93, 272x480 4: 1.18
-#   ORT SR         64x64 2: 0.70, 64x64 8: 0.92, 128x128 2: 2.04, 128x128 8: 2.62, 144x176 2: 2.93, 144x176 8: 3.97
+#   ORT SR         64x64 2: 0.70, 64x64 8: 0.92, 128x128 2: 2.04, 128x128 8: 2.62, 144x176 2: 2.93, 144x176 8: 3.97,
+#                  184x320 4: 7.67
 #   ORT denoise    136x136 2: 0.46, 256x256 2: 0.84, 256x256 6: 1.05, 272x480 4: 1.73
 # ONNX Runtime's SR peak per tile pixel is about three times eager's (measured; the cause not yet profiled).
 MODELS = {
     ("pytorch", "sr"): MemoryModel(0.635 * GIB, 7649.0, 31417.0, "eager SR, 5 points, 2026-12-01"),
     ("pytorch", "quarter"): MemoryModel(0.426 * GIB, 754.0, 3454.0, "eager denoise, 4 points, 2026-12-01"),
-    ("onnxruntime", "sr"): MemoryModel(0.329 * GIB, 6531.0, 97685.0, "ONNX Runtime SR, 6 points, 2026-12-01"),
+    ("onnxruntime", "sr"): MemoryModel(0.299 * GIB, 6228.0, 107445.0, "ONNX Runtime SR, 7 points, 2026-12-01"),
     ("onnxruntime", "quarter"): MemoryModel(0.278 * GIB, 716.0, 8917.0, "ONNX Runtime denoise, 4 points, 2026-12-01"),
 }
 
@@ -242,20 +252,20 @@ def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: 
     def held_frames(window_size: int) -> int:
         return min(window_size, frames) if frames is not None and window_size else (window_size or frames or 1)
 
-    def peak(shape: tuple[int, int], window_size: int) -> float:
+    def peak(counted: tuple[int, int], shape: tuple[int, int], window_size: int) -> float:
         held = held_frames(window_size)
-        return model.tile_bytes(held, shape[0] * shape[1] * batch) + frame_bytes(config, held, frame_px)
+        return model.tile_bytes(held, shape[0] * shape[1] * batch, counted[0]) + frame_bytes(config, held, frame_px)
 
     def plan(counted: tuple[int, int], shape: tuple[int, int], window_size: int) -> TilingPlan:
         return TilingPlan(shape, window_size, (frame_height, frame_width), counted[0], counted[1],
-                          held_frames(window_size), peak(shape, window_size), memory_bytes, runtime,
+                          held_frames(window_size), peak(counted, shape, window_size), memory_bytes, runtime,
                           calibrated=runtime in ("pytorch", "onnxruntime") and not gpu_runtime(runtime, device))
 
     best, best_cost = None, None
     for window_size in windows:
         temporal = frames_computed(frames, window_size, window_overlap) if window_size else 1.0
         # costs are sorted: the first shape within the budget is this window's best.
-        fitting = next((item for item in costs if memory_bytes is None or peak(item[1], window_size) <= memory_bytes),
+        fitting = next((item for item in costs if memory_bytes is None or peak(*item, window_size) <= memory_bytes),
                        None)
         if fitting is not None and (best_cost is None or fitting[0][1] * temporal < best_cost - 1e-9):
             best, best_cost = (fitting, window_size), fitting[0][1] * temporal

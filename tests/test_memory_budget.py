@@ -28,9 +28,9 @@ def every_plan(task, height, width, memory, frames, window):
     found = []
     for tile_h in range(config.min_tile, padded[0] + 1, 8):
         for tile_w in range(config.min_tile, padded[1] + 1, 8):
-            peak = model.tile_bytes(held, tile_h * tile_w) + frame_bytes(config, held, padded[0] * padded[1])
+            tiles = tile_count(height, tile_h, 20) * tile_count(width, tile_w, 20)
+            peak = model.tile_bytes(held, tile_h * tile_w, tiles) + frame_bytes(config, held, padded[0] * padded[1])
             if peak <= memory:
-                tiles = tile_count(height, tile_h, 20) * tile_count(width, tile_w, 20)
                 found.append((tiles * tile_h * tile_w, (tile_h, tile_w)))
     return found
 
