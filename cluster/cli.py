@@ -24,7 +24,8 @@ import click
 from tqdm import tqdm
 
 from rvrt import window_spans
-from rvrt_engines.cli import USER_ERRORS, UserError, encoding_options, known_task, model_options, parse_time
+from rvrt_engines.backends import known_task
+from rvrt_engines.cli import USER_ERRORS, UserError, encoding_options, model_options, parse_time
 from rvrt_engines.extras import require_extra
 from rvrt_engines.progress import clock, terminal_columns
 from rvrt_engines.restore import check_sigma, open_source, output_writer, resolve_tiling, restore_video

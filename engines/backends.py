@@ -101,6 +101,20 @@ def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoin
                              allow_unvalidated=allow_unvalidated)
 
 
+def known_task(model: str, task: str | None):
+    """The task, when it can be told without loading anything (None otherwise)."""
+    path = Path(model)
+    try:
+        if path.is_dir():
+            return get_task(read_manifest(path)["task"])
+        if task:
+            return get_task(task)
+        stem = path.name.removesuffix(".pth")
+        return get_task(stem if stem in TASKS else model)
+    except (ArtifactError, ValueError, KeyError, OSError):
+        return None
+
+
 def weights_of(model: str | os.PathLike, path: Path, *, task: str | None, checkpoint: str | os.PathLike | None,
                random_weights: bool) -> tuple[Task, Path | None]:
     """The task and checkpoint (None: random weights) that MODEL and the options ask for, or why not."""

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import click
 
-from rvrt import CheckpointError, get_task
-from rvrt.config import TASKS
+from rvrt import CheckpointError
 from rvrt_export.manifest import ArtifactError, check_files, read_manifest
 
-from .backends import load_backend
+from .backends import known_task, load_backend
 from .extras import require_extra
-from .memory_budget import GIB, default_budget, parse_memory, plan_tiling, suggestion
+from .memory_budget import Budget, parse_memory
 from .progress import ProgressDisplay, log_to_stderr
 from .restore import check_sigma, open_source, output_writer, restore_video
 from .signals import stopped_by_signals
@@ -54,20 +53,6 @@ def memory_option(ctx, param, value) -> int | None:
         return parse_memory(value)
     except ValueError as err:
         raise UserError(str(err)) from None
-
-
-def known_task(model: str, task: str | None):
-    """The task, when it can be told without loading anything (None otherwise)."""
-    path = Path(model)
-    try:
-        if path.is_dir():
-            return get_task(read_manifest(path)["task"])
-        if task:
-            return get_task(task)
-        stem = path.name.removesuffix(".pth")
-        return get_task(stem if stem in TASKS else model)
-    except (ArtifactError, ValueError, KeyError, OSError):
-        return None
 
 
 def option_group(*options):
@@ -197,7 +182,8 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
     budget = Budget(memory, runtime or "pytorch", device)
     if known is not None and not Path(model).is_dir():
         # The tile and window are chosen before loading: an exported runtime is exported for that tile.
-        tiling.update(budget.plan(known, known.config, frame_source, tiling).options())
+        tiling.update(budget.plan(known, known.config, frame_source.height, frame_source.width,
+                                  frame_source.frame_count, tiling).options())
     load_args = dict(model=model, task=task, checkpoint=checkpoint, random_weights=random_weights, device=device,
                      threads=threads, allow_unvalidated=allow_unvalidated)
     if runtime is not None:
@@ -216,59 +202,22 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
         else:
             backend = load_backend(**load_args)
         if Path(model).is_dir():
-            tiling["window"] = budget.plan(backend.task, backend.config, frame_source, tiling, export=backend).window
+            tiling["window"] = budget.plan(backend.task, backend.config, frame_source.height, frame_source.width,
+                                           frame_source.frame_count, tiling, export=backend).window
         # Said once the model has loaded: a run that cannot start ends with its one error line only.
-        budget.tell(quiet)
+        tell_budget(budget, quiet)
         restore_with(backend, windows, frame_source, output, sigma=sigma, tiling=tiling, encoding=encoding,
                      overwrite=overwrite, allow_unvalidated=allow_unvalidated, random_weights=random_weights,
                      quiet=quiet)
 
 
-class Budget:
-    """The memory a run stays within (--memory, else a share of what is free) and the tiling chosen in it."""
-
-    def __init__(self, memory: int | None, runtime: str, device: str):
-        self.explicit = memory is not None
-        self.runtime, self.device = runtime, device
-        self.bytes, self.source = (memory, "--memory") if memory is not None else default_budget(runtime, device)
-        self.warnings: list[str] = []
-        self.lines: list[str] = []
-
-    def plan(self, task, config, frames, tiling: dict, *, export=None):
-        """The :class:`~.memory_budget.TilingPlan` for ``frames`` (a frame source), its description kept for
-        :meth:`tell`. ``export``: a backend serving its own tile and batch (an export directory), told how
-        much it wastes here and which --tile would fit better. Raises ValueError naming --memory where an
-        explicit budget cannot hold even the smallest plan."""
-        runtime = export.name if export is not None else self.runtime
-        shared = dict(runtime=runtime, device=self.device, memory_bytes=self.bytes, window=tiling["window"],
-                      frames=frames.frame_count, tile_overlap=tiling["tile_overlap"],
-                      window_overlap=tiling["window_overlap"])
-        plan = plan_tiling(task, config, frames.height, frames.width,
-                           tile=export.tile if export is not None else tiling["tile"],
-                           batch=(export.batch if export is not None else tiling["batch"]) or 1, **shared)
-        if not plan.fits:
-            fixed = " (the tile of this export)" if export is not None else ""
-            message = (f"est. peak {plan.peak_bytes / GIB:.1f} GiB with {plan.layout}{fixed}, window {plan.window}, "
-                       f"is over {self.bytes / GIB:.1f} GiB ({self.source})")
-            if self.explicit and not (export is None and tiling["tile"] is not None and tiling["window"] is not None):
-                raise ValueError(f"--memory {self.bytes / GIB:.2f}G is too little for task {task.short!r} at "
-                                 f"{frames.width}x{frames.height}: {message}; give more memory, or a smaller "
-                                 f"--tile or --window")
-            self.warnings.append(message)
-        self.lines.append(f"tiling: {plan.describe()} ({self.source})")
-        if export is not None:
-            hint = suggestion(plan, plan_tiling(task, config, frames.height, frames.width, **shared))
-            if hint:
-                self.lines.append(f"note: {hint}")
-        return plan
-
-    def tell(self, quiet: bool) -> None:
-        """The choice on stderr (not with --quiet), and a warning where it is over the budget (always)."""
-        for message in self.warnings:
-            click.secho(f"warning: {message}", fg="yellow", err=True)
-        if not quiet:
-            for line in self.lines:
-                click.echo(line, err=True)
+def tell_budget(budget: Budget, quiet: bool) -> None:
+    """The tiling chosen on stderr (not with --quiet), and a warning where it is over the budget (always)."""
+    for message in budget.warnings:
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+    if not quiet:
+        for line in budget.lines:
+            click.echo(line, err=True)
 
 
 def restore_with(backend, windows, frame_source, output, *, sigma, tiling, encoding, overwrite, allow_unvalidated,

@@ -180,7 +180,7 @@ class TilingPlan:
     def describe(self) -> str:
         held = f" ({self.window_frames} frames)" if self.window_frames < self.window else ""
         budget = f" of {self.memory_bytes / GIB:.1f} GiB" if self.memory_bytes is not None else ""
-        guess = "" if self.calibrated else f" (not measured on a GPU: eager PyTorch's CPU figures)"
+        guess = "" if self.calibrated else " (not measured on a GPU: eager PyTorch's CPU figures)"
         return (f"{self.layout}: {self.overhead:.2f}x the frame's pixels, window {self.window}"
                 f"{held}, est. peak {self.peak_bytes / GIB:.1f} GiB{budget}{guess}")
 
@@ -285,3 +285,52 @@ def suggestion(plan: TilingPlan, better: TilingPlan) -> str | None:
     return (f"this export's {tile_name(plan.tile)} px tile computes {plan.overhead:.2f}x this input's pixels; "
             f"--tile {tile_name(better.tile)} would compute {better.overhead:.2f}x (pass the task or checkpoint "
             f"with --runtime and --tile {tile_name(better.tile)}, or export again with that --tile)")
+
+
+class Budget:
+    """The memory a run stays within (``memory`` bytes, else a share of what is free) and the tilings
+    chosen in it, with the lines that tell them (``lines``) and the over-budget warnings (``warnings``).
+
+    ``option``: how the frontend spells an option and its value in messages, "--{} {}" for rvrt-run's
+    flags, "{}={}" for the VapourSynth filter's keywords.
+    """
+
+    def __init__(self, memory: int | None, runtime: str, device: str, option: str = "--{} {}"):
+        self.explicit = memory is not None
+        self.runtime, self.device, self.option = runtime, device, option
+        source = self.name("memory")
+        self.bytes, self.source = (memory, source) if memory is not None else default_budget(runtime, device)
+        self.warnings: list[str] = []
+        self.lines: list[str] = []
+
+    def name(self, option: str) -> str:
+        """An option as the frontend writes it: "--tile", "tile="."""
+        return self.option.format(option, "").strip()
+
+    def plan(self, task: Task, config: RVRTConfig, height: int, width: int, frame_count: int | None, tiling: dict,
+             *, export=None) -> TilingPlan:
+        """The :class:`TilingPlan` for ``frame_count`` frames (None: unknown, a stream) of ``height`` x ``width``
+        px with the options in ``tiling`` (window, window_overlap, tile, tile_overlap, batch; None: choose),
+        its description kept in :attr:`lines`. ``export``: a backend serving its own tile and batch (an export
+        directory), told how much it wastes here and which tile would fit better. Raises ValueError naming the
+        memory option where an explicit budget cannot hold even the smallest plan."""
+        runtime = export.name if export is not None else self.runtime
+        shared = dict(runtime=runtime, device=self.device, memory_bytes=self.bytes, window=tiling["window"],
+                      frames=frame_count, tile_overlap=tiling["tile_overlap"], window_overlap=tiling["window_overlap"])
+        plan = plan_tiling(task, config, height, width, tile=export.tile if export is not None else tiling["tile"],
+                           batch=(export.batch if export is not None else tiling["batch"]) or 1, **shared)
+        if not plan.fits:
+            fixed = " (the tile of this export)" if export is not None else ""
+            message = (f"est. peak {plan.peak_bytes / GIB:.1f} GiB with {plan.layout}{fixed}, window {plan.window}, "
+                       f"is over {self.bytes / GIB:.1f} GiB ({self.source})")
+            if self.explicit and not (export is None and tiling["tile"] is not None and tiling["window"] is not None):
+                raise ValueError(f"{self.option.format('memory', f'{self.bytes / GIB:.2f}G')} is too little for "
+                                 f"task {task.short!r} at {width}x{height}: {message}; give more memory, or a "
+                                 f"smaller {self.name('tile')} or {self.name('window')}")
+            self.warnings.append(message)
+        self.lines.append(f"tiling: {plan.describe()} ({self.source})")
+        if export is not None:
+            hint = suggestion(plan, plan_tiling(task, config, height, width, **shared))
+            if hint:
+                self.lines.append(f"note: {hint}")
+        return plan

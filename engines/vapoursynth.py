@@ -15,6 +15,7 @@ core fetches them before the callback runs, and the callback never calls ``get_f
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import numbers
@@ -35,13 +36,14 @@ except ImportError as error:
 
 from rvrt.tiling import blend_frame, covering_windows, restore_window, window_spans
 
-from .backends import load_backend
+from .backends import known_task, load_backend
+from .memory_budget import MEMORY_EXPECTED, Budget, parse_memory
 from .restore import check_sigma, frame_to_array, resolve_tiling, to_uint8, to_uint16
 
 DEFAULTS = {
     "task": None, "checkpoint": None, "random_weights": False, "runtime": None, "fp16": False, "device": "cpu",
     "threads": None, "allow_unvalidated": False, "sigma": None, "window": None, "window_overlap": None,
-    "tile": None, "tile_overlap": None, "batch": None, "format": None, "cache_windows": 2,
+    "tile": None, "tile_overlap": None, "batch": None, "memory": None, "format": None, "cache_windows": 2,
 }
 """The options of :func:`restore` and their defaults (None: the task's or the export's value)."""
 
@@ -72,9 +74,12 @@ def restore(clip: vs.VideoNode, model: str | os.PathLike, **options) -> vs.Video
       a checkpoint], fp16 [False], device ['cpu'], threads [ONNX Runtime's: all cores],
       allow_unvalidated [False]: the model, as for :func:`rvrt_engines.backends.load_backend`;
       sigma: the noise level (0-255 scale), denoising only and required there;
-      window [the task's official value; 100 where it is the whole video; 0 = whole clip],
-      window_overlap [2], tile [the task's official one, or the export's]: int or (height, width),
-      tile_overlap [20], batch [1, or the export's]: as :func:`rvrt_engines.restore.resolve_tiling`;
+      window [as rvrt-run: chosen within ``memory``, up to the task's official value; 0 = whole clip],
+      window_overlap [2], tile [as rvrt-run: the export's; for a task or checkpoint the whole frame, or
+      the tile computing the fewest pixels within ``memory``]: int or (height, width), tile_overlap [20],
+      batch [1, or the export's]: as :func:`rvrt_engines.restore.resolve_tiling`;
+      memory [60 % of free RAM; of the GPU's free memory on CUDA and TensorRT]: bytes, or a size such as
+      "1.5G", as rvrt-run's --memory (:mod:`rvrt_engines.memory_budget`); the choice is logged;
       format [vs.RGBS]: the output's format, e.g. ``clip.format`` for the input's; RGB24 and RGB48
       are quantised as rvrt-run's 8- and 16-bit outputs, other formats made from RGBS by
       ``core.resize`` (a YUV format only for a YUV clip, with each input frame's matrix, range and
@@ -101,23 +106,48 @@ def restore(clip: vs.VideoNode, model: str | os.PathLike, **options) -> vs.Video
     check_types(settings)
     check_clip(clip)
     output_format = checked_format(clip, settings["format"])
+    memory = memory_bytes(settings["memory"])
+    options = {name: settings[name] for name in ("window", "window_overlap", "tile", "tile_overlap", "batch")}
     try:
+        # The tile and window are chosen as rvrt-run chooses them, so that the defaults give its frames too.
+        budget = Budget(memory, settings["runtime"] or "pytorch", settings["device"], option="{}={}")
+        known, directory = known_task(str(model), settings["task"]), os.path.isdir(model)
+        if known is not None and not directory:
+            options.update(budget.plan(known, known.config, clip.height, clip.width, clip.num_frames,
+                                       options).options())
         backend = load_backend(model, task=settings["task"], checkpoint=settings["checkpoint"],
                                random_weights=settings["random_weights"], runtime=settings["runtime"],
                                fp16=settings["fp16"], device=settings["device"], threads=settings["threads"],
-                               allow_unvalidated=settings["allow_unvalidated"], tile=settings["tile"],
-                               batch=settings["batch"])
+                               allow_unvalidated=settings["allow_unvalidated"], tile=options["tile"],
+                               batch=options["batch"])
         check_sigma(backend.task, settings["sigma"])
-        tiling = resolve_tiling(backend, window=settings["window"], window_overlap=settings["window_overlap"],
-                                tile=settings["tile"], tile_overlap=settings["tile_overlap"], batch=settings["batch"])
+        if directory:
+            options["window"] = budget.plan(backend.task, backend.config, clip.height, clip.width, clip.num_frames,
+                                            options, export=backend).window
+        tiling = resolve_tiling(backend, **options)
     except (ValueError, RuntimeError, OSError) as error:   # bad input, or what this machine lacks (TensorRT, CUDA)
         raise vs.Error(f"rvrt restore: {error}") from None
     core = vs.core.core
+    for message in budget.warnings:
+        core.log_message(vs.MESSAGE_TYPE_WARNING, f"rvrt restore: {message}")
+    for line in budget.lines:
+        core.log_message(vs.MESSAGE_TYPE_INFORMATION, f"rvrt restore: {line}")
     if backend.random_weights:
         core.log_message(vs.MESSAGE_TYPE_WARNING,
                          "rvrt restore: random weights: the output is not a restoration (demo/test mode)")
     restorer = WindowRestorer(clip, backend, tiling, settings["sigma"], settings["cache_windows"])
     return restorer.output_in(output_format)
+
+
+def memory_bytes(value) -> int | None:
+    """memory=: bytes (an int) or a size with its unit ("1.5G"), as rvrt-run's --memory; None: a share of what
+    is free."""
+    if value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return parse_memory(value)
+    raise vs.Error(f"rvrt restore: memory={value!r}: {MEMORY_EXPECTED}, or a number of bytes")
 
 
 def check_types(settings: dict) -> None:

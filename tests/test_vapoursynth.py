@@ -198,6 +198,8 @@ HARNESS = textwrap.dedent('''
             "another tile": lambda: restore(clip, export, tile=64),
             "bad window": lambda: restore(clip, export, window=3),
             "missing model": lambda: restore(clip, export + "-missing"),
+            "bad memory": lambda: restore(clip, export, memory="lots"),
+            "memory too small": lambda: restore(clip, "sr", random_weights=True, memory=2 ** 20),
         }
         errors = {}
         for name, call in bad.items():
@@ -365,6 +367,8 @@ def test_bad_arguments_fail_in_one_line_naming_the_argument_before_any_frame(vs_
         "another tile": "exported for 48 px tiles, not 64",
         "bad window": "temporal window must be 0 (whole video) or a positive multiple of the clip size 2, got 3",
         "missing model": "neither an export or engine directory",
+        "bad memory": "memory='lots': expected a size with its unit, e.g. 1.5G",
+        "memory too small": "memory=0.00G is too little for task 'sr' at 64x48",
         "frame without a matrix": "is YUV without a _Matrix property",
     }
     assert set(errors) == set(expected)
