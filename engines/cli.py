@@ -204,11 +204,9 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, fp1
         if Path(model).is_dir():
             tiling["window"] = budget.plan(backend.task, backend.config, frame_source.height, frame_source.width,
                                            frame_source.frame_count, tiling, export=backend).window
-        # Said once the model has loaded: a run that cannot start ends with its one error line only.
-        tell_budget(budget, quiet)
         restore_with(backend, windows, frame_source, output, sigma=sigma, tiling=tiling, encoding=encoding,
                      overwrite=overwrite, allow_unvalidated=allow_unvalidated, random_weights=random_weights,
-                     quiet=quiet)
+                     quiet=quiet, budget=budget)
 
 
 def tell_budget(budget: Budget, quiet: bool) -> None:
@@ -220,8 +218,19 @@ def tell_budget(budget: Budget, quiet: bool) -> None:
             click.echo(line, err=True)
 
 
+def told_first(progress, tell):
+    """``progress``, calling ``tell()`` once before its first report."""
+    pending = [tell]
+
+    def report(status):
+        while pending:
+            pending.pop()()
+        progress(status)
+    return report
+
+
 def restore_with(backend, windows, frame_source, output, *, sigma, tiling, encoding, overwrite, allow_unvalidated,
-                 random_weights, quiet):
+                 random_weights, quiet, budget: Budget):
     if allow_unvalidated:
         click.secho("warning: --allow-unvalidated: this model's outputs have not been checked against "
                     "eager PyTorch", fg="yellow", err=True)
@@ -229,8 +238,11 @@ def restore_with(backend, windows, frame_source, output, *, sigma, tiling, encod
         click.secho("warning: random weights: the output is not a restoration (demo/test mode)", fg="yellow",
                     err=True)
     display = ProgressDisplay(enabled=not quiet)
+    # The tiling is told with the first progress report, which comes once the model runs: a run that cannot
+    # start (a damaged graph is found when its session opens) ends with its one error line only.
+    progress = told_first(display, lambda: tell_budget(budget, quiet))
     try:
-        summary = restore_video(backend, frame_source, output, sigma=sigma, overwrite=overwrite, progress=display,
+        summary = restore_video(backend, frame_source, output, sigma=sigma, overwrite=overwrite, progress=progress,
                                 windows=windows, notes=lambda message: click.echo(message, err=True),
                                 **tiling, **encoding)
     finally:
