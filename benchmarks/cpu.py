@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -172,16 +171,20 @@ def export_for(case: Case, work: Path, log) -> Path:
     return out
 
 
-def input_frames(case: Case, work: Path) -> Path:
+def generated_inputs(task: str, frames: int, height: int, width: int, sigma: float | None):
+    """``frames`` input frames of ``height`` x ``width``: a pan over a photograph, degraded as the task's
+    inputs are (SR: the pan at 4x, downscaled)."""
     from rvrt_engines.synthetic import degrade, moving_photo_frames
 
+    if task == "sr":
+        return degrade(moving_photo_frames(frames, 4 * height, 4 * width, seed=0), "sr")
+    return degrade(moving_photo_frames(frames, height, width, seed=0), task, sigma=sigma)
+
+
+def input_frames(case: Case, work: Path) -> Path:
     folder = work / f"frames-{case.task}-{case.frames}x{case.size}"
     if not folder.exists():
-        if case.task == "sr":
-            frames = degrade(moving_photo_frames(case.frames, 4 * case.size, 4 * case.size, seed=0), "sr")
-        else:
-            frames = degrade(moving_photo_frames(case.frames, case.size, case.size, seed=0), case.task,
-                             sigma=case.sigma)
+        frames = generated_inputs(case.task, case.frames, case.size, case.size, case.sigma)
         partial = Path(tempfile.mkdtemp(dir=work))
         for index, frame in enumerate(frames):
             Image.fromarray(frame).save(partial / f"{index:05d}.png")
@@ -240,15 +243,11 @@ def rvrt_run(runtime: str, case: Case, frames: Path, work: Path, threads: int, l
 
 def real_clip(case: RealCase, work: Path) -> Path:
     """The case's H.264 clip (PyAV), made once."""
-    from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
+    from rvrt_engines.synthetic import write_video
 
     path = work / f"clip-{case.name}-{case.frames}.mp4"
     if not path.exists():
-        if case.task == "sr":
-            frames = degrade(moving_photo_frames(case.frames, 4 * case.height, 4 * case.width, seed=0), "sr")
-        else:
-            frames = degrade(moving_photo_frames(case.frames, case.height, case.width, seed=0), case.task,
-                             sigma=case.sigma)
+        frames = generated_inputs(case.task, case.frames, case.height, case.width, case.sigma)
         partial = path.with_name(path.stem + ".partial.mp4")
         write_video(partial, frames)
         partial.replace(path)
