@@ -192,6 +192,16 @@ def input_frames(case: Case, work: Path) -> Path:
     return folder
 
 
+def timed_process(command, env) -> tuple[subprocess.CompletedProcess, float, int]:
+    """``command`` run as a user runs it: (its result, wall-clock seconds from before its start to its end,
+    its own peak RSS in kB, read by /usr/bin/time)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        start = time.perf_counter()
+        result = run(["/usr/bin/time", "-f", "%M", "-o", report.name, *command], env=env)
+        seconds = time.perf_counter() - start
+        return result, seconds, int(report.read().strip().splitlines()[-1])
+
+
 def run(command, env=None, check=False) -> subprocess.CompletedProcess:
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
@@ -230,11 +240,7 @@ def rvrt_run(runtime: str, case: Case, frames: Path, work: Path, threads: int, l
                    "--quiet"]
     if case.sigma is not None:
         command += ["--sigma", str(case.sigma)]
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
-        start = time.perf_counter()
-        result = run(["/usr/bin/time", "-f", "%M", "-o", report.name, *command], env=env)
-        seconds = time.perf_counter() - start
-        peak_kb = int(report.read().strip().splitlines()[-1])
+    result, seconds, peak_kb = timed_process(command, env)
     if result.returncode != 0:
         raise SystemExit(f"{runtime} on {case.name} failed:\n{' '.join(command)}\n{result.stderr[-3000:]}")
     log(f"  {case.name:10s} {runtime:16s} {seconds:7.1f} s  peak RSS {peak_kb / 1e6:5.2f} GB")
@@ -278,11 +284,7 @@ def real_run(case: RealCase, mode: str, clip: Path, cache: Path, work: Path, thr
         command += ["--frames", str(frames)]
     if case.sigma is not None:
         command += ["--sigma", str(case.sigma)]
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
-        start = time.perf_counter()
-        result = run(["/usr/bin/time", "-f", "%M", "-o", report.name, *command], env=env)
-        seconds = time.perf_counter() - start
-        peak_kb = int(report.read().strip().splitlines()[-1])
+    result, seconds, peak_kb = timed_process(command, env)
     if result.returncode != 0:
         raise SystemExit(f"{case.name} ({mode}) failed:\n{' '.join(command)}\n{result.stderr[-3000:]}")
     tiling = next((line.removeprefix("tiling: ") for line in result.stderr.splitlines()
