@@ -379,7 +379,7 @@ def uint8_frames(folder: Path) -> np.ndarray:
 def stage_table(case: Case, work: Path, threads: int, ceiling: float, log) -> None:
     """Each ONNX Runtime stage of the case's export: seconds per call, GFLOP/s, share of the ceiling."""
     from rvrt_engines.runtimes.onnxruntime import onnxruntime_stages
-    from rvrt_export.manifest import read_manifest
+    from rvrt_engines.manifest import read_manifest
     from rvrt_export.stages import stage_specs
 
     export = export_for(case, work, log)

@@ -38,7 +38,7 @@ from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from rvrt import Tiling, restore_window
 from rvrt_engines.backends import Backend, load_backend
 from rvrt_engines.wording import count_of
-from rvrt_export.manifest import ArtifactError, read_manifest
+from rvrt_engines.manifest import ArtifactError, read_manifest
 
 WORKER_RESTARTS = 3
 """How often Ray brings a dead worker back (a new process, same resources; on another node

@@ -11,7 +11,7 @@ from pathlib import Path
 from rvrt import CheckpointError, RVRTConfig, Task, get_task
 from rvrt.arrays import array_namespace, host_float32
 from rvrt.config import TASKS
-from rvrt_export.manifest import ArtifactError, config_from_manifest, read_manifest, tile_of
+from rvrt_engines.manifest import ArtifactError, config_from_manifest, read_manifest, tile_of
 
 from .cache import ArtefactCache, ModelSource, cached_artefacts
 from .runtimes.pytorch import RANDOM_SEED, eager_stages, run_on_torch

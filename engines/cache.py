@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from rvrt import RVRTConfig, Task
 from rvrt.tiling import tile_name, tile_shape_of
-from rvrt_export.manifest import MANIFEST, ArtifactError, assembled, sha256_of, versions
+from rvrt_engines.manifest import MANIFEST, ArtifactError, assembled, sha256_of, versions
 
 from .extras import missing_modules, require_extra
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from rvrt import CheckpointError
-from rvrt_export.manifest import ArtifactError, check_files, read_manifest
+from rvrt_engines.manifest import ArtifactError, check_files, read_manifest
 
 from .backends import known_task, load_backend
 from .extras import require_extra

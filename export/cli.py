@@ -23,7 +23,7 @@ from rvrt_engines.tile_option import TILE, check_tile_fits
 from rvrt.config import TASKS
 from rvrt.tiling import tile_name
 
-from .manifest import ArtifactError, check_files, read_manifest
+from rvrt_engines.manifest import ArtifactError, check_files, read_manifest
 
 
 class UserError(click.ClickException):

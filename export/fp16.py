@@ -6,7 +6,7 @@ such graphs with onnxruntime's float16 converter, keeping float32 where measured
 it is needed (:class:`PrecisionPolicy`), and validates each graph against the eager float32
 stage in ONNX Runtime before anything is written under the final name.
 
-What the CPU check measures (:func:`rvrt_export.float16_emulation.float16_emulation`): every float16 tensor and weight
+What the CPU check measures (:func:`rvrt_engines.runtimes.float16_emulation.float16_emulation`): every float16 tensor and weight
 rounded to float16, every op computed in float32. Float16 accumulation inside a kernel
 (some of TensorRT's fp16 tactics) is not covered, which is why engines are validated again
 after they are built.
@@ -27,51 +27,14 @@ from onnxruntime.transformers import float16
 
 from rvrt.model import RVRT
 
-from .manifest import (ArtifactError, assembled, graph_record, read_manifest, require_validated, sha256_of,
+from rvrt_engines.manifest import (ArtifactError, assembled, graph_record, read_manifest, require_validated, sha256_of,
                        write_manifest)
+from rvrt_engines.precision import PrecisionPolicy
+
 from .onnx_export import validate_stage
 from .stages import StageSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PrecisionPolicy:
-    """What stays float32 in a float16 graph.
-
-    fp32_ops: op types kept float32. TensorRT itself warns that LayerNormalization overflows
-        in float16 (its mean of squares); the CPU emulation computes each op in float32 and
-        cannot show that (it measured LayerNormalization and Softmax in float16 no worse).
-    fp32_stages: stages kept float32 entirely. SpyNet refines flow coarse to fine, adding
-        upsampled flow (in pixels) level by level.
-    flow_path: keep float32 everything computed from the flow inputs of a propagation step
-        (flow composition, sampling grids, the deformable offsets): these are positions of
-        up to tens of pixels, where float16 has a resolution of 1/64 to 1/32 px. Measured on
-        the tiny SR model (float16 emulation): the ``*_1`` steps, which output the composed
-        flows, differ from eager by 0.24-0.29 with the flow path in float16, 0.004 with it
-        in float32.
-    """
-
-    fp32_ops: tuple[str, ...] = ("LayerNormalization",)
-    fp32_stages: tuple[str, ...] = ("flow",)
-    flow_path: bool = True
-
-    def fp32_nodes(self, graph: onnx.GraphProto) -> list[str]:
-        """Names of the nodes of a propagation-step graph that compute positions from flows."""
-        if not self.flow_path:
-            return []
-        from_flow = {tensor.name for tensor in graph.input if tensor.name.startswith("flow")}
-        names = []
-        for node in graph.node:
-            # GDA takes the offsets in the graph's float16 like its other inputs (one type T).
-            if node.op_type == "GuidedDeformAttention" or not any(name in from_flow for name in node.input):
-                continue
-            names.append(node.name)
-            # A feature map sampled at flow positions is a feature, not a position.
-            if node.op_type == "GridSample" and node.input[0] not in from_flow:
-                continue
-            from_flow.update(node.output)
-        return names
 
 
 def _drop_float16_round_trips(graph: onnx.GraphProto) -> int:

@@ -25,11 +25,8 @@ import torch
 from onnxscript import script, values
 
 import rvrt.gda  # noqa: F401  (registers torch.ops.rvrt.guided_deform_attn)
+from rvrt_engines.gda_node import ATTRIBUTES, DOMAIN, DOMAIN_VERSION, OP_TYPE
 
-DOMAIN = "rvrt"
-OP_TYPE = "GuidedDeformAttention"
-DOMAIN_VERSION = 1
-ATTRIBUTES = ("kernel_h", "kernel_w", "padding", "heads", "groups", "clip")
 # The dynamo exporter's own default (torch.onnx._constants.ONNX_DEFAULT_OPSET in torch 2.13).
 DEFAULT_OPSET = 20
 # The exporter's op library (torchlib) starts at opset 18.

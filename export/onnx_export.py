@@ -17,7 +17,7 @@ from rvrt.tiling import tile_name, tile_shape_of
 
 from . import gda_onnx
 from .accuracy import FLOAT32_TOLERANCE, compare_stage
-from .manifest import (FORMAT_VERSION, ArtifactError, assembled, graph_record, sha256_of, tile_record, versions,
+from rvrt_engines.manifest import (FORMAT_VERSION, ArtifactError, assembled, graph_record, sha256_of, tile_record, versions,
                        write_manifest)
 from .stages import StageSpec, stage_specs
 

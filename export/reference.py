@@ -8,7 +8,7 @@ from pathlib import Path
 from rvrt import build_model
 from rvrt.model import RVRT
 
-from .manifest import ArtifactError, config_from_manifest, sha256_of
+from rvrt_engines.manifest import ArtifactError, config_from_manifest, sha256_of
 
 
 def reference_model(manifest: dict, directory: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> RVRT:

@@ -20,7 +20,7 @@ from rvrt.model import RVRT
 
 from .accuracy import compare_stage
 from .fp16 import PrecisionPolicy, export_fp16, spec_of
-from .manifest import ArtifactError, assembled, read_manifest, require_validated, sha256_of, write_manifest
+from rvrt_engines.manifest import ArtifactError, assembled, read_manifest, require_validated, sha256_of, write_manifest
 
 log = logging.getLogger(__name__)
 

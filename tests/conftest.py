@@ -82,7 +82,7 @@ def engine_directory(export_dir, directory):
     What can be checked before TensorRT is loaded runs on it; TensorRT itself then refuses it."""
     import json
 
-    from rvrt_export.manifest import sha256_of, write_manifest
+    from rvrt_engines.manifest import sha256_of, write_manifest
 
     directory.mkdir()
     manifest = json.loads((export_dir / "manifest.json").read_text())

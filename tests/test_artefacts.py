@@ -22,7 +22,7 @@ from rvrt_engines.runtimes.onnxruntime import onnxruntime_stages
 from rvrt_engines.runtimes.tensorrt import checked_plugin
 from rvrt_engines.synthetic import write_video
 from rvrt_export.cli import main as export_cli
-from rvrt_export.manifest import ArtifactError, assembled, read_manifest, write_manifest
+from rvrt_engines.manifest import ArtifactError, assembled, read_manifest, write_manifest
 from rvrt_validate.cli import main as validate_cli
 
 

@@ -15,7 +15,7 @@ from rvrt_engines.backends import load_backend
 from rvrt_engines.cache import SEAL, ArtefactCache, ModelSource, cached_artefacts, default_root
 from rvrt_engines.runtimes.pytorch_cuda import CudaUnavailableError
 from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
-from rvrt_export.manifest import ArtifactError, read_manifest
+from rvrt_engines.manifest import ArtifactError, read_manifest
 
 TASK = get_task("sr")
 TILE = 48

@@ -18,7 +18,7 @@ from rvrt import get_task
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.synthetic import write_video
 from rvrt_export.cli import main as export_cli
-from rvrt_export.manifest import FORMAT_VERSION, write_manifest
+from rvrt_engines.manifest import FORMAT_VERSION, write_manifest
 from rvrt_validate.cli import main as validate_cli
 
 SR = get_task("sr")

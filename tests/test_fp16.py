@@ -13,9 +13,9 @@ from rvrt import Tiling, build_model, get_task, restore_tiled
 from rvrt.model import BRANCHES
 from rvrt_engines.backends import load_backend
 from rvrt_export import accuracy
-from rvrt_export.float16_emulation import float16_emulation
+from rvrt_engines.runtimes.float16_emulation import float16_emulation
 from rvrt_export.fp16 import PrecisionPolicy, export_fp16, spec_of, to_mixed_precision
-from rvrt_export.manifest import ArtifactError, read_manifest
+from rvrt_engines.manifest import ArtifactError, read_manifest
 from rvrt_export.onnx_export import export_onnx, validate_stage
 
 

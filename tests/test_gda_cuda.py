@@ -26,7 +26,7 @@ from conftest import gda_inputs, random_clip, tiny_model
 from rvrt import BRANCHES, guided_deform_attn, guided_deform_attn_reference, run_recurrent
 from rvrt_engines.runtimes.pytorch_cuda import CudaStages, CudaUnavailableError, cuda_stages, float32_islands, half_precision
 from rvrt_export.accuracy import FLOAT32_TOLERANCE
-from rvrt_export.fp16 import PrecisionPolicy
+from rvrt_engines.precision import PrecisionPolicy
 from rvrt_plugins import gda_cuda
 from rvrt_plugins.build import GDA_SOURCE_DIR, PluginBuildError
 

@@ -13,7 +13,7 @@ from rvrt import BRANCHES, Tiling, get_task, restore_tiled
 from rvrt_engines.backends import load_backend
 from rvrt_engines.runtimes.onnxruntime import onnxruntime_stages
 from rvrt_export.cli import main as export_cli
-from rvrt_export.manifest import ArtifactError, read_manifest, sha256_of
+from rvrt_engines.manifest import ArtifactError, read_manifest, sha256_of
 
 from conftest import EXPORT_TILES as TILES
 

@@ -16,7 +16,7 @@ from rvrt import BRANCHES, Tiling, restore_tiled
 from rvrt_engines.backends import load_backend
 from rvrt_engines.runtimes.onnxruntime import USE_ENV_ALLOCATORS, SessionFromPath, onnxruntime_stages
 from rvrt_engines.runtimes.onnxruntime_gda_split import SplitGdaSession
-from rvrt_export.manifest import read_manifest
+from rvrt_engines.manifest import read_manifest
 
 
 def random_feed(export_dir, stage: str, seed: int = 0) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ from rvrt_engines.synthetic import write_video
 from rvrt_engines.video import open_frames
 from rvrt_export.accuracy import FLOAT32_TOLERANCE
 from rvrt_export.cli import main as export_cli
-from rvrt_export.manifest import read_manifest, tile_of, write_manifest
+from rvrt_engines.manifest import read_manifest, tile_of, write_manifest
 from rvrt_validate.report import validate
 
 SR = get_task("sr")

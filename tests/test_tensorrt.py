@@ -13,7 +13,7 @@ from rvrt_engines.cli import main as run_cli
 from rvrt_engines.synthetic import write_video
 from rvrt_engines.runtimes.tensorrt import TensorRTUnavailable, tensorrt_unavailable
 from rvrt_export.cli import main as export_cli
-from rvrt_export.manifest import ArtifactError, read_manifest
+from rvrt_engines.manifest import ArtifactError, read_manifest
 
 REASON = tensorrt_unavailable()
 without_tensorrt = pytest.mark.skipif(REASON is None, reason="TensorRT and a GPU are present here")

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
-from rvrt_export.manifest import read_manifest, sha256_of, write_manifest
+from rvrt_engines.manifest import read_manifest, sha256_of, write_manifest
 from rvrt_validate.cli import main as validate_cli
 from rvrt_validate.images import GAP, LABEL_HEIGHT
 from rvrt_validate.render import decibels, render_markdown

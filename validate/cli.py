@@ -9,7 +9,7 @@ import click
 from rvrt_engines.progress import log_to_stderr
 from rvrt_export.cli import (Command, UserError, check_output, reference_for, require_export_extra,
                              with_reference_options)
-from rvrt_export.manifest import ArtifactError, check_files, read_manifest
+from rvrt_engines.manifest import ArtifactError, check_files, read_manifest
 
 
 @click.command(cls=Command)

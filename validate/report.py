@@ -37,7 +37,7 @@ from rvrt_export.accuracy import (
     compare_stage,
 )
 from rvrt_export.fp16 import export_fp16, spec_of
-from rvrt_export.manifest import assembled, read_manifest, tile_of
+from rvrt_engines.manifest import assembled, read_manifest, tile_of
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from rvrt import Tiling, get_task, restore_tiled, run_recurrent

@@ -20,7 +20,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
 from rvrt import run_recurrent
 from rvrt.arrays import to_numpy
-from rvrt_export.manifest import ArtifactError, check_files, read_manifest, require_validated
+from rvrt_engines.manifest import ArtifactError, check_files, read_manifest, require_validated
 
 from .onnxruntime_gda_split import gda_split_session
 from .runner_stages import RunnerStages, stage_io
@@ -52,7 +52,7 @@ class SessionFromPath:
     (:func:`register_shared_cpu_allocator`), without per-session memory patterns (a pattern
     reserves a session's whole plan for it alone).
 
-    emulate_float16: run a mixed-precision graph as :func:`rvrt_export.float16_emulation.float16_emulation`
+    emulate_float16: run a mixed-precision graph as :func:`rvrt_engines.runtimes.float16_emulation.float16_emulation`
     (float16 storage, float32 arithmetic), which is what a CPU can tell of float16 accuracy.
     fused_gda: on the CPU, run a graph holding a GDA node as ONNX Runtime / fused GDA kernel /
     ONNX Runtime (:mod:`.onnxruntime_gda_split`); where the kernel cannot be built, warn
@@ -105,7 +105,7 @@ class SessionFromPath:
         if self.emulate_float16:
             import onnx
 
-            from rvrt_export.float16_emulation import float16_emulation
+            from rvrt_engines.runtimes.float16_emulation import float16_emulation
 
             model = float16_emulation(onnx.load(self.path)).SerializeToString()
             return ort.InferenceSession(model, sess_options=options, providers=self.providers)

@@ -26,10 +26,10 @@ import onnx
 import onnx.utils
 from onnx.external_data_helper import uses_external_data
 
-# As in rvrt_export.gda_onnx, which is not imported here: it loads torch's exporter and onnxscript.
-GDA_DOMAIN = "rvrt"
-GDA_OP_TYPE = "GuidedDeformAttention"
-GDA_ATTRIBUTES = ("kernel_h", "kernel_w", "padding", "heads", "groups", "clip")
+from ..gda_node import ATTRIBUTES as GDA_ATTRIBUTES
+from ..gda_node import DOMAIN as GDA_DOMAIN
+from ..gda_node import OP_TYPE as GDA_OP_TYPE
+
 
 
 class GdaKernelUnavailable(RuntimeError):

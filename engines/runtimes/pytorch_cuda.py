@@ -1,6 +1,6 @@
 """Eager PyTorch on a CUDA GPU, float32 or float16.
 
-float16 follows the float16 export's precision policy (:class:`rvrt_export.fp16.PrecisionPolicy`)
+float16 follows the float16 export's precision policy (:class:`rvrt_engines.precision.PrecisionPolicy`)
 on the eager modules, without touching the model's code: the weights of the network are float16
 except those of its float32 islands, and forward pre-hooks cast tensors where the two meet.
 
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from rvrt import BRANCHES, RVRT, EagerStages
-from rvrt_export.fp16 import PrecisionPolicy
+from rvrt_engines.precision import PrecisionPolicy
 
 PRECISIONS = ("float32", "float16")
 OP_MODULES = {"LayerNormalization": nn.LayerNorm}

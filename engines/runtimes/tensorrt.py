@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rvrt_export.manifest import ArtifactError, check_files, read_manifest, remedy, require_validated, sha256_of
+from rvrt_engines.manifest import ArtifactError, check_files, read_manifest, remedy, require_validated, sha256_of
 
 from .runner_stages import RunnerStages, stage_io
 
