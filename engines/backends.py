@@ -1,104 +1,148 @@
-"""Choosing a backend from what the user passes: an export or engine directory, a checkpoint or a task
-(eager PyTorch, or exports and engines made and cached on first use)."""
+"""What a frontend serves, from what the user passes (an export or engine directory, a checkpoint or a task):
+a :class:`Description` (runtime record, task, tile...: no live state), opened into a live :class:`Backend`
+where the work runs (this process, a Ray worker, a VapourSynth filter)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rvrt import CheckpointError, RVRTConfig, Task, get_task
 from rvrt.arrays import array_namespace, host_float32
 from rvrt.config import TASKS
-from rvrt_engines.manifest import ArtifactError, config_from_manifest, read_manifest, tile_of
 
-from .cache import ArtefactCache, ModelSource, cached_artefacts
-from .runtimes.pytorch import RANDOM_SEED, eager_stages, run_on_torch
+from .cache import ArtefactCache, ModelSource
+from .manifest import ArtifactError, config_from_manifest, read_manifest, tile_of
+from .runtimes import RUNTIMES, Runtime, runtime_named, runtime_record, serving_runtime
+from .runtimes.pytorch import RANDOM_SEED
+
+
+@dataclass(frozen=True)
+class Description:
+    """What a frontend serves, apart from anything live: the model, its runtime record and what the runner must
+    respect. Cheap to pickle (Ray workers, the VapourSynth filter receive it) and opened where it runs.
+
+    runtime: the resolved runtime record. source: the network for eager PyTorch, or where a cached directory
+    was made from (None for a directory the user gave). directory: the export or engine directory served
+    (None for eager PyTorch). tile/batch: the fixed tile, (height, width) in input px, and tiles per call of
+    exported graphs; None for eager PyTorch, which takes any size. random_weights: the network has random
+    weights, not an official checkpoint's (its output is no restoration). cache_root: the artefact cache a
+    worker that lacks ``directory`` (another node's disk) makes it again in.
+    """
+
+    task: Task
+    config: RVRTConfig
+    runtime: Runtime
+    source: ModelSource | None = None
+    directory: Path | None = None
+    tile: tuple[int, int] | None = None
+    batch: int | None = None
+    random_weights: bool = False
+    allow_unvalidated: bool = False
+    cache_root: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.runtime.name
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.runtime.needs_gpu
+
+    @property
+    def precision(self) -> str:
+        return self.runtime.resolved().precision
+
+    def with_threads(self, threads: int | None) -> Description:
+        """This description for a worker of ``threads`` threads (runtimes without a thread option ignore it)."""
+        if threads is None or "threads" not in self.runtime.__dataclass_fields__:
+            return self
+        return dataclasses.replace(self, runtime=dataclasses.replace(self.runtime, threads=threads))
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Backend]:
+        """The live :class:`Backend`: the runtime's stages opened once (sessions, engines, the network), closed
+        when the block ends, also on errors."""
+        target = self.directory if self.runtime.exported else self.source
+        if self.directory is not None and self.source is not None and not self.directory.is_dir():
+            target = self.runtime.artefacts(self.source, tile=self.tile, batch=self.batch or 1,
+                                            cache=ArtefactCache(self.cache_root))
+        with self.runtime.stages(target, task=self.task, config=self.config,
+                                 allow_unvalidated=self.allow_unvalidated) as stages:
+            yield Backend(self, stages)
 
 
 @dataclass
 class Backend:
-    """Stages of one model on one runtime, with what the runner must respect.
+    """A :class:`Description` opened: its live stages, and how the recurrent driver runs on them."""
 
-    tile/batch: the fixed tile, (height, width) in input px, and tiles per call of exported
-    graphs; None for eager PyTorch, which takes any size. random_weights: the network has random weights, not
-    an official checkpoint's (its output is no restoration). directory: the export or engine
-    directory served, None for eager PyTorch. run: how the recurrent driver runs on ``stages``,
-    ``run(stages, lq, device)``, taking host windows to the stages' array kind (numpy for ONNX
-    Runtime, torch tensors on ``device`` otherwise).
-    """
-
-    name: str
-    task: Task
-    config: RVRTConfig
+    description: Description
     stages: object
-    tile: tuple[int, int] | None = None
-    batch: int | None = None
-    device: str = "cpu"
-    random_weights: bool = False
-    directory: Path | None = None
-    run: Callable = run_on_torch
 
-    def __enter__(self):
-        enter = getattr(self.stages, "__enter__", None)
-        if enter:
-            enter()
-        return self
-
-    def __exit__(self, *exc):
-        leave = getattr(self.stages, "__exit__", None)
-        if leave:
-            leave(*exc)
+    def __getattr__(self, name):
+        # task, config, tile, batch, name, random_weights...: the description's.
+        if name == "description":
+            raise AttributeError(name)
+        return getattr(self.description, name)
 
     def restore(self, lq):
         """(n, t, cin, H, W) -> (n, t, 3, H*s, W*s) float32 on the host, of lq's array kind (numpy
         or torch) whatever the stages compute with; pads n up to a fixed batch and drops the padding."""
         count = lq.shape[0]
         padded = lq
-        if self.batch and count < self.batch:
+        batch = self.description.batch
+        if batch and count < batch:
             xp = array_namespace(lq)
-            padded = xp.concat([lq, xp.broadcast_to(lq[-1:], (self.batch - count, *lq.shape[1:]))])
-        return host_float32(self.run(self.stages, padded, self.device)[:count], like=lq)
-
-
-RUNTIMES = ("onnxruntime", "tensorrt", "pytorch")
+            padded = xp.concat([lq, xp.broadcast_to(lq[-1:], (batch - count, *lq.shape[1:]))])
+        return host_float32(self.description.runtime.run(self.stages, padded)[:count], like=lq)
 
 
 def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoint: str | os.PathLike | None = None,
                  random_weights: bool = False, device: str = "cpu", threads: int | None = None,
-                 allow_unvalidated: bool = False, runtime: str | None = None, fp16: bool = False,
-                 tile: int | Sequence[int] | None = None, batch: int | None = None,
-                 cache: ArtefactCache | None = None) -> Backend:
-    """The backend for MODEL: an ``rvrt-export onnx`` directory (ONNX Runtime), an ``rvrt-export
-    trt`` directory (TensorRT; fails with the reason where TensorRT or a GPU is missing), an
-    official ``.pth`` checkpoint, or a task name (with ``checkpoint`` or ``random_weights``).
+                 allow_unvalidated: bool = False, runtime: str | Runtime | None = None, fp16: bool = False,
+                 precision: str | None = None, tile: int | Sequence[int] | None = None, batch: int | None = None,
+                 cache: ArtefactCache | None = None) -> Description:
+    """The :class:`Description` of MODEL: an ``rvrt-export onnx`` or ``rvrt-export trt`` directory (served by
+    the first runtime of the registry that serves it and runs here, or by ``runtime``), an official ``.pth``
+    checkpoint, or a task name (with ``checkpoint`` or ``random_weights``).
 
-    runtime: None serves a directory on its own runtime and a checkpoint or task on eager
-    PyTorch. "onnxruntime" or "tensorrt" with a checkpoint or task serves the validated export
-    or engines from the cache (:mod:`.cache`), made there on first use for ``tile`` ((height,
-    width) in input px, or one int for a square) [the task's official tile] and ``batch`` [1].
-    fp16: float16 graphs, engines or eager network.
+    runtime: a record, or a name of :data:`~rvrt_engines.runtimes.RUNTIMES` with ``device``, ``threads`` and
+    ``precision`` (fp16: float16). None serves a directory on its own runtime and a checkpoint or task on
+    eager PyTorch. An exported runtime with a checkpoint or task serves the validated directory from the cache
+    (:mod:`.cache`), made there on first use for ``tile`` ((height, width) in input px, or one int for a
+    square) [the task's official tile] and ``batch`` [1]. Nothing is opened: :meth:`Description.open` does.
     """
-    if runtime not in (None, *RUNTIMES):
-        raise ValueError(f"unknown runtime {runtime!r}: expected --runtime {', '.join(RUNTIMES)}")
+    if fp16:
+        if precision not in (None, "float16"):
+            raise ValueError("give either --fp16 or --precision, not both")
+        precision = "float16"
     path = Path(model)
+    record = runtime if isinstance(runtime, Runtime) else None
     if path.is_dir():
-        return directory_backend(path, task=task, runtime=runtime, fp16=fp16, device=device, threads=threads,
-                                 allow_unvalidated=allow_unvalidated)
+        return directory_description(path, task=task, runtime=runtime, precision=precision, device=device,
+                                     threads=threads, allow_unvalidated=allow_unvalidated)
     if path.suffix in (".plan", ".engine", ".onnx"):
         state = "is a file" if path.exists() else "does not exist"
         raise ArtifactError(f"{path} {state}: pass the engine directory made by 'rvrt-export trt' (or the "
                             f"export directory of 'rvrt-export onnx'), whose manifest says which task, tile and "
                             f"precision its engines or graphs are for")
     spec, checkpoint = weights_of(model, path, task=task, checkpoint=checkpoint, random_weights=random_weights)
-    if runtime in (None, "pytorch"):
-        return eager_backend(spec, checkpoint, device=device, fp16=fp16)
+    record = record or runtime_record(runtime or "pytorch", precision=precision, device=device, threads=threads)
+    record = record.resolved()
     source = ModelSource(spec, checkpoint=checkpoint, seed=None if checkpoint else RANDOM_SEED)
-    directory = cached_artefacts(source, runtime, tile=tile or spec.tile[1], batch=batch or 1,
-                                 precision="float16" if fp16 else "float32", cache=cache)
-    return directory_backend(directory, task=None, runtime=runtime, fp16=fp16, device=device, threads=threads,
-                             allow_unvalidated=allow_unvalidated)
+    if not record.exported:
+        record.require()
+        return Description(spec, spec.config, record, source, random_weights=checkpoint is None)
+    cache = cache or ArtefactCache()
+    directory = record.artefacts(source, tile=tile or spec.tile[1], batch=batch or 1, cache=cache)
+    manifest = read_manifest(directory)
+    return Description(spec, config_from_manifest(manifest), record, source, directory, tile_of(manifest),
+                       manifest["batch"], random_weights=checkpoint is None, allow_unvalidated=allow_unvalidated,
+                       cache_root=cache.root)
 
 
 def known_task(model: str, task: str | None):
@@ -133,8 +177,9 @@ def weights_of(model: str | os.PathLike, path: Path, *, task: str | None, checkp
         try:
             spec = get_task(str(model))
         except ValueError:
-            raise ValueError(f"MODEL {str(model)!r} is neither an export or engine directory, a checkpoint file, "
-                             f"nor a task; expected one of: {', '.join(t.short for t in TASKS.values())}") from None
+            raise ValueError(f"MODEL {str(model)!r} does not exist: expected an export or engine directory, an "
+                             f"official .pth checkpoint, or a task: {', '.join(t.short for t in TASKS.values())}"
+                             ) from None
         if task and get_task(task).id != spec.id:
             raise ValueError(f"MODEL {str(model)!r} and --task {task!r} name different tasks: give one")
     if checkpoint is not None and random_weights:
@@ -147,35 +192,27 @@ def weights_of(model: str | os.PathLike, path: Path, *, task: str | None, checkp
     return spec, Path(checkpoint) if checkpoint is not None else None
 
 
-def eager_backend(spec: Task, checkpoint: Path | None, *, device: str, fp16: bool) -> Backend:
-    """Eager PyTorch (:func:`.runtimes.pytorch.eager_stages`)."""
-    stages, config = eager_stages(spec, checkpoint, device=device, fp16=fp16)
-    return Backend("pytorch", spec, config, stages, device=device, random_weights=checkpoint is None)
-
-
-def directory_backend(path: Path, *, task: str | None, runtime: str | None, fp16: bool, device: str,
-                      threads: int | None, allow_unvalidated: bool) -> Backend:
-    """The graphs (ONNX Runtime) or engines (TensorRT) of an export or engine directory."""
+def directory_description(path: Path, *, task: str | None, runtime: str | Runtime | None, precision: str | None,
+                          device: str, threads: int | None, allow_unvalidated: bool) -> Description:
+    """The graphs or engines of an export or engine directory, on ``runtime`` or the registry's choice."""
     manifest = read_manifest(path)
     spec = get_task(manifest["task"])
     if task and get_task(task).id != spec.id:
         raise ArtifactError(f"{path} was exported for task {spec.short!r} ({spec.id}), not {task!r}")
-    served, holds = ("tensorrt", "TensorRT engines") if "engine" in manifest else ("onnxruntime", "ONNX graphs")
-    if runtime not in (None, served):
-        raise ArtifactError(f"{path} holds {holds}: they run with --runtime {served}, not {runtime}; for "
-                            f"--runtime {runtime}, pass a task or checkpoint as MODEL")
-    if fp16 and manifest["dtype"] != "float16":
-        raise ArtifactError(f"{path} holds {manifest['dtype']} {holds}, not float16: drop --fp16, or make float16 "
-                            f"ones ('rvrt-export fp16 {path}', or 'rvrt-export trt {path} --fp16')")
-    random_weights = bool(manifest["checkpoint"].get("random_weights"))
-    config = config_from_manifest(manifest)
-    if served == "tensorrt":
-        from .runtimes.tensorrt import tensorrt_stages
-        stages = tensorrt_stages(path, allow_unvalidated=allow_unvalidated)
-        return Backend("tensorrt", spec, config, stages, tile_of(manifest), manifest["batch"], device="cuda",
-                       random_weights=random_weights, directory=path)
-    from .runtimes.onnxruntime import onnxruntime_stages, run_on_numpy
-    stages = onnxruntime_stages(path, device=device, threads=threads, allow_unvalidated=allow_unvalidated)
-    # On a CUDA provider ONNX Runtime still takes and returns host numpy arrays.
-    return Backend("onnxruntime", spec, config, stages, tile_of(manifest), manifest["batch"],
-                   random_weights=random_weights, directory=path, run=run_on_numpy)
+    if isinstance(runtime, Runtime):
+        record = runtime
+    else:
+        kind = runtime_named(runtime) if runtime is not None else serving_runtime(manifest, path)
+        record = runtime_record(kind.name, precision=precision, device=device, threads=threads)
+    if not record.exported or not record.serves(manifest):
+        holds = "TensorRT engines" if "engine" in manifest else f"{manifest['dtype']} ONNX graphs"
+        others = [name for name, kind in RUNTIMES.items() if kind.exported and kind().serves(manifest)]
+        raise ArtifactError(f"{path} holds {holds}: they run with --runtime {' or '.join(others)}, not "
+                            f"{record.name}; for --runtime {record.name}, pass a task or checkpoint as MODEL")
+    if record.precision is None:
+        record = dataclasses.replace(record, precision=manifest["dtype"]) \
+            if manifest["dtype"] in record.precisions else record.resolved()
+    record.require()
+    return Description(spec, config_from_manifest(manifest), record, None, path, tile_of(manifest), manifest["batch"],
+                       random_weights=bool(manifest["checkpoint"].get("random_weights")),
+                       allow_unvalidated=allow_unvalidated)

@@ -5,14 +5,15 @@ network; the first run makes them (``rvrt-export onnx``, and ``rvrt-export trt``
 and later runs find them again. Three small objects:
 
 - :class:`CacheKey`: everything the artefacts depend on (weights, task, architecture, tile,
-  batch, precision, runtime and its version, the CPU or GPU they were validated on, the
-  exporter's library versions). Equal keys share an entry; any difference makes another.
+  batch, precision, runtime and its version, the CPU or GPU they were validated on). Equal keys
+  share an entry; any difference makes another.
 - :class:`ArtefactCache`: entries under one root; ``fetch(key, make)`` returns a verified entry
   or builds it. An entry is assembled under a temporary name and renamed when complete, and
   sealed with ``cache.json`` (its key and every file's size and sha256), which every reuse
   checks: a half-written, truncated or edited entry is rebuilt, never served.
-- :class:`ModelSource` and :func:`cached_artefacts`: what to build an entry from, and the
-  builds themselves (the same ``export_onnx``, ``export_fp16`` and ``build_engines`` the
+- :class:`ModelSource` and :func:`cached`: what to build an entry from, and the one way every
+  runtime's ``artefacts`` (:mod:`rvrt_engines.runtimes`) gets its entry, which its own build
+  function fills (the same ``export_onnx``, ``export_fp16`` and ``build_engines`` the
   ``rvrt-export`` commands run, with their validation).
 """
 
@@ -26,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,18 +35,20 @@ from typing import TYPE_CHECKING
 
 from rvrt import RVRTConfig, Task
 from rvrt.tiling import tile_name, tile_shape_of
-from rvrt_engines.manifest import MANIFEST, ArtifactError, assembled, sha256_of, versions
+from .manifest import MANIFEST, ArtifactError, assembled, sha256_of, versions
 
 from .extras import missing_modules, require_extra
 
 if TYPE_CHECKING:
     from rvrt.model import RVRT
 
+    from .runtimes.base import Runtime
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "RVRT_CACHE"
 SEAL = "cache.json"
-PRECISIONS = {"float32": "fp32", "float16": "fp16"}
+PRECISIONS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def default_root() -> Path:
@@ -57,28 +59,18 @@ def default_root() -> Path:
     return Path(base) / "rvrt-deploy"
 
 
-def cpu_identity() -> str:
-    """CPU model and architecture: ONNX Runtime picks kernels (AVX2, AVX-512...) by CPU, so a
-    validation record holds for the CPU it was measured on."""
-    model = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model or 'unknown CPU'} ({platform.machine()})"
-
-
 @dataclass(frozen=True)
 class CacheKey:
     """What an entry's artefacts depend on.
 
     weights: ``sha256:<checkpoint sha256>`` or ``random-seed-N``. architecture: sha256 of the
-    network's hyper-parameters (a test's tiny model differs from the official one). device:
-    the CPU (ONNX Runtime; validation runs there) or GPU (TensorRT) the artefacts were
-    validated on. software: versions of the exporter's libraries, whose output they are. tile:
-    one int for a square, as keys always held it (so a square tile's entries keep their names
-    and digests), else (height, width).
+    network's hyper-parameters (a test's tiny model differs from the official one). runtime_version
+    and device: the runtime's own fields (:meth:`rvrt_engines.runtimes.base.Runtime.key_fields`): its
+    version and the CPU or GPU the artefacts were validated on. tile: one int for a square, else
+    (height, width).
+
+    The exporter's library versions are not part of the key: a serving install, which has no exporter,
+    must find what a full install cached. They are recorded in the entry's seal (``made_with``).
     """
 
     task: str
@@ -91,7 +83,6 @@ class CacheKey:
     runtime: str
     runtime_version: str
     device: str
-    software: str
 
     @property
     def name(self) -> str:
@@ -189,7 +180,7 @@ class ArtefactCache:
             self.discard(key)
             with assembled(self.entry(key)) as staging:
                 make(staging)
-                seal = {"key": key.record, "files": file_records(staging)}
+                seal = {"key": key.record, "made_with": versions(), "files": file_records(staging)}
                 (staging / SEAL).write_text(json.dumps(seal, indent=2) + "\n")
         log.info("cached %s", self.entry(key))
         return self.entry(key)
@@ -228,41 +219,23 @@ class ModelSource:
     def model(self) -> RVRT:
         return self.build()
 
-    def key(self, *, tile: int | Sequence[int], batch: int, precision: str, runtime: str) -> CacheKey:
-        """``tile``: (height, width) in input px, or one int for a square."""
-        software = versions()
-        if runtime == "tensorrt":
-            from .runtimes.tensorrt import gpu_description
+    def __getstate__(self) -> dict:
+        # A source travels to Ray workers and filters: the network it built here stays here.
+        return {name: value for name, value in self.__dict__.items() if name != "model"}
 
-            gpu = gpu_description()
-            runtime_version, device = gpu["tensorrt"], f"{gpu['gpu']} (compute capability {gpu['compute_capability']})"
-        else:
-            runtime_version, device = software.pop("onnxruntime"), cpu_identity()
+    def key(self, runtime: Runtime, *, tile: int | Sequence[int], batch: int, precision: str) -> CacheKey:
+        """The key of ``runtime``'s artefacts of this network; ``tile``: (height, width) in input px, or one
+        int for a square."""
+        runtime_version, device = runtime.key_fields()
         architecture = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
         height, width = tile_shape_of(tile)
         return CacheKey(self.task.id, self.task.short, architecture.hexdigest(), self.weights,
-                        height if height == width else (height, width), batch, precision, runtime, runtime_version,
-                        device, json.dumps(software, sort_keys=True))
+                        height if height == width else (height, width), batch, precision, runtime.name,
+                        runtime_version, device)
 
 
-def cached_artefacts(source: ModelSource, runtime: str, *, tile: int | Sequence[int], batch: int = 1,
-                     precision: str = "float32", cache: ArtefactCache | None = None) -> Path:
-    """The validated export (``runtime`` "onnxruntime") or engine directory (``"tensorrt"``) of
-    ``source`` for ``tile`` ((height, width) in input px, or one int for a square), ``batch`` and
-    ``precision``, from the cache or made now and cached.
-
-    Engines and float16 graphs are made from the float32 export, itself an entry (reused).
-    Raises TensorRTUnavailable before any work where TensorRT or a GPU is missing, and
-    MissingExtra where an entry must be made and the exporter (PyTorch) is not installed.
-    """
-    if runtime not in ("onnxruntime", "tensorrt"):
-        raise ValueError(f"no cached artefacts for runtime {runtime!r}: expected onnxruntime or tensorrt")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if runtime == "tensorrt":
-        from .runtimes.tensorrt import require_tensorrt
-
-        require_tensorrt()
+def check_tile_and_batch(source: ModelSource, tile: int | Sequence[int], batch: int) -> None:
+    """Refuse a tile or batch no export can have, before any work."""
     min_tile = source.config.min_tile
     if any(side % 8 or side < min_tile for side in tile_shape_of(tile)):
         raise ValueError(f"--tile {tile_name(tile)} is impossible for task {source.task.short!r}: tile sides are "
@@ -270,45 +243,13 @@ def cached_artefacts(source: ModelSource, runtime: str, *, tile: int | Sequence[
                          f"{source.task.tile[1]})")
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
-    cache = cache or ArtefactCache()
 
-    def made(key: CacheKey, make: Callable[[Path], object]) -> Path:
-        # problem() reads every byte of an entry, and fetch() does again: only where the exporter is
-        # missing is it worth asking first, to refuse before fetch() takes the entry's lock.
-        if missing_modules("export") and cache.problem(key) is not None:
-            require_extra("export", f"exporting {source.task.short} for --runtime {runtime} (no intact export of "
-                                    f"it in the cache {cache.root} yet)")
-        return cache.fetch(key, make)
 
-    def graphs() -> Path:
-        key = source.key(tile=tile, batch=batch, precision="float32", runtime="onnxruntime")
-
-        def export(out: Path) -> None:
-            from rvrt_export.onnx_export import export_onnx
-
-            log.info("exporting %s (tile %s, batch %d) to ONNX and validating every stage: this takes minutes, "
-                     "once", source.task.short, tile_name(tile), batch)
-            export_onnx(source.model, source.task, tile, out, batch=batch, checkpoint=source.checkpoint,
-                        random_seed=source.seed)
-
-        return made(key, export)
-
-    if runtime == "onnxruntime" and precision == "float32":
-        return graphs()
-    key = source.key(tile=tile, batch=batch, precision=precision, runtime=runtime)
-    if runtime == "onnxruntime":
-        def convert(out: Path) -> None:
-            from rvrt_export.fp16 import export_fp16
-
-            export_fp16(source.model, graphs(), out)
-
-        return made(key, convert)
-
-    def build(out: Path) -> None:
-        from rvrt_export.trt_build import build_engines
-
-        log.info("building %s TensorRT engines of %s (tile %s): this takes minutes, once", precision,
-                 source.task.short, tile_name(tile))
-        build_engines(source.model, graphs(), out, fp16=precision == "float16")
-
-    return made(key, build)
+def cached(cache: ArtefactCache, key: CacheKey, make: Callable[[Path], object], action: str) -> Path:
+    """The entry of ``key``, made by ``make`` when it is absent or damaged. ``action``: what the entry is for,
+    named in the one line that refuses where it must be made and the exporter (PyTorch) is not installed."""
+    # problem() reads every byte of an entry, and fetch() does again: only where the exporter is missing is it
+    # worth asking first, to refuse before fetch() takes the entry's lock.
+    if missing_modules("export") and cache.problem(key) is not None:
+        require_extra("export", f"{action} (no intact one in the cache {cache.root} yet)")
+    return cache.fetch(key, make)

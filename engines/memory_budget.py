@@ -25,8 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from rvrt import RVRTConfig, Task
 from rvrt.tiling import tile_name, tile_shape_of, tile_starts
+
+if TYPE_CHECKING:
+    from .runtimes.base import Runtime
 
 GIB = 2 ** 30
 SAFE_SHARE = 0.6
@@ -67,14 +72,10 @@ def available_gpu_memory() -> int | None:
     return None
 
 
-def gpu_runtime(runtime: str, device: str) -> bool:
-    return runtime == "tensorrt" or device.startswith("cuda")
-
-
-def default_budget(runtime: str, device: str) -> tuple[int | None, str]:
-    """(bytes, where they come from): :data:`SAFE_SHARE` of the free GPU memory for GPU runtimes, of the
+def default_budget(runtime: Runtime) -> tuple[int | None, str]:
+    """(bytes, where they come from): :data:`SAFE_SHARE` of the free GPU memory for runtimes on a GPU, of the
     free RAM otherwise; None where neither can be read."""
-    if gpu_runtime(runtime, device):
+    if runtime.needs_gpu:
         free = available_gpu_memory()
         if free is not None:
             return int(SAFE_SHARE * free), f"{SAFE_SHARE:.0%} of the GPU's free memory"
@@ -92,6 +93,8 @@ class MemoryModel:
     per_window_px: float
     per_tile_px: float
     source: str
+    calibrated: bool = True
+    """False: borrowed from another runtime (nothing measured for this one): plans say so."""
 
     def tile_bytes(self, window_frames: int, tile_px: int, tiles: int = 1) -> float:
         """Peak bytes but the restored frames; ``tiles`` per frame: several tiles get :data:`MULTI_TILE_HEADROOM`."""
@@ -105,29 +108,15 @@ GiB measured, 1.29 estimated; ONNX Runtime SR 320x180 in 6 tiles of 128: 2.64 Gi
 allocators keep between tiles. The calibration points are one tile each."""
 
 
-# Fitted by benchmarks/memory_model.py on 2026-12-01 (least squares, then ``fixed`` raised until no point lies
-# above): peak RSS of rvrt-run under /usr/bin/time -f %M, full-size networks with random weights, 2 threads,
-# this project's 2-core machine, one window of one tile per point. Measured (tile, frames: GiB):
-#   eager SR       64x64 2: 0.58, 64x64 8: 0.84, 128x128 4: 1.62, 144x176 2: 1.54, 144x176 8: 2.73
-#   eager denoise  136x136 2: 0.44, 256x256 2: 0.74, 256x256 6: 0.93, 272x480 4: 1.18
-#   ORT SR         64x64 2: 0.70, 64x64 8: 0.92, 128x128 2: 2.04, 128x128 8: 2.62, 144x176 2: 2.93, 144x176 8: 3.97,
-#                  184x320 4: 7.67
-#   ORT denoise    136x136 2: 0.46, 256x256 2: 0.84, 256x256 6: 1.05, 272x480 4: 1.73
-# ONNX Runtime's SR peak per tile pixel is about three times eager's (measured; the cause not yet profiled).
-MODELS = {
-    ("pytorch", "sr"): MemoryModel(0.635 * GIB, 7649.0, 31417.0, "eager SR, 5 points, 2026-12-01"),
-    ("pytorch", "quarter"): MemoryModel(0.426 * GIB, 754.0, 3454.0, "eager denoise, 4 points, 2026-12-01"),
-    ("onnxruntime", "sr"): MemoryModel(0.299 * GIB, 6228.0, 107445.0, "ONNX Runtime SR, 7 points, 2026-12-01"),
-    ("onnxruntime", "quarter"): MemoryModel(0.278 * GIB, 716.0, 8917.0, "ONNX Runtime denoise, 4 points, 2026-12-01"),
-}
+# Each runtime's models are in its module (rvrt_engines.runtimes), fitted by benchmarks/memory_model.py (least
+# squares, then ``fixed`` raised until no point lies above): peak RSS of rvrt-run under /usr/bin/time -f %M,
+# full-size networks with random weights, 2 threads, this project's 2-core machine, one window of one tile per point.
 
 
-def model_for(runtime: str, config: RVRTConfig) -> MemoryModel:
-    """The memory model of ``runtime`` for ``config``'s kind: SR, or the networks at 1/4 resolution (deblur and
-    denoise, calibrated on denoise). TensorRT has no measurement (no TensorRT anywhere here): it uses eager
-    PyTorch's, as :meth:`TilingPlan.describe` says."""
-    kind = "sr" if config.feature_stride == 1 else "quarter"
-    return MODELS["onnxruntime" if runtime == "onnxruntime" else "pytorch", kind]
+def network_kind(config: RVRTConfig) -> str:
+    """The memory model's kind of network: "sr", or "quarter" for the networks at 1/4 resolution (deblur and
+    denoise, calibrated on denoise)."""
+    return "sr" if config.feature_stride == 1 else "quarter"
 
 
 def frame_bytes(config: RVRTConfig, window_frames: int, frame_px: int) -> float:
@@ -156,7 +145,6 @@ class TilingPlan:
     window_frames: int
     peak_bytes: float
     memory_bytes: int | None
-    runtime: str
     calibrated: bool = True
 
     @property
@@ -179,10 +167,10 @@ class TilingPlan:
 
     def describe(self) -> str:
         held = f" ({self.window_frames} frames)" if self.window_frames < self.window else ""
-        budget = f" of {self.memory_bytes / GIB:.1f} GiB" if self.memory_bytes is not None else ""
-        guess = "" if self.calibrated else " (not measured on a GPU: eager PyTorch's CPU figures)"
+        budget = f" of {size_text(self.memory_bytes)}" if self.memory_bytes is not None else ""
+        guess = "" if self.calibrated else " (not measured for this runtime: eager PyTorch's CPU figures)"
         return (f"{self.layout}: {self.overhead:.2f}x the frame's pixels, window {self.window}"
-                f"{held}, est. peak {self.peak_bytes / GIB:.1f} GiB{budget}{guess}")
+                f"{held}, est. peak {size_text(self.peak_bytes)}{budget}{guess}")
 
 
 def padded_frame(config: RVRTConfig, height: int, width: int) -> tuple[int, int]:
@@ -209,8 +197,8 @@ def frames_computed(frames: int | None, window: int, overlap: int) -> float:
     return len(tile_starts(frames, window, overlap)) * window / frames
 
 
-def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: int, *, runtime: str = "pytorch",
-                device: str = "cpu", memory_bytes: int | None, tile: int | Sequence[int] | None = None,
+def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: int, *, runtime: Runtime,
+                memory_bytes: int | None, tile: int | Sequence[int] | None = None,
                 window: int | None = None, frames: int | None = None, tile_overlap: int | None = None,
                 window_overlap: int | None = None, batch: int = 1) -> TilingPlan:
     """The tile and window for frames of ``frame_height`` x ``frame_width`` input px within ``memory_bytes``.
@@ -227,7 +215,7 @@ def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: 
     """
     tile_overlap = task.tile_overlap[1] if tile_overlap is None else tile_overlap
     window_overlap = task.tile_overlap[0] if window_overlap is None else window_overlap
-    model = model_for(runtime, config)
+    model = runtime.memory_model(config)
     padded_h, padded_w = padded_frame(config, frame_height, frame_width)
     frame_px = padded_h * padded_w
 
@@ -258,8 +246,8 @@ def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: 
 
     def plan(counted: tuple[int, int], shape: tuple[int, int], window_size: int) -> TilingPlan:
         return TilingPlan(shape, window_size, (frame_height, frame_width), counted[0], counted[1],
-                          held_frames(window_size), peak(counted, shape, window_size), memory_bytes, runtime,
-                          calibrated=runtime in ("pytorch", "onnxruntime") and not gpu_runtime(runtime, device))
+                          held_frames(window_size), peak(counted, shape, window_size), memory_bytes,
+                          calibrated=model.calibrated)
 
     best, best_cost = None, None
     for window_size in windows:
@@ -295,11 +283,11 @@ class Budget:
     flags, "{}={}" for the VapourSynth filter's keywords.
     """
 
-    def __init__(self, memory: int | None, runtime: str, device: str, option: str = "--{} {}"):
+    def __init__(self, memory: int | None, runtime: Runtime, option: str = "--{} {}"):
         self.explicit = memory is not None
-        self.runtime, self.device, self.option = runtime, device, option
+        self.runtime, self.option = runtime, option
         source = self.name("memory")
-        self.bytes, self.source = (memory, source) if memory is not None else default_budget(runtime, device)
+        self.bytes, self.source = (memory, source) if memory is not None else default_budget(runtime)
         self.warnings: list[str] = []
         self.lines: list[str] = []
 
@@ -311,26 +299,36 @@ class Budget:
              *, export=None) -> TilingPlan:
         """The :class:`TilingPlan` for ``frame_count`` frames (None: unknown, a stream) of ``height`` x ``width``
         px with the options in ``tiling`` (window, window_overlap, tile, tile_overlap, batch; None: choose),
-        its description kept in :attr:`lines`. ``export``: a backend serving its own tile and batch (an export
-        directory), told how much it wastes here and which tile would fit better. Raises ValueError naming the
-        memory option where an explicit budget cannot hold even the smallest plan."""
-        runtime = export.name if export is not None else self.runtime
-        shared = dict(runtime=runtime, device=self.device, memory_bytes=self.bytes, window=tiling["window"],
-                      frames=frame_count, tile_overlap=tiling["tile_overlap"], window_overlap=tiling["window_overlap"])
+        its description kept in :attr:`lines`. ``export``: a description serving its own tile and batch (an
+        export directory), told how much it wastes here and which tile would fit better. Raises ValueError
+        naming the memory option where an explicit budget cannot hold even the smallest plan."""
+        runtime = export.runtime if export is not None else self.runtime
+        shared = dict(runtime=runtime, memory_bytes=self.bytes, window=tiling["window"], frames=frame_count,
+                      tile_overlap=tiling["tile_overlap"], window_overlap=tiling["window_overlap"])
         plan = plan_tiling(task, config, height, width, tile=export.tile if export is not None else tiling["tile"],
                            batch=(export.batch if export is not None else tiling["batch"]) or 1, **shared)
         if not plan.fits:
             fixed = " (the tile of this export)" if export is not None else ""
-            message = (f"est. peak {plan.peak_bytes / GIB:.1f} GiB with {plan.layout}{fixed}, window {plan.window}, "
-                       f"is over {self.bytes / GIB:.1f} GiB ({self.source})")
+            message = (f"est. peak {size_text(plan.peak_bytes)} with {plan.layout}{fixed}, window {plan.window}, "
+                       f"is over {size_text(self.bytes)} ({self.source})")
             if self.explicit and not (export is None and tiling["tile"] is not None and tiling["window"] is not None):
-                raise ValueError(f"{self.option.format('memory', f'{self.bytes / GIB:.2f}G')} is too little for "
-                                 f"task {task.short!r} at {width}x{height}: {message}; give more memory, or a "
-                                 f"smaller {self.name('tile')} or {self.name('window')}")
+                smaller = (f"a smaller {self.name('window')}, or an export for a smaller tile" if export is not None
+                           else f"a smaller {self.name('tile')} or {self.name('window')}")
+                raise ValueError(f"{self.option.format('memory', size_text(self.bytes))} is too little for task "
+                                 f"{task.short!r} at {width}x{height}: {message}; give more memory, or {smaller}")
             self.warnings.append(message)
-        self.lines.append(f"tiling: {plan.describe()} ({self.source})")
+        precision = runtime.resolved().precision
+        self.lines.append(f"tiling: {plan.describe()} ({self.source}); {runtime.name} {precision}")
         if export is not None:
             hint = suggestion(plan, plan_tiling(task, config, height, width, **shared))
             if hint:
                 self.lines.append(f"note: {hint}")
         return plan
+
+
+def size_text(size: float) -> str:
+    """Bytes as people write a memory size: 800M, 1.5G (powers of 1024, as --memory reads them)."""
+    for unit, scale in (("T", 2 ** 40), ("G", GIB), ("M", 2 ** 20), ("K", 2 ** 10)):
+        if size >= scale:
+            return f"{size / scale:.3g}{unit}"
+    return f"{size:.0f}B"

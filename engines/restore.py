@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -18,7 +19,7 @@ import numpy as np
 from rvrt import Tiling, blend_windows, restore_window, window_spans
 from rvrt.tiling import tile_name, tile_shape_of, tile_starts
 
-from .backends import Backend
+from .backends import Backend, Description
 from .progress import Meter
 from .video import FrameSource, Segment, VideoInputError, open_frames, open_writer
 
@@ -60,19 +61,22 @@ class LocalWindows:
     ``meter``: progress is reported per stage call and per tile.
     """
 
-    def __init__(self, backend: Backend, meter: Meter | None = None):
-        self.backend = backend
+    def __init__(self, description: Description, meter: Meter | None = None):
+        self.description = description
         self.meter = meter
+        self.backend: Backend | None = None
+        self._opened = contextlib.ExitStack()
 
     def __enter__(self):
-        self.backend.__enter__()
+        self.backend = self._opened.enter_context(self.description.open())
         return self
 
     def __exit__(self, *exc):
-        self.backend.__exit__(*exc)
+        self.backend = None
+        return self._opened.__exit__(*exc)
 
     def map(self, windows, tiling: Tiling):
-        config = self.backend.config
+        config = self.description.config
         backend, on_tiles = self.backend, None
         if self.meter is not None:
             backend = dataclasses.replace(self.backend, stages=CountingStages(self.backend.stages,
@@ -229,7 +233,7 @@ def output_writer(frames: FrameSource, output, scale: int, *, overwrite=False, l
                        lossless=lossless, overwrite=overwrite, like=frames, bit_depth=bit_depth, pix_fmt=pix_fmt)
 
 
-def resolve_tiling(backend: Backend, *, window: int | None = None, window_overlap: int | None = None,
+def resolve_tiling(backend: Description, *, window: int | None = None, window_overlap: int | None = None,
                    tile: int | Sequence[int] | None = None, tile_overlap: int | None = None,
                    batch: int | None = None) -> Tiling:
     """The checked :class:`Tiling` that ``backend`` serves for these options (None: the default).
@@ -255,7 +259,7 @@ def resolve_tiling(backend: Backend, *, window: int | None = None, window_overla
     return tiling
 
 
-def restore_video(backend: Backend, source, output: str | os.PathLike, *,
+def restore_video(backend: Description, source, output: str | os.PathLike, *,
                   sigma: float | None = None, window: int | None = None, window_overlap: int | None = None,
                   tile: int | Sequence[int] | None = None, tile_overlap: int | None = None, batch: int | None = None,
                   overwrite: bool = False, lossless: bool = False, crf: int | None = None, codec: str | None = None,

@@ -20,6 +20,7 @@ the table (:mod:`rvrt_engines.runtimes`) for a command's choices costs nothing.
 from __future__ import annotations
 
 import contextlib
+import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,3 +122,24 @@ def entered(stages) -> Iterator:
     """``stages`` entered for the block (runners activated once) and left after it, also on errors."""
     with stages:
         yield stages
+
+
+def cpu_identity() -> str:
+    """CPU model and architecture: CPU runtimes pick kernels (AVX2, AVX-512...) by CPU, so a validation record
+    holds for the CPU it was measured on."""
+    model = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model or 'unknown CPU'} ({platform.machine()})"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags as /proc/cpuinfo lists them (empty where there is none)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()

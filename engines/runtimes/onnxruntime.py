@@ -2,7 +2,8 @@
 
 Polygraphy's shape, this project's code: :class:`SessionFromPath` is a lazy loader (it builds
 a session when called), :class:`OnnxRuntimeRunner` runs one (activate / infer / deactivate),
-and :func:`onnxruntime_stages` puts one runner per stage behind the driver's stage interface.
+and :func:`onnxruntime_stages` puts one runner per stage behind the driver's stage interface;
+:class:`OnnxRuntime` is the runtime's record in the registry (:mod:`rvrt_engines.runtimes`).
 Polygraphy's own ``OnnxrtRunner`` is not used here: it imports torch on every ``infer`` where
 torch is installed (``util.array.is_torch``), 1.4 s of start-up for a process that never needs it.
 """
@@ -10,8 +11,11 @@ torch is installed (``util.array.is_torch``), 1.4 s of start-up for a process th
 from __future__ import annotations
 
 import functools
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
@@ -20,10 +24,15 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
 from rvrt import run_recurrent
 from rvrt.arrays import to_numpy
-from rvrt_engines.manifest import ArtifactError, check_files, read_manifest, require_validated
+from rvrt.tiling import tile_name
 
-from .onnxruntime_gda_split import gda_split_session
+from ..cache import cached, check_tile_and_batch
+from ..manifest import ArtifactError, check_files, read_manifest, require_validated
+from ..memory_budget import GIB, MemoryModel, network_kind
+from .base import Runtime, cpu_identity, entered
 from .runner_stages import RunnerStages, stage_io
+
+log = logging.getLogger(__name__)
 
 # Session config entries (onnxruntime_session_options_config_keys.h).
 USE_ENV_ALLOCATORS = "session.use_env_allocators"
@@ -105,11 +114,14 @@ class SessionFromPath:
         if self.emulate_float16:
             import onnx
 
-            from rvrt_engines.runtimes.float16_emulation import float16_emulation
+            from .float16_emulation import float16_emulation
 
             model = float16_emulation(onnx.load(self.path)).SerializeToString()
             return ort.InferenceSession(model, sess_options=options, providers=self.providers)
         if self.fused_gda and self.cpu_only:
+            # Imported here: onnx, which the cut needs, is a second of start-up.
+            from .onnxruntime_gda_split import gda_split_session
+
             split = gda_split_session(self.path, lambda model: ort.InferenceSession(
                 model, sess_options=options, providers=self.providers), self.threads)
             if split is not None:
@@ -165,12 +177,8 @@ def run_on_numpy(stages: RunnerStages, lq, device: str = "cpu"):
 
 
 def default_providers(device: str = "cpu") -> list[str]:
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise RuntimeError(f"device {device!r} asked for, but this onnxruntime has no CUDA execution provider "
-                           f"(install onnxruntime-gpu)")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    """The execution providers of ``device`` (whether this onnxruntime has them: :meth:`OnnxRuntime.unavailable`)."""
+    return ["CPUExecutionProvider"] if device == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def onnxruntime_stages(export_dir: str | os.PathLike, device: str = "cpu", threads: int | None = None,
@@ -189,3 +197,91 @@ def onnxruntime_stages(export_dir: str | os.PathLike, device: str = "cpu", threa
                                                        fused_gda), name=name)
                for name, stage in manifest["stages"].items()}
     return RunnerStages(runners, stage_io(manifest), manifest["clip_size"])
+
+
+# Fitted by benchmarks/memory_model.py on 2026-12-01 (see rvrt_engines.memory_budget): peak RSS of rvrt-run,
+# full-size networks with random weights, 2 threads, one window of one tile per point. Measured (tile, frames: GiB):
+#   SR       64x64 2: 0.70, 64x64 8: 0.92, 128x128 2: 2.04, 128x128 8: 2.62, 144x176 2: 2.93, 144x176 8: 3.97,
+#            184x320 4: 7.67
+#   denoise  136x136 2: 0.46, 256x256 2: 0.84, 256x256 6: 1.05, 272x480 4: 1.73
+# Its SR peak per tile pixel is about three times eager PyTorch's (measured; the cause not yet profiled).
+MEMORY_MODELS = {
+    "sr": MemoryModel(0.299 * GIB, 6228.0, 107445.0, "ONNX Runtime SR, 7 points, 2026-12-01"),
+    "quarter": MemoryModel(0.278 * GIB, 716.0, 8917.0, "ONNX Runtime denoise, 4 points, 2026-12-01"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnnxRuntime(Runtime):
+    """ONNX Runtime on ``rvrt-export onnx`` directories. threads: intra-op threads [all cores]. device: "cpu",
+    or "cuda" with onnxruntime-gpu. precision: float32, or float16 graphs (on a CPU, their float16 rounding
+    emulated in float32: what a CPU can tell of float16 accuracy)."""
+
+    name: ClassVar[str] = "onnxruntime"
+    label: ClassVar[str] = "ONNX Runtime"
+    precisions: ClassVar[tuple[str, ...]] = ("float32", "float16")
+
+    threads: int | None = None
+    device: str = "cpu"
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def unavailable(self) -> str | None:
+        if self.needs_gpu and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return (f"--device {self.device} asked for, but this onnxruntime has no CUDA execution provider "
+                    f"(install onnxruntime-gpu)")
+        return None
+
+    def key_fields(self) -> tuple[str, str]:
+        return ort.__version__, cpu_identity()
+
+    def serves(self, manifest: dict) -> bool:
+        return "engine" not in manifest
+
+    def artefacts(self, source, *, tile, batch: int, cache) -> Path:
+        check_tile_and_batch(source, tile, batch)
+        graphs = exported_graphs(source, tile=tile, batch=batch, cache=cache)
+        if self.resolved().precision == "float32":
+            return graphs
+        key = source.key(self, tile=tile, batch=batch, precision="float16")
+
+        def convert(out: Path) -> None:
+            from rvrt_export.fp16 import export_fp16
+
+            export_fp16(source.model, graphs, out)
+
+        return cached(cache, key, convert, f"float16 graphs of {source.task.short} for --runtime {self.name}")
+
+    def memory_model(self, config) -> MemoryModel:
+        return MEMORY_MODELS[network_kind(config)]
+
+    def stages(self, target, *, task, config, allow_unvalidated: bool = False):
+        self.require()
+        manifest = read_manifest(target)
+        if self.precision is not None and manifest["dtype"] != self.precision:
+            raise ArtifactError(f"{target} holds {manifest['dtype']} ONNX graphs, not {self.precision}: pass "
+                                f"--precision {'f16' if manifest['dtype'] == 'float16' else 'f32'}, or make "
+                                f"float16 ones ('rvrt-export fp16 {target}')")
+        return entered(onnxruntime_stages(target, device=self.device, threads=self.threads,
+                                          allow_unvalidated=allow_unvalidated))
+
+    def run(self, stages, lq):
+        return run_on_numpy(stages, lq)
+
+
+def exported_graphs(source, *, tile, batch: int, cache) -> Path:
+    """The validated float32 export of ``source`` (``rvrt-export onnx``), from the cache or made now: what
+    every runtime that serves ONNX graphs, or builds from them, starts from."""
+    key = source.key(OnnxRuntime(), tile=tile, batch=batch, precision="float32")
+
+    def export(out: Path) -> None:
+        from rvrt_export.onnx_export import export_onnx
+
+        log.info("exporting %s (tile %s, batch %d) to ONNX and validating every stage: this takes minutes, once",
+                 source.task.short, tile_name(tile), batch)
+        export_onnx(source.model, source.task, tile, out, batch=batch, checkpoint=source.checkpoint,
+                    random_seed=source.seed)
+
+    return cached(cache, key, export, f"exporting {source.task.short} for ONNX graphs")

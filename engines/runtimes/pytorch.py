@@ -7,10 +7,14 @@ driver and tiling above it are the same code as for numpy runtimes.
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
-from rvrt import EagerStages, Task, run_recurrent
-from ..extras import require_extra
+from rvrt import EagerStages, run_recurrent
+
+from ..extras import MissingExtra, require_extra
+from ..memory_budget import GIB, MemoryModel, network_kind
+from .base import Runtime, entered
 
 RANDOM_SEED = 0
 """Random weights everywhere in rvrt-run: one seed, so eager and cached exports compute alike."""
@@ -25,25 +29,88 @@ def run_on_torch(stages, lq, device: str = "cpu"):
         return run_recurrent(stages, torch.as_tensor(lq).to(device))
 
 
-def eager_stages(spec: Task, checkpoint: Path | None, *, device: str, fp16: bool):
-    """(stages, config) of the official network from ``checkpoint``, or of random weights (seed
-    :data:`RANDOM_SEED`, the seed cached exports of random weights record, so every runtime
-    restores alike). fp16: the CUDA float16 runtime (:mod:`.pytorch_cuda`), float32 islands as in
-    the float16 graphs."""
-    require_extra("export", "--runtime pytorch (eager PyTorch; the default for a task or checkpoint as MODEL)")
+# Fitted by benchmarks/memory_model.py on 2026-12-01 (see rvrt_engines.memory_budget). Measured (tile, frames: GiB):
+#   SR       64x64 2: 0.58, 64x64 8: 0.84, 128x128 4: 1.62, 144x176 2: 1.54, 144x176 8: 2.73
+#   denoise  136x136 2: 0.44, 256x256 2: 0.74, 256x256 6: 0.93, 272x480 4: 1.18
+MEMORY_MODELS = {
+    "sr": MemoryModel(0.635 * GIB, 7649.0, 31417.0, "eager SR, 5 points, 2026-12-01"),
+    "quarter": MemoryModel(0.426 * GIB, 754.0, 3454.0, "eager denoise, 4 points, 2026-12-01"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PyTorch(Runtime):
+    """The eager network (the reference), on the CPU or a CUDA GPU (:mod:`.pytorch_cuda`: float32, or float16
+    with the float16 export's float32 islands). threads: PyTorch's intra-op threads [its default]."""
+
+    name: ClassVar[str] = "pytorch"
+    label: ClassVar[str] = "eager PyTorch"
+    precisions: ClassVar[tuple[str, ...]] = ("float32", "float16")
+    exported: ClassVar[bool] = False
+
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.precision == "float16" and not self.needs_gpu:
+            raise ValueError("--precision f16 with --runtime pytorch needs --device cuda: float16 eager PyTorch runs "
+                             "on CUDA GPUs only (on a CPU, --runtime onnxruntime --precision f16 shows float16 "
+                             "accuracy)")
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def unavailable(self) -> str | None:
+        try:
+            require_extra("export", "--runtime pytorch (eager PyTorch)")
+        except MissingExtra as error:
+            return str(error)
+        if self.needs_gpu:
+            from .pytorch_cuda import CudaUnavailableError, require_cuda
+
+            try:
+                require_cuda(self.device)
+            except CudaUnavailableError as error:
+                return str(error)
+        return None
+
+    def require(self) -> None:
+        require_extra("export", "--runtime pytorch (eager PyTorch)")
+        if self.needs_gpu:
+            from .pytorch_cuda import require_cuda
+
+            require_cuda(self.device)
+
+    def key_fields(self) -> tuple[str, str]:
+        raise ValueError("eager PyTorch makes no artefacts to cache")
+
+    def memory_model(self, config) -> MemoryModel:
+        return MEMORY_MODELS[network_kind(config)]
+
+    def stages(self, target, *, task, config, allow_unvalidated: bool = False):
+        """``target``: the :class:`~rvrt_engines.cache.ModelSource` of the network."""
+        self.require()
+        return entered(eager_stages(target, device=self.device, precision=self.resolved().precision,
+                                    threads=self.threads))
+
+    def run(self, stages, lq):
+        return run_on_torch(stages, lq, self.device)
+
+
+def eager_stages(source, *, device: str, precision: str, threads: int | None = None):
+    """Stages of the network of ``source`` (a :class:`~rvrt_engines.cache.ModelSource`: an official checkpoint,
+    or random weights of seed :data:`RANDOM_SEED`, the seed cached exports of random weights record, so every
+    runtime restores alike). On CUDA, :mod:`.pytorch_cuda` in ``precision``."""
     import torch
 
-    from rvrt import build_model
+    if threads:
+        torch.set_num_threads(threads)
+    net = source.model
+    if torch.device(device).type == "cuda":
+        # Imported here: it loads torch's CUDA side.
+        from .pytorch_cuda import cuda_stages
 
-    on_cuda = torch.device(device).type == "cuda"
-    if fp16 and not on_cuda:
-        raise ValueError("--fp16 with --runtime pytorch needs --device cuda: float16 eager PyTorch runs on CUDA "
-                         "GPUs only (on a CPU, --runtime onnxruntime --fp16 shows float16 accuracy)")
-    if on_cuda:
-        # Imported here: the float16 policy brings the exporter's libraries, a second of start-up on a CPU.
-        from .pytorch_cuda import cuda_stages, require_cuda
-        require_cuda(device)
-    net = build_model(spec.id, checkpoint, random_weights=checkpoint is None,
-                      seed=RANDOM_SEED if checkpoint is None else None)
-    stages = cuda_stages(net, "float16" if fp16 else "float32", device) if on_cuda else EagerStages(net.to(device))
-    return stages, net.config
+        return cuda_stages(net, precision, device)
+    return EagerStages(net.to(device))

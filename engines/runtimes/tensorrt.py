@@ -7,12 +7,21 @@ CUDA tensors and asks for device outputs, so the only host copies are the tiles 
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from rvrt_engines.manifest import ArtifactError, check_files, read_manifest, remedy, require_validated, sha256_of
+from rvrt.tiling import tile_name
 
+from ..cache import cached, check_tile_and_batch
+from ..manifest import ArtifactError, check_files, read_manifest, remedy, require_validated, sha256_of
+from ..memory_budget import network_kind
+from .base import Runtime, entered
 from .runner_stages import RunnerStages, stage_io
+
+log = logging.getLogger(__name__)
 
 MINIMUM_VERSION = (10, 10)
 """The oldest TensorRT that builds these graphs: its ONNX parser takes the GDA plugin's namespace
@@ -111,3 +120,71 @@ def tensorrt_stages(engine_dir: str | os.PathLike, allow_unvalidated: bool = Fal
                for name, stage in manifest["stages"].items()}
     return RunnerStages(runners, stage_io(manifest), manifest["clip_size"],
                         infer_options={"copy_outputs_to_host": False}, clone_outputs=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorRT(Runtime):
+    """TensorRT engines (``rvrt-export trt``) on a CUDA GPU, float32 or float16 (strongly typed from the graphs)."""
+
+    name: ClassVar[str] = "tensorrt"
+    label: ClassVar[str] = "TensorRT"
+    precisions: ClassVar[tuple[str, ...]] = ("float32", "float16")
+
+    @property
+    def device(self) -> str:
+        return "cuda"
+
+    @property
+    def needs_gpu(self) -> bool:
+        return True
+
+    def unavailable(self) -> str | None:
+        return tensorrt_unavailable()
+
+    def require(self) -> None:
+        require_tensorrt()
+
+    def key_fields(self) -> tuple[str, str]:
+        gpu = gpu_description()
+        return gpu["tensorrt"], f"{gpu['gpu']} (compute capability {gpu['compute_capability']})"
+
+    def serves(self, manifest: dict) -> bool:
+        return "engine" in manifest
+
+    def artefacts(self, source, *, tile, batch: int, cache) -> Path:
+        from .onnxruntime import exported_graphs
+
+        self.require()
+        check_tile_and_batch(source, tile, batch)
+        precision = self.resolved().precision
+        key = source.key(self, tile=tile, batch=batch, precision=precision)
+
+        def build(out: Path) -> None:
+            from rvrt_export.trt_build import build_engines
+
+            log.info("building %s TensorRT engines of %s (tile %s): this takes minutes, once", precision,
+                     source.task.short, tile_name(tile))
+            build_engines(source.model, exported_graphs(source, tile=tile, batch=batch, cache=cache), out,
+                          fp16=precision == "float16")
+
+        return cached(cache, key, build, f"building TensorRT engines of {source.task.short}")
+
+    def memory_model(self, config):
+        import dataclasses
+
+        from .pytorch import MEMORY_MODELS
+
+        # Nothing measured with TensorRT (no TensorRT anywhere here): eager PyTorch's figures, said to be borrowed.
+        return dataclasses.replace(MEMORY_MODELS[network_kind(config)], calibrated=False)
+
+    def stages(self, target, *, task, config, allow_unvalidated: bool = False):
+        manifest = read_manifest(target)
+        if self.precision is not None and manifest["dtype"] != self.precision:
+            raise ArtifactError(f"{target} holds {manifest['dtype']} TensorRT engines, not {self.precision}: build "
+                                f"{self.precision} ones with 'rvrt-export trt'")
+        return entered(tensorrt_stages(target, allow_unvalidated=allow_unvalidated))
+
+    def run(self, stages, lq):
+        from .pytorch import run_on_torch
+
+        return run_on_torch(stages, lq, "cuda")
