@@ -25,11 +25,12 @@ from tqdm import tqdm
 
 from rvrt import window_spans
 from rvrt_engines.backends import known_task
-from rvrt_engines.cli import USER_ERRORS, UserError, encoding_options, model_options, parse_time
+from rvrt_engines.frontend import Prepared, check_request, prepare
+from rvrt_engines.options import (USER_ERRORS, UserError, encoding_options, memory_option, model_options, parse_time,
+                                  precision_of)
 from rvrt_engines.extras import require_extra
 from rvrt_engines.progress import clock, terminal_columns
-from rvrt_engines.restore import check_sigma, open_source, output_writer, resolve_tiling, restore_video
-from rvrt_engines.tile_option import check_tile_fits
+from rvrt_engines.restore import open_source, output_writer, restore_video
 from rvrt_engines.video import Terminated, VideoInputError, VideoOutputError, natural_key, signals_as_exceptions
 from rvrt_engines.video.reader import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from rvrt_engines.video.writer import VIDEO_OUTPUT_SUFFIXES
@@ -222,14 +223,18 @@ def summary_lines(items: list[Item], pool: RayWindows | None, seconds: float) ->
 @click.option("--frames", "frame_limit", type=int, help="Restore at most this many frames of every file.")
 @model_options
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (one GPU per worker).")
+@click.option("--memory", callback=memory_option,
+              help="Memory each worker stays within, e.g. 1.5G, 3GB or 800M (powers of 1024) [60% of free RAM; of "
+                   "the GPU's free memory for GPU runtimes]: the tile and window are chosen within it for the "
+                   "largest input, as rvrt-run chooses them.")
 @encoding_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs [they are skipped].")
 @click.option("--allow-unvalidated", is_flag=True, help="Serve an export without a passing validation record.")
 @click.option("--quiet", is_flag=True, help="No progress.")
 @click.option("--verbose", is_flag=True, help="Also show Ray's own start-up messages.")
 def main(model, inputs, output_dir, suffix, address, workers, threads, start_time, frame_limit, task, checkpoint,
-         random_weights, runtime, fp16, sigma, window, window_overlap, tile, tile_overlap, batch, device, codec, crf,
-         lossless, bit_depth, pix_fmt, overwrite, allow_unvalidated, quiet, verbose):
+         random_weights, runtime, precision, fp16, sigma, window, window_overlap, tile, tile_overlap, batch, device,
+         memory, codec, crf, lossless, bit_depth, pix_fmt, overwrite, allow_unvalidated, quiet, verbose):
     """Restore every INPUT (video files, folders of videos, folders of frames) with MODEL into
     OUTPUT_DIR, on a Ray cluster. Existing outputs are skipped, so a batch that was stopped
     restores only what is missing when run again.
@@ -248,32 +253,35 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, start_tim
                          ("" if suffix == "png" else suffix))
             encoding = dict(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt,
                             bit_depth=int(bit_depth) if bit_depth else None)
+            check_request(model, task=task, sigma=sigma, tile=tile)
             known = known_task(model, task)
-            if known is not None:
-                check_sigma(known, sigma)
-                if tile is not None:
-                    check_tile_fits(tile, known, known.config)
             if workers is not None and workers < 1:
                 raise UserError(f"--workers {workers}: expected at least 1")
             if threads is not None and threads < 1:
                 raise UserError(f"--threads {threads}: expected at least 1")
             segment = dict(start=parse_time(start_time), frames=frame_limit)
             probe(items, known, overwrite, encoding, segment)
-            if not any(item.state == "pending" for item in items):
+            pending = [item for item in items if item.state == "pending"]
+            if not pending:
                 finish(items, None, began)
-            load_args = dict(model=model, task=task, checkpoint=checkpoint, random_weights=random_weights,
-                             device=device, allow_unvalidated=allow_unvalidated)
-            if runtime is not None:
-                # A task or checkpoint on an exported runtime is exported for the tile and batch asked for.
-                load_args.update(runtime=runtime, tile=tile, batch=batch)
-            if fp16:
-                load_args["fp16"] = True
-            pool = RayWindows(load_args, address=address, workers=workers, threads=threads, verbose=verbose)
+            # One model serves every file: its tile and window are chosen for the largest frame and the longest
+            # file, within --memory for each worker.
+            largest = max(pending, key=lambda item: item.opened.height * item.opened.width)
+            longest = max((item.opened.frame_count for item in pending), key=lambda count: count or 0)
+            prepared = prepare(model, frame=(largest.opened.height, largest.opened.width), frames=longest,
+                               task=task, checkpoint=checkpoint, random_weights=random_weights, runtime=runtime,
+                               precision=precision_of(precision, fp16), device=device, threads=threads,
+                               sigma=sigma, memory=memory, allow_unvalidated=allow_unvalidated, window=window,
+                               window_overlap=window_overlap, tile=tile, tile_overlap=tile_overlap, batch=batch)
+            for message in prepared.warnings + prepared.plan_warnings:
+                click.secho(f"warning: {message}", fg="yellow", err=True)
+            if not quiet:
+                for line in prepared.lines:
+                    click.echo(line, err=True)
+            pool = RayWindows(prepared.description, address=address, workers=workers, threads=threads,
+                              verbose=verbose)
             with pool:
-                warn(pool, allow_unvalidated)
-                restore_all(items, pool, quiet, dict(sigma=sigma, window=window, window_overlap=window_overlap,
-                                                     tile=tile, tile_overlap=tile_overlap, batch=batch,
-                                                     overwrite=overwrite, **encoding))
+                restore_all(items, pool, prepared, quiet, dict(sigma=sigma, overwrite=overwrite, **encoding))
     except (Terminated, KeyboardInterrupt) as stop:
         for line in summary_lines(items, pool, time.perf_counter() - began):
             click.echo(line, err=True)
@@ -327,16 +335,8 @@ def leftovers(output: Path) -> list[Path]:
     return sorted(path for path in output.parent.iterdir() if pattern.fullmatch(path.name))
 
 
-def warn(pool: RayWindows, allow_unvalidated: bool) -> None:
-    if allow_unvalidated:
-        click.secho("warning: --allow-unvalidated: this model's outputs have not been checked against eager PyTorch",
-                    fg="yellow", err=True)
-    if pool.backend.random_weights:
-        click.secho("warning: random weights: the outputs are not restorations (demo/test mode)", fg="yellow",
-                    err=True)
-
-
-def restore_all(items: list[Item], pool: RayWindows, quiet: bool, options: dict, interval: float = 10.0) -> None:
+def restore_all(items: list[Item], pool: RayWindows, prepared: Prepared, quiet: bool, options: dict,
+                interval: float = 10.0) -> None:
     """The pending files, several at once over the whole pool (one thread each, as many as the pool
     has window slots), so that every worker has a window while windows are left. A file that fails
     is recorded and the others go on, unless the options themselves cannot work (exit 2) or no
@@ -344,8 +344,7 @@ def restore_all(items: list[Item], pool: RayWindows, quiet: bool, options: dict,
     from .windows import Cancelled, WindowFailed
 
     pending = [item for item in items if item.state == "pending"]
-    tiling = resolve_tiling(pool.backend, **{name: options[name] for name in ("window", "window_overlap", "tile",
-                                                                              "tile_overlap", "batch")})
+    tiling = prepared.tiling
     windows = {key: [stop - first for first, stop in window_spans(item.frames, tiling)] if item.frames else []
                for key, item in enumerate(pending)}
     progress = BatchProgress(windows, pool, enabled=not quiet, interval=interval)
@@ -355,9 +354,10 @@ def restore_all(items: list[Item], pool: RayWindows, quiet: bool, options: dict,
 
     def restore_one(key: int, item: Item, runner) -> None:
         try:
-            summary = restore_video(pool.backend, item.opened, item.output, windows=runner,
+            summary = restore_video(prepared.description, item.opened, item.output, windows=runner,
                                     progress=lambda status: progress.update(key, status),
-                                    notes=lambda message: progress.note(item, message), **options)
+                                    notes=lambda message: progress.note(item, message), **prepared.options,
+                                    **options)
         except Cancelled:
             return
         except (VideoInputError, VideoOutputError, WindowFailed, FileExistsError, OSError) as err:

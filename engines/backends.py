@@ -16,8 +16,8 @@ from rvrt.arrays import array_namespace, host_float32
 from rvrt.config import TASKS
 
 from .cache import ArtefactCache, ModelSource
-from .manifest import ArtifactError, config_from_manifest, read_manifest, tile_of
-from .runtimes import RUNTIMES, Runtime, runtime_named, runtime_record, serving_runtime
+from .manifest import ArtifactError, config_from_manifest, holds, read_manifest, tile_of
+from .runtimes import RUNTIMES, PyTorch, Runtime, default_runtime, runtime_named, runtime_record, serving_runtime
 from .runtimes.pytorch import RANDOM_SEED
 
 
@@ -131,7 +131,8 @@ def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoin
                             f"export directory of 'rvrt-export onnx'), whose manifest says which task, tile and "
                             f"precision its engines or graphs are for")
     spec, checkpoint = weights_of(model, path, task=task, checkpoint=checkpoint, random_weights=random_weights)
-    record = record or runtime_record(runtime or "pytorch", precision=precision, device=device, threads=threads)
+    record = record or (runtime_record(runtime, precision=precision, device=device, threads=threads) if runtime
+                        else default_runtime(precision=precision, device=device, threads=threads))
     record = record.resolved()
     source = ModelSource(spec, checkpoint=checkpoint, seed=None if checkpoint else RANDOM_SEED)
     if not record.exported:
@@ -143,6 +144,14 @@ def load_backend(model: str | os.PathLike, *, task: str | None = None, checkpoin
     return Description(spec, config_from_manifest(manifest), record, source, directory, tile_of(manifest),
                        manifest["batch"], random_weights=checkpoint is None, allow_unvalidated=allow_unvalidated,
                        cache_root=cache.root)
+
+
+def eager_description(task: Task, model, *, random_weights: bool = True, runtime: Runtime | None = None
+                      ) -> Description:
+    """Eager PyTorch (``runtime``: a :class:`~rvrt_engines.runtimes.PyTorch` record [on the CPU, float32]) on a
+    network already built in this process (the demo's, rvrt-validate's, tests' tiny models)."""
+    source = ModelSource(task, config=model.config, build=lambda: model)
+    return Description(task, model.config, (runtime or PyTorch()).resolved(), source, random_weights=random_weights)
 
 
 def known_task(model: str, task: str | None):
@@ -205,10 +214,10 @@ def directory_description(path: Path, *, task: str | None, runtime: str | Runtim
         kind = runtime_named(runtime) if runtime is not None else serving_runtime(manifest, path)
         record = runtime_record(kind.name, precision=precision, device=device, threads=threads)
     if not record.exported or not record.serves(manifest):
-        holds = "TensorRT engines" if "engine" in manifest else f"{manifest['dtype']} ONNX graphs"
         others = [name for name, kind in RUNTIMES.items() if kind.exported and kind().serves(manifest)]
-        raise ArtifactError(f"{path} holds {holds}: they run with --runtime {' or '.join(others)}, not "
-                            f"{record.name}; for --runtime {record.name}, pass a task or checkpoint as MODEL")
+        asked = f"--runtime {record.name}" + (f" in {record.precision}" if record.precision else "")
+        raise ArtifactError(f"{path} holds {holds(manifest)}: they run with --runtime {' or '.join(others)}; for {asked}, "
+                            f"{record.making_hint(path)}")
     if record.precision is None:
         record = dataclasses.replace(record, precision=manifest["dtype"]) \
             if manifest["dtype"] in record.precisions else record.resolved()

@@ -192,12 +192,13 @@ class ModelSource:
     The network is built only when an entry has to be made (a cache hit only hashes the
     checkpoint). checkpoint: an official ``.pth``; else ``seed`` (random weights, recorded).
     build: how to make the network, for tests' tiny models [rvrt.build_model of the task's
-    official architecture].
+    official architecture]; with neither checkpoint nor seed, a network built in this process,
+    whose weights no key can name (served eagerly, never cached).
     """
 
     def __init__(self, task: Task, *, checkpoint: str | os.PathLike | None = None, seed: int | None = None,
                  config: RVRTConfig | None = None, build: Callable[[], RVRT] | None = None):
-        if (checkpoint is None) == (seed is None):
+        if build is None and (checkpoint is None) == (seed is None):
             raise ValueError("a model source needs a checkpoint or a random-weights seed, not both")
         self.task = task
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -213,6 +214,8 @@ class ModelSource:
 
     @functools.cached_property
     def weights(self) -> str:
+        if self.checkpoint is None and self.seed is None:
+            raise ValueError("a network built in this process has no weights to name in a cache key")
         return f"sha256:{sha256_of(self.checkpoint)}" if self.checkpoint else f"random-seed-{self.seed}"
 
     @functools.cached_property

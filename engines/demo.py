@@ -14,16 +14,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from rvrt import EagerStages, get_task
+from rvrt import get_task
 from rvrt.tiling import tile_name, tile_shape_of
 
-from .backends import Backend, load_backend
-from .cli import UserError
+from .backends import eager_description, load_backend
 from .extras import MissingExtra, require_extra
-from .wording import count_of
+from .options import TILE, UserError, check_tile_fits
 from .restore import restore_video
-from .tile_option import TILE, check_tile_fits
 from .video import open_frames
+from .wording import count_of
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,8 +88,8 @@ def main(task, checkpoint, tiny, frames, tile, workdir):
                    f"{time.perf_counter() - start:.0f} s (largest stage error vs eager: {worst:.1e})")
 
     results = {}
-    for label, backend in (("eager PyTorch", Backend("pytorch", spec, model.config, EagerStages(model))),
-                           ("ONNX Runtime", load_backend(export_dir))):
+    eager = eager_description(spec, model, random_weights=checkpoint is None)
+    for label, backend in (("eager PyTorch", eager), ("ONNX Runtime", load_backend(export_dir, runtime="onnxruntime"))):
         out = workdir / f"{name}-{backend.name}.mkv"
         summary = restore_video(backend, lq_path, out, sigma=sigma, tile=tile, lossless=True, overwrite=True)
         results[label] = (summary, np.stack(list(open_frames(out))))

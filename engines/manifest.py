@@ -111,6 +111,19 @@ def inside(directory: Path, name: object, what: str) -> Path:
     return path
 
 
+def holds(manifest: dict) -> str:
+    """What an artefact directory holds, as messages name it: "float32 ONNX graphs", "float16 TensorRT engines"."""
+    return f"{manifest['dtype']} {'TensorRT engines' if 'engine' in manifest else 'ONNX graphs'}"
+
+
+def source_graphs(manifest: dict, directory: Path) -> Path | None:
+    """The ONNX export an engine directory was built from (None for an export itself)."""
+    if "engine" not in manifest:
+        return None
+    graphs = Path(manifest["onnx_dir"])
+    return graphs if graphs.is_absolute() else directory / graphs
+
+
 def remedy(manifest: dict) -> str:
     """How a damaged artefact directory of this kind is made again."""
     if "engine" in manifest:

@@ -128,6 +128,11 @@ def frame_bytes(config: RVRTConfig, window_frames: int, frame_px: int) -> float:
     return window_frames * frame_px * (inputs + outputs)
 
 
+def restored_window_bytes(config: RVRTConfig, window_frames: int, frame_px: int) -> float:
+    """Bytes of one restored window kept whole: float32 RGB frames at the output scale."""
+    return window_frames * frame_px * 3 * config.upscale ** 2 * 4
+
+
 @dataclass(frozen=True)
 class TilingPlan:
     """A tile and a temporal window for frames of ``frame`` (height, width) input px.
@@ -200,7 +205,7 @@ def frames_computed(frames: int | None, window: int, overlap: int) -> float:
 def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: int, *, runtime: Runtime,
                 memory_bytes: int | None, tile: int | Sequence[int] | None = None,
                 window: int | None = None, frames: int | None = None, tile_overlap: int | None = None,
-                window_overlap: int | None = None, batch: int = 1) -> TilingPlan:
+                window_overlap: int | None = None, batch: int = 1, cached_windows: int = 0) -> TilingPlan:
     """The tile and window for frames of ``frame_height`` x ``frame_width`` input px within ``memory_bytes``.
 
     Tile: the whole (padded) frame when it fits, else the shape (multiples of 8, each side at least
@@ -211,7 +216,8 @@ def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: 
     ``window`` is kept, the other chosen within the budget. When nothing fits, the plan needing the least
     memory is returned (``fits`` False): the caller decides whether that is an error. ``frames``: the clip's
     frame count where known (a window longer than the clip holds only the clip). ``memory_bytes`` None:
-    no budget (the whole frame and the official window).
+    no budget (the whole frame and the official window). ``cached_windows``: restored windows a frontend keeps
+    besides (the VapourSynth filter's cache), counted with the rest.
     """
     tile_overlap = task.tile_overlap[1] if tile_overlap is None else tile_overlap
     window_overlap = task.tile_overlap[0] if window_overlap is None else window_overlap
@@ -242,7 +248,8 @@ def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: 
 
     def peak(counted: tuple[int, int], shape: tuple[int, int], window_size: int) -> float:
         held = held_frames(window_size)
-        return model.tile_bytes(held, shape[0] * shape[1] * batch, counted[0]) + frame_bytes(config, held, frame_px)
+        return (model.tile_bytes(held, shape[0] * shape[1] * batch, counted[0]) + frame_bytes(config, held, frame_px)
+                + cached_windows * restored_window_bytes(config, held, frame_px))
 
     def plan(counted: tuple[int, int], shape: tuple[int, int], window_size: int) -> TilingPlan:
         return TilingPlan(shape, window_size, (frame_height, frame_width), counted[0], counted[1],
@@ -283,9 +290,9 @@ class Budget:
     flags, "{}={}" for the VapourSynth filter's keywords.
     """
 
-    def __init__(self, memory: int | None, runtime: Runtime, option: str = "--{} {}"):
+    def __init__(self, memory: int | None, runtime: Runtime, option: str = "--{} {}", cached_windows: int = 0):
         self.explicit = memory is not None
-        self.runtime, self.option = runtime, option
+        self.runtime, self.option, self.cached_windows = runtime, option, cached_windows
         source = self.name("memory")
         self.bytes, self.source = (memory, source) if memory is not None else default_budget(runtime)
         self.warnings: list[str] = []
@@ -304,7 +311,8 @@ class Budget:
         naming the memory option where an explicit budget cannot hold even the smallest plan."""
         runtime = export.runtime if export is not None else self.runtime
         shared = dict(runtime=runtime, memory_bytes=self.bytes, window=tiling["window"], frames=frame_count,
-                      tile_overlap=tiling["tile_overlap"], window_overlap=tiling["window_overlap"])
+                      tile_overlap=tiling["tile_overlap"], window_overlap=tiling["window_overlap"],
+                      cached_windows=self.cached_windows)
         plan = plan_tiling(task, config, height, width, tile=export.tile if export is not None else tiling["tile"],
                            batch=(export.batch if export is not None else tiling["batch"]) or 1, **shared)
         if not plan.fits:

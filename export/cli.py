@@ -19,7 +19,7 @@ from rvrt import CheckpointError, Task, get_task
 from rvrt_engines.extras import MissingExtra, require_extra
 from rvrt_engines.progress import log_to_stderr
 from rvrt_engines.signals import stopped_by_signals
-from rvrt_engines.tile_option import TILE, check_tile_fits
+from rvrt_engines.options import TILE, check_tile_fits
 from rvrt.config import TASKS
 from rvrt.tiling import tile_name
 

@@ -77,7 +77,7 @@ def test_second_run_reuses_the_entry_without_building(cached):
 def test_cached_export_restores_like_its_eager_model(cached):
     _, entry, source = cached
     clip = random_clip("sr", 2)
-    with load_backend(entry) as backend:
+    with load_backend(entry).open() as backend:
         assert backend.name == "onnxruntime" and backend.random_weights and backend.directory == entry
         served = backend.restore(clip)
     with torch.no_grad():
@@ -205,7 +205,7 @@ def test_float16_graphs_are_made_from_the_cached_float32_export(cached, tmp_path
     assert fp16.name.startswith(f"sr-tile{TILE}-b1-fp16-onnxruntime-") and manifest["dtype"] == "float16"
     assert manifest["source"]["dir"] == str((tmp_path / entry.name).resolve()) and source.builds == 1
     assert cached_artefacts(CountingSource(), "onnxruntime", tile=TILE, precision="float16", cache=cache) == fp16
-    with load_backend(fp16, fp16=True) as backend:
+    with load_backend(fp16, fp16=True).open() as backend:
         assert backend.random_weights and backend.restore(random_clip("sr", 2)).shape == (1, 2, 3, 4 * 48, 4 * 48)
     with pytest.raises(ArtifactError, match="holds float32 ONNX graphs, not float16: drop --fp16"):
         load_backend(tmp_path / entry.name, fp16=True)
@@ -249,7 +249,7 @@ def test_an_engine_directory_may_carry_the_plan_name(cached, tmp_path):
     _, entry, _ = cached
     named = tmp_path / "sr.plan"
     shutil.copytree(entry, named)
-    with load_backend(named) as backend:
+    with load_backend(named).open() as backend:
         assert backend.tile == (TILE, TILE) and backend.directory == named
     with pytest.raises(ArtifactError, match="missing.plan does not exist: pass the engine directory"):
         load_backend(tmp_path / "missing.plan")
@@ -265,7 +265,7 @@ def test_full_size_task_runs_from_the_cache_on_first_and_later_use(tmp_path, mon
     again = load_backend("sr", random_weights=True, runtime="onnxruntime", tile=40)
     assert entry.parent == tmp_path and again.directory == entry and entry.stat().st_ino == made
     clip = random_clip("sr", 2, 40, 40)
-    with first as backend:
+    with first.open() as backend:
         served = backend.restore(clip)
     with torch.no_grad():
         eager = build_model("sr", random_weights=True, seed=0)(clip)

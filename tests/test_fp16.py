@@ -138,7 +138,7 @@ def test_float16_graphs_serve_the_runner(fp16_exports):
     tiling = Tiling(window=4, tile=tile, window_overlap=2, tile_overlap=16, batch=read_manifest(out)["batch"])
     with torch.no_grad():
         eager = restore_tiled(model, lq, model.config, tiling)
-    with load_backend(out) as backend:
+    with load_backend(out).open() as backend:
         served = restore_tiled(backend.restore, lq, backend.config, tiling)
     mse = float(((served.clamp(0, 1) - eager.clamp(0, 1)) ** 2).mean())
     assert 10 * np.log10(1 / mse) > 60

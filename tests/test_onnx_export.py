@@ -75,8 +75,7 @@ def test_tiled_pipeline_on_onnxruntime_equals_eager(exported):
     tiling = Tiling(window=4, tile=tile, window_overlap=2, tile_overlap=16, batch=read_manifest(out)["batch"])
     with torch.no_grad():
         eager = restore_tiled(model, lq, model.config, tiling)
-    backend = load_backend(out)
-    with backend:
+    with load_backend(out).open() as backend:
         served = restore_tiled(backend.restore, lq, backend.config, tiling)
     assert served.shape == eager.shape
     assert (served - eager).abs().max().item() < 1e-4

@@ -105,11 +105,10 @@ def test_split_stages_restore_like_eager_and_like_the_function_body(sr_export):
     tiling = Tiling(window=0, tile=tile, tile_overlap=16, batch=read_manifest(out)["batch"])
     with torch.no_grad():
         eager = restore_tiled(model, lq, model.config, tiling)
-    backend = load_backend(out, threads=2)
-    with backend:
+    with load_backend(out, threads=2).open() as backend:
         split = restore_tiled(backend.restore, lq, backend.config, tiling)
-    backend.stages = onnxruntime_stages(out, threads=2, fused_gda=False)
-    with backend:
+    with load_backend(out, threads=2).open() as backend, onnxruntime_stages(out, threads=2, fused_gda=False) as body:
+        backend.stages = body
         body = restore_tiled(backend.restore, lq, backend.config, tiling)
     assert (split - eager).abs().max().item() < 1e-4
     assert (split - body).abs().max().item() < 1e-5

@@ -86,7 +86,7 @@ def test_rectangular_export_on_onnxruntime_equals_eager_tiled(rectangular_export
     tiling = Tiling(window=4, tile=TILE, window_overlap=2, tile_overlap=16)
     with torch.no_grad():
         eager = restore_tiled(model, lq, model.config, tiling)
-    with load_backend(out) as backend:
+    with load_backend(out).open() as backend:
         assert backend.tile == TILE
         served = restore_tiled(backend.restore, lq, backend.config, tiling)
     assert served.shape == eager.shape == (1, 5, 3, 272, 368)
@@ -99,7 +99,7 @@ def test_a_tile_equal_to_the_frame_is_the_untiled_network(rectangular_export):
     lq = random_clip("sr", 4, height=48, width=64)
     with torch.no_grad():
         whole = model(lq)
-    with load_backend(out) as backend:
+    with load_backend(out).open() as backend:
         one_tile = restore_tiled(backend.restore, lq, backend.config, Tiling(window=0, tile=TILE))
     assert one_tile.shape == whole.shape
     assert (one_tile - whole).abs().max().item() < 1e-5

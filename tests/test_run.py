@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import tiny_model
-from rvrt import EagerStages, get_task
-from rvrt_engines.backends import Backend, load_backend
+from rvrt import get_task
+from rvrt_engines.backends import eager_description, load_backend
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.restore import restore_video
 from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
@@ -21,7 +21,7 @@ from rvrt_engines.video import VideoInputError, open_frames
 
 def eager_backend(kind, model):
     task = get_task({"sr": "sr", "deblur": "deblur-dvd", "denoise": "denoise"}[kind])
-    return Backend("pytorch", task, model.config, EagerStages(model))
+    return eager_description(task, model)
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_engines_serve_the_runner_like_eager(engines):
     tiling = Tiling(window=4, tile=tile, window_overlap=2, tile_overlap=16, batch=manifest["batch"])
     with torch.no_grad():
         eager = restore_tiled(model, lq, model.config, tiling)
-    with load_backend(out) as backend:
+    with load_backend(out).open() as backend:
         served = restore_tiled(backend.restore, lq, backend.config, tiling)
     error = (served.clamp(0, 1) - eager.clamp(0, 1)).abs().max().item()
     assert error < (1e-3 if manifest["dtype"] == "float32" else 2e-2)

@@ -1,7 +1,9 @@
 """Accuracy parity of every backend and precision against eager PyTorch float32.
 
-For an export or engine directory, :func:`validate` measures each candidate (ONNX Runtime
-float32, the float16 graphs on ONNX Runtime, TensorRT float32/float16) twice:
+For an export or engine directory, :func:`validate` measures each candidate, every runtime of the
+registry (:data:`rvrt_engines.runtimes.RUNTIMES`) in every precision it serves (ONNX Runtime float32
+and float16, OpenVINO float32 and bfloat16, TensorRT float32/float16), opened through the same
+``load_backend`` as every frontend, twice:
 
 - per stage: the candidate's graph or engine against the eager stage on random inputs, the
   same measurement export and engine builds make (:func:`rvrt_export.accuracy.compare_stage`);
@@ -10,6 +12,8 @@ float32, the float16 graphs on ONNX Runtime, TensorRT float32/float16) twice:
 
 Eager PyTorch on a CUDA GPU (float32 with the fused GDA kernel, and float16 with the float16
 export's float32 islands) is measured the same way, as candidates "pytorch-cuda float32/float16".
+``rvrt-validate`` itself branches on no runtime: what a record serves, and how its stages are run one
+at a time, are the record's own.
 A candidate that cannot run here (no TensorRT, no GPU, no engines) is reported as skipped
 with the reason; only what ran can pass.
 """
@@ -26,22 +30,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rvrt_engines.backends import load_backend
-from rvrt_engines.runtimes.pytorch_cuda import CudaUnavailableError, cuda_stages, ieee_float32_convolutions, require_cuda
-from rvrt_engines.restore import frame_to_array
-from rvrt_engines.synthetic import degrade, moving_photo_frames
-from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
-from rvrt_export.accuracy import (
-    FLOAT16_RELATIVE_TOLERANCE,
-    FLOAT32_TOLERANCE,
-    compare_stage,
-)
-from rvrt_export.fp16 import export_fp16, spec_of
-from rvrt_engines.manifest import assembled, read_manifest, tile_of
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from rvrt import Tiling, get_task, restore_tiled, run_recurrent
+from rvrt import Tiling, get_task, restore_tiled
 from rvrt.model import RVRT
+from rvrt_engines.backends import eager_description, load_backend
+from rvrt_engines.manifest import assembled, read_manifest, source_graphs, tile_of
+from rvrt_engines.restore import frame_to_array
+from rvrt_engines.runtimes import RUNTIMES, Runtime
+from rvrt_engines.synthetic import degrade, moving_photo_frames
+from rvrt_export.accuracy import FLOAT16_RELATIVE_TOLERANCE, FLOAT32_TOLERANCE, compare_stage
+from rvrt_export.fp16 import export_fp16, spec_of
 
 from . import images
 
@@ -58,58 +57,58 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Candidate:
-    """One runtime and precision to hold against eager: ``directory`` holds what it runs."""
+    """One runtime record to hold against eager: ``directory`` holds what it runs (None for eager PyTorch)."""
 
-    label: str
-    runtime: str
-    precision: str
+    runtime: Runtime
     directory: Path | None = None
     skipped: str | None = None
     measured: dict | None = dataclasses.field(default=None, repr=False)
     """Stage records already measured by the same check in this run (the float16 graphs)."""
 
+    @property
+    def label(self) -> str:
+        return f"{self.runtime.name}{'-cuda' if self.runtime.needs_gpu and not self.runtime.exported else ''} " \
+               f"{self.runtime.precision}"
 
-def cuda_unavailable() -> str | None:
-    """Why eager PyTorch cannot run on a CUDA GPU here, or None."""
-    try:
-        require_cuda()
-    except CudaUnavailableError as error:
-        return str(error)
-    return None
+    def record(self) -> dict:
+        return {"label": self.label, "runtime": self.runtime.name, "precision": self.runtime.precision,
+                "device": self.runtime.device, "directory": str(self.directory or ""), "skipped": self.skipped}
 
 
-def pytorch_cuda_candidates() -> list[Candidate]:
-    reason = cuda_unavailable()
-    return [Candidate(f"pytorch-cuda {precision}", "pytorch-cuda", precision, None, reason)
-            for precision in ("float32", "float16")]
+def candidate_records() -> list[Runtime]:
+    """Every runtime of the registry in every precision it serves, eager PyTorch on a CUDA GPU only (on the CPU
+    it is the reference itself)."""
+    records = []
+    for kind in RUNTIMES.values():
+        for precision in kind.precisions:
+            if kind.exported:
+                records.append(kind(precision=precision))
+            else:
+                records.append(kind(precision=precision, device="cuda"))
+    return records
 
 
 def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> list[Candidate]:
-    """What can be measured for ``model_dir``, and what cannot (with the reason). A float32
-    export's float16 graphs are made in ``scratch`` to be measured too."""
-    return artefact_candidates(model_dir, manifest, scratch, model) + pytorch_cuda_candidates()
-
-
-def artefact_candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> list[Candidate]:
-    trt_reason = tensorrt_unavailable()
-    if "engine" in manifest:
-        precision = manifest["dtype"]
-        graphs = Path(manifest["onnx_dir"])
-        graphs = graphs if graphs.is_absolute() else model_dir / graphs
-        present = (graphs / "manifest.json").exists()
-        return [Candidate(f"onnxruntime {precision}", "onnxruntime", precision, graphs if present else None,
-                          None if present else f"the engines' ONNX graphs ({graphs}) are gone"),
-                Candidate(f"tensorrt {precision}", "tensorrt", precision, model_dir, trt_reason)]
-    no_engines = trt_reason or (f"{model_dir} is an ONNX export: build engines with 'rvrt-export trt' and "
-                                f"validate that directory")
-    found = [Candidate(f"onnxruntime {manifest['dtype']}", "onnxruntime", manifest["dtype"], model_dir)]
-    if manifest["dtype"] == "float32":
-        fp16_dir = scratch / "onnx-fp16"
-        made = export_fp16(model, model_dir, fp16_dir, strict=False)
-        found.append(Candidate("onnxruntime float16", "onnxruntime", "float16", fp16_dir,
-                               measured=made["validation"]["stages"]))
-    found += [Candidate(f"tensorrt {precision}", "tensorrt", precision, None, no_engines)
-              for precision in ("float32", "float16")]
+    """What can be measured for ``model_dir``, and what cannot (with the reason). A float32 export's float16
+    graphs are made in ``scratch`` to be measured too; an engine directory's ONNX graphs are measured beside
+    its engines."""
+    graphs = source_graphs(manifest, model_dir)
+    found = []
+    for record in candidate_records():
+        reason = record.unavailable()
+        if reason:
+            found.append(Candidate(record, skipped=reason))
+        elif not record.exported:
+            found.append(Candidate(record))
+        elif record.serves(manifest):
+            found.append(Candidate(record, model_dir))
+        elif graphs is not None and (graphs / "manifest.json").exists() and record.serves(read_manifest(graphs)):
+            found.append(Candidate(record, graphs))
+        elif graphs is None and (made := record.derived(model, model_dir, scratch / record.name)):
+            found.append(Candidate(record, scratch / record.name, measured=made["validation"]["stages"]))
+        else:
+            found.append(Candidate(record, skipped=f"{model_dir} holds nothing {record.label} serves in "
+                                                   f"{record.precision}: {record.making_hint(model_dir)}"))
     return found
 
 
@@ -130,27 +129,13 @@ def stage_progress(label: str, manifest: dict):
         yield name, stage
 
 
-def stage_records(model: RVRT, manifest: dict, backend, precision: str, label: str) -> dict:
-    """Every stage of an entered ``backend`` against its eager stage."""
+def stage_records(model: RVRT, manifest: dict, backend, label: str) -> dict:
+    """Every stage of an opened ``backend`` against its eager float32 stage."""
+    runtime = backend.description.runtime
     return {name: compare_stage(model, spec_of(name, stage),
-                                lambda feed, name=name: backend.stages.runners[name].infer(dict(feed)), precision)
+                                lambda feed, name=name: runtime.run_stage(backend.stages, name, spec_of(name, stage),
+                                                                          dict(feed)), runtime.precision)
             for name, stage in stage_progress(label, manifest)}
-
-
-def cuda_stage_records(model: RVRT, manifest: dict, stages, label: str) -> dict:
-    """Every stage of CUDA eager ``stages`` against the CPU eager float32 stage."""
-    def run(feed, spec):
-        inputs = [torch.from_numpy(feed[name]).cuda() for name in spec.input_names]
-        with torch.no_grad(), ieee_float32_convolutions():
-            outputs = spec.module(stages.model)(*inputs)
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        return {name: out.float().cpu().numpy() for name, out in zip(spec.outputs, outputs)}
-
-    records = {}
-    for name, stage in stage_progress(label, manifest):
-        spec = spec_of(name, stage)
-        records[name] = compare_stage(model, spec, lambda feed: run(feed, spec), stages.precision)
-    return records
 
 
 def frame_metrics(reference: np.ndarray, restored: np.ndarray, precision: str) -> dict:
@@ -216,31 +201,25 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
         with torch.no_grad():
             reference = restore_tiled(model, lq, model.config, tiling)[0].numpy()
         results = []
-        if manifest["dtype"] == "float32" and "engine" not in manifest:
-            log.info("making float16 graphs of %s to validate them too", model_dir)
         for candidate in candidates(model_dir, manifest, Path(scratch), model):
-            record = {**dataclasses.asdict(candidate), "directory": str(candidate.directory or "")}
-            del record["measured"]
+            record = candidate.record()
             if candidate.skipped:
                 record["status"] = "skipped"
                 results.append(record)
                 continue
-            if candidate.runtime == "pytorch-cuda":
-                stages = cuda_stages(copy.deepcopy(model), candidate.precision)
-                record["stages"] = cuda_stage_records(model, manifest, stages, candidate.label)
+            if candidate.directory is None:
+                description = eager_description(task, copy.deepcopy(model), runtime=candidate.runtime)
+            else:
+                description = load_backend(candidate.directory, runtime=candidate.runtime, allow_unvalidated=True)
+            with description.open() as backend:
+                if candidate.measured:
+                    log.info("validating %s: its stages were measured as its graphs were made", candidate.label)
+                record["stages"] = candidate.measured or stage_records(model, manifest, backend, candidate.label)
                 log.info("validating %s: restoring the clip", candidate.label)
                 with torch.no_grad():
-                    restored = restore_tiled(lambda clip: run_recurrent(stages, clip.cuda()).float().cpu(), lq,
-                                             model.config, tiling)[0].numpy()
-            else:
-                with load_backend(candidate.directory, allow_unvalidated=True) as backend:
-                    if candidate.measured:
-                        log.info("validating %s: its stages were measured as its graphs were made", candidate.label)
-                    record["stages"] = candidate.measured or stage_records(
-                        model, read_manifest(candidate.directory), backend, candidate.precision, candidate.label)
-                    log.info("validating %s: restoring the clip", candidate.label)
-                    restored = restore_tiled(backend.restore, lq, backend.config, tiling)[0].numpy()
-            record["end_to_end"] = frame_metrics(reference, restored, candidate.precision)
+                    restored = restore_tiled(backend.restore, lq, model.config, tiling)[0].numpy()
+            precision = candidate.runtime.precision
+            record["end_to_end"] = frame_metrics(reference, restored, precision)
             record["images"] = pictures(lq[0].numpy(), reference, restored, scale, candidate.label, staging)
             passed = record["end_to_end"]["passed"] and all(s["passed"] for s in record["stages"].values())
             record["status"] = "pass" if passed else "fail"

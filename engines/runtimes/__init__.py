@@ -49,6 +49,12 @@ def runtime_record(name: str, *, precision: str | None = None, device: str = "cp
     return record(**options)
 
 
+def default_runtime(*, precision: str | None = None, device: str = "cpu", threads: int | None = None) -> Runtime:
+    """The record that serves a task or checkpoint given without --runtime: eager PyTorch, which needs no export
+    (an exported runtime's first use at a new tile exports for minutes)."""
+    return runtime_record(PyTorch.name, precision=precision, device=device, threads=threads)
+
+
 def serving_runtime(manifest: dict, directory) -> type[Runtime]:
     """The record class that serves a directory by default: the first in :data:`RUNTIMES` that serves it and
     runs here (OpenVINO where it can, else ONNX Runtime, for ONNX graphs; TensorRT for engines)."""
@@ -58,5 +64,5 @@ def serving_runtime(manifest: dict, directory) -> type[Runtime]:
     return next((record for record in serving if record().unavailable() is None), serving[0])
 
 
-__all__ = ["PRECISION_NAMES", "RUNTIMES", "Runtime", "RuntimeUnavailable", "runtime_named", "runtime_record",
+__all__ = ["PRECISION_NAMES", "RUNTIMES", "Runtime", "RuntimeUnavailable", "default_runtime", "runtime_named", "runtime_record",
            "serving_runtime", "OnnxRuntime", "PyTorch", "TensorRT"]

@@ -93,8 +93,19 @@ class Runtime:
         raise NotImplementedError
 
     def serves(self, manifest: dict) -> bool:
-        """Whether this runtime runs the directory that ``manifest`` describes."""
+        """Whether this runtime, in this record's precision (any, where None), runs the directory that
+        ``manifest`` describes."""
         return False
+
+    def making_hint(self, directory) -> str:
+        """How to make from ``directory`` what this record serves (a command), for messages."""
+        return f"pass a task or checkpoint as MODEL with --runtime {self.name}"
+
+    def derived(self, model, export_dir: Path, out: Path) -> dict | None:
+        """Make in ``out`` what this record serves from the float32 export ``export_dir`` of the eager ``model``,
+        where that takes seconds (rvrt-validate measures it); returns its manifest, or None where nothing is
+        made that way."""
+        return None
 
     def artefacts(self, source: ModelSource, *, tile, batch: int, cache: ArtefactCache) -> Path | None:
         """The validated directory this runtime serves for ``source`` at ``tile`` and ``batch``, from the cache
@@ -110,6 +121,11 @@ class Runtime:
         """A context manager yielding live stages (:class:`rvrt.driver.Stages`) of ``target``: a directory this
         runtime serves, or (eager PyTorch) the :class:`~rvrt_engines.cache.ModelSource` of the network."""
         raise NotImplementedError
+
+    def run_stage(self, stages, name: str, spec, feed: dict) -> dict:
+        """One stage graph of opened ``stages`` on ``feed`` (input name -> numpy array): output name -> array
+        on the host. What rvrt-validate measures stage by stage."""
+        return stages.runners[name].infer(feed)
 
     def run(self, stages, lq):
         """The recurrent driver (:func:`rvrt.run_recurrent`) on ``stages``: lq, a host array (numpy or torch)

@@ -238,7 +238,19 @@ class OnnxRuntime(Runtime):
         return ort.__version__, cpu_identity()
 
     def serves(self, manifest: dict) -> bool:
-        return "engine" not in manifest
+        return "engine" not in manifest and self.precision in (None, manifest["dtype"])
+
+    def making_hint(self, directory) -> str:
+        if self.precision == "float16":
+            return f"make float16 graphs with 'rvrt-export fp16 {directory}'"
+        return "export float32 graphs with 'rvrt-export onnx'"
+
+    def derived(self, model, export_dir: Path, out: Path) -> dict | None:
+        if self.precision != "float16" or read_manifest(export_dir)["dtype"] != "float32":
+            return None
+        from rvrt_export.fp16 import export_fp16
+
+        return export_fp16(model, export_dir, out, strict=False)
 
     def artefacts(self, source, *, tile, batch: int, cache) -> Path:
         check_tile_and_batch(source, tile, batch)

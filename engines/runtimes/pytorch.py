@@ -7,6 +7,7 @@ driver and tiling above it are the same code as for numpy runtimes.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,7 +15,7 @@ from rvrt import EagerStages, run_recurrent
 
 from ..extras import MissingExtra, require_extra
 from ..memory_budget import GIB, MemoryModel, network_kind
-from .base import Runtime, entered
+from .base import Runtime
 
 RANDOM_SEED = 0
 """Random weights everywhere in rvrt-run: one seed, so eager and cached exports compute alike."""
@@ -92,11 +93,30 @@ class PyTorch(Runtime):
     def stages(self, target, *, task, config, allow_unvalidated: bool = False):
         """``target``: the :class:`~rvrt_engines.cache.ModelSource` of the network."""
         self.require()
-        return entered(eager_stages(target, device=self.device, precision=self.resolved().precision,
-                                    threads=self.threads))
+        # The network holds nothing to release: its stages need no opening.
+        return contextlib.nullcontext(eager_stages(target, device=self.device, precision=self.resolved().precision,
+                                                   threads=self.threads))
+
+    def run_stage(self, stages, name: str, spec, feed: dict) -> dict:
+        import torch
+
+        inputs = [torch.from_numpy(feed[input_name]).to(self.device) for input_name in spec.input_names]
+        with torch.no_grad(), float32_convolutions(self.device):
+            outputs = spec.module(stages.model)(*inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {output: value.float().cpu().numpy() for output, value in zip(spec.outputs, outputs)}
 
     def run(self, stages, lq):
         return run_on_torch(stages, lq, self.device)
+
+
+def float32_convolutions(device: str):
+    """On CUDA, convolutions in IEEE float32 (not TF32) for the block: what a stage is measured with."""
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    from .pytorch_cuda import ieee_float32_convolutions
+
+    return ieee_float32_convolutions()
 
 
 def eager_stages(source, *, device: str, precision: str, threads: int | None = None):

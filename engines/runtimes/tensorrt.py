@@ -149,7 +149,11 @@ class TensorRT(Runtime):
         return gpu["tensorrt"], f"{gpu['gpu']} (compute capability {gpu['compute_capability']})"
 
     def serves(self, manifest: dict) -> bool:
-        return "engine" in manifest
+        return "engine" in manifest and self.precision in (None, manifest["dtype"])
+
+    def making_hint(self, directory) -> str:
+        flag = " --fp16" if self.precision == "float16" else ""
+        return f"build engines with 'rvrt-export trt {directory}{flag}' and validate that directory"
 
     def artefacts(self, source, *, tile, batch: int, cache) -> Path:
         from .onnxruntime import exported_graphs
