@@ -1,57 +1,78 @@
 """Temporal windows restored by Ray actors: the window runner behind ``rvrt-run --ray`` and ``rvrt-batch``.
 
-RVRT's temporal windows are independent by construction (the official ``test_video``
-restores each window on its own and averages the overlaps), so a video's windows can be
-restored anywhere. The driver decodes, sends each window through Ray's object store, and
-gets the restored windows back in order; blending and encoding stay with the caller
-(``restore_video``), so the frames written are the ones a single process writes.
+RVRT's temporal windows are independent by construction (the official ``test_video`` restores each window
+on its own and averages the overlaps), so a video's windows can be restored anywhere. The driver decodes,
+sends each window through Ray's object store and gets the restored windows back in order; blending and
+encoding stay with the caller (``restore_video``), so the frames written are the ones one process writes.
 
-What travels: input windows as the integers they were decoded from (uint8 for 8-bit video,
-uint16 for deeper input) whenever the worker's division gives back the very same floats,
-which is checked per window (it fails for a denoising sigma plane whose value is not a whole
-level: such windows travel as float32); restored windows as float32, because overlapping
-frames are averaged before they are rounded to 8 or 16 bits and rounding earlier would change
+What travels: input windows as the integers they were decoded from (uint8 for 8-bit video, uint16 for deeper
+input) whenever the worker's division gives back the very same floats, checked per window (not so for a
+denoising sigma plane whose value is not a whole level: such windows travel as float32); restored windows as
+float32, because overlapping frames are averaged before they are rounded and rounding earlier would change
 the output.
+
+What Ray does here: placing the workers (one actor each, its CPUs and GPU), bringing a dead one back
+(``max_restarts``: a new process, on another node when its node is lost), moving windows, and blocking
+until a call ends. What it could not do, measured with ``python benchmarks/ray_scaling.py --pools`` (sleeping
+actors, so that the 2 shared cores do not blur it):
+
+- ``ray.util.ActorPool`` frees an actor only when its result is collected, and ``get_next`` collects in
+  submission order: a worker that finished a short window idles behind a long one. It holds one stream for
+  the whole pool, and is not thread-safe, where ``rvrt-batch`` restores several files at once, each in
+  order. An actor whose call died is dropped for good (``ActorDiedError``) although Ray brings it back, and
+  there is no way to take out one that waits for a node that is gone: a resubmitted window would wait on it.
+- Ray Data's ``map_batches`` over an actor pool needs pyarrow and pandas, which the ``[cluster]`` extra
+  (``ray`` alone) lacks; it reads its input itself, where windows are decoded lazily by the driver from
+  files only the driver may have (``from_items`` would hold every window at once), and its actor pool
+  belongs to one dataset: one per file would load the model once per file.
+
+So the scheduler is one driver thread per worker: it takes the most urgent window (the earliest file's,
+then the earliest window) from a shared queue, blocks on its call, and puts it back for another worker when
+the call failed. Memory stays flat: at most ``max_in_flight`` windows are read and not yet handed back, over
+every video restored at once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import os
+import queue
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import ray
-from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from rvrt import Tiling, restore_window
-from rvrt_engines.backends import Backend, load_backend
+from rvrt_engines.backends import Description
 from rvrt_engines.wording import count_of
-from rvrt_engines.manifest import ArtifactError, read_manifest
 
 WORKER_RESTARTS = 3
-"""How often Ray brings a dead worker back (a new process, same resources; on another node
-when its node is lost) before the worker counts as lost."""
-
+"""How often Ray brings a dead worker back (a new process, same resources; on another node when its node is
+lost) before the worker counts as lost."""
 
 class WindowFailed(RuntimeError):
     """A temporal window that failed on every attempt; the message names it and the last error."""
 
 
+class Cancelled(RuntimeError):
+    """The pool is stopping (the driver was interrupted): windows not handed back are dropped."""
+
+
 def pack_window(lq: np.ndarray) -> np.ndarray:
-    """(n, t, cin, H, W) float32 in [0, 1] -> uint8 or uint16 levels where ``unpack_window`` gives
-    back the very same floats (4x or 2x less to send), else the float32 array itself."""
+    """(n, t, cin, H, W) float32 in [0, 1] -> uint8 or uint16 levels where ``unpack_window`` gives back the
+    very same floats (4x or 2x less to send), else the float32 array itself."""
     for dtype in (np.uint8, np.uint16):
         top = np.iinfo(dtype).max
         levels = np.clip(np.rint(lq * top), 0, top).astype(dtype)
@@ -82,8 +103,8 @@ def signal_exceptions_unwrapped():
 @contextmanager
 def ray_start_messages(verbose: bool) -> Iterator[None]:
     """Ray's start-up lines (its log records, and what it and the processes it starts print to this
-    process's standard error, such as the token-authentication warning) go nowhere unless
-    ``verbose``; a failure to start is still raised, and reported in one line by the commands."""
+    process's standard error, such as the token-authentication warning) go nowhere unless ``verbose``; a
+    failure to start is still raised, and reported in one line by the commands."""
     if verbose:
         yield
         return
@@ -107,74 +128,51 @@ def ray_start_messages(verbose: bool) -> Iterator[None]:
             log.setLevel(level)
 
 
-def needs_gpu(load_args: dict) -> bool:
-    """True for TensorRT (engine directories, ``runtime='tensorrt'``) and ``device='cuda...'``: one
-    GPU per worker."""
-    if str(load_args.get("device") or "cpu").startswith("cuda") or load_args.get("runtime") == "tensorrt":
-        return True
-    model = Path(load_args.get("model", ""))
-    if not (model / "manifest.json").is_file():
-        return False
-    try:
-        return "engine" in read_manifest(model)
-    except ArtifactError:
-        return False
-
-
-def describe_backend(backend: Backend) -> Backend:
-    """What the driver needs of a backend (task, architecture, fixed tile and batch) without its stages."""
-    return dataclasses.replace(backend, stages=None)
-
-
 @ray.remote(max_restarts=WORKER_RESTARTS, max_task_retries=0)
 class WindowWorker:
-    """One process holding one backend, loaded once, restoring whole temporal windows (all their tiles).
+    """One process holding one backend, opened once, restoring whole temporal windows (all their tiles).
 
-    The backend loads on first use, so a worker that Ray restarts after its process died loads
-    it again by itself. Failed windows are not retried here (max_task_retries=0): the driver
-    resubmits them, on another worker where it can, and counts the attempts.
+    The backend opens on first use, so a worker that Ray restarts after its process died opens it again by
+    itself. Failed windows are not retried here (max_task_retries=0): the driver puts them back for any
+    worker and counts the attempts.
     """
 
-    def __init__(self, loader: Callable[..., Backend], load_args: dict, threads: int | None):
-        self.loader = loader
-        self.load_args = load_args
-        self.threads = threads
+    def __init__(self, description: Description, threads: int, driver_directory: str):
+        # The job's working_dir (an empty folder: see RayWindows._connect) keeps the driver's folder off this
+        # process's import path; its current directory is the driver's again where this node has that
+        # folder, so relative paths in the description mean what they mean to the driver.
+        if os.path.isdir(driver_directory):
+            os.chdir(driver_directory)
+        self.description = description.with_threads(threads)
+        self.opened = None
         self.backend = None
 
-    def loaded(self) -> Backend:
-        if self.backend is None:
-            self.backend = self.loader(**self.load_args).__enter__()
-            if self.threads and "torch" in sys.modules:
-                # Eager runtimes compute with PyTorch's pool; ONNX Runtime takes ``threads`` itself.
-                sys.modules["torch"].set_num_threads(self.threads)
-        return self.backend
-
-    def describe(self) -> tuple[Backend, str, int]:
-        return describe_backend(self.loaded()), ray.get_runtime_context().get_node_id(), os.getpid()
-
     @ray.method(max_task_retries=-1)
-    def ping(self) -> tuple[str, int]:
-        """Answers (node id, pid) once the worker is up again after a restart (on another node when
-        its node is lost); fails once Ray gave up on it."""
+    def where(self) -> tuple[str, int]:
+        """(node id, pid) once the backend is open: at start, and once Ray brought the worker back."""
+        if self.backend is None:
+            self.opened = self.description.open()
+            self.backend = self.opened.__enter__()
         return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def restore(self, window: np.ndarray, tiling: Tiling) -> tuple[np.ndarray, float, float, int]:
-        """window (n, t, cin, H, W) from ``pack_window`` -> (restored (n, t, 3, H*s, W*s) float32,
-        seconds spent, CPU seconds of this process meanwhile, this process's id)."""
+        """window (n, t, cin, H, W) from ``pack_window`` -> (restored (n, t, 3, H*s, W*s) float32, seconds
+        spent, CPU seconds of this process meanwhile, this process's id)."""
         start, cpu = time.perf_counter(), time.process_time()
-        backend = self.loaded()
-        restored = restore_window(backend.restore, unpack_window(window), backend.config.upscale, tiling,
-                                  backend.config.min_tile)
+        self.where()
+        config = self.backend.config
+        restored = restore_window(self.backend.restore, unpack_window(window), config.upscale, tiling,
+                                  config.min_tile)
         return restored, time.perf_counter() - start, time.process_time() - cpu, os.getpid()
 
 
 @dataclass
 class WorkerStats:
-    """One worker's share of the work: windows restored, their frames, seconds spent restoring,
-    the CPU seconds its process used meanwhile (below ``seconds`` x threads when the machine is
-    shared or the work waits on a GPU), and failures (windows that failed on it, deaths included).
-    ``node``: the Ray node it runs on (its name, by default its IP address, and the start of its
-    node id, which tells apart nodes sharing an address)."""
+    """One worker's share of the work: windows restored, their frames, seconds spent restoring, the CPU
+    seconds its process used meanwhile (below ``seconds`` x threads when the machine is shared or the work
+    waits on a GPU), and failures (windows that failed on it, deaths included). ``node``: the Ray node it
+    runs on (its name, by default its IP address, and the start of its node id, which tells apart nodes
+    sharing an address)."""
 
     index: int
     node: str
@@ -196,48 +194,42 @@ class WorkerStats:
 class _Worker:
     actor: object
     stats: WorkerStats
-    busy: bool = False
-    down: bool = False                  # died; Ray is bringing it back (a ping is out)
+    down: bool = False                  # died; Ray is bringing it back
     lost: bool = False                  # Ray gave up on it
 
 
 @dataclass(eq=False)
 class _Job:
-    """One input window of a video and what became of it."""
+    """One input window of a video: ``key`` (the video's runner, the window's index) orders the queue."""
 
-    index: int
+    key: tuple[int, int]
     window: object                      # ObjectRef of the packed input, dropped once restored
     frames: int
     tiling: Tiling
-    result: np.ndarray | None = None
-    failed_on: list[int] = field(default_factory=list)
+    done: Future = field(default_factory=Future)
     errors: list[str] = field(default_factory=list)
-    out_of_attempts: bool = False
+
+    def __lt__(self, other: _Job) -> bool:
+        return self.key < other.key
 
 
-@dataclass
-class _Task:
-    """A call in flight: a window on a worker (job None once its video was given up) or a ping."""
-
-    worker: _Worker
-    job: _Job | None
-    ping: bool = False
-
-
-class Cancelled(RuntimeError):
-    """The pool is stopping (the driver was interrupted): windows not handed back are dropped."""
+def _settle(future: Future, result=None, error: BaseException | None = None) -> None:
+    """Set a window's outcome unless it has one already (a give-up and a late result may race)."""
+    try:
+        future.set_exception(error) if error is not None else future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class FileWindows:
-    """One video's share of a :class:`RayWindows` pool: a window runner for ``restore_video`` (entering
-    and leaving it leaves the pool as it is). Videos restored at once through several of these are
-    given the pool's window slots in the order their runners were made: the first wanting a slot
-    gets it, so a long video keeps every worker busy and later videos wait, holding no window."""
+    """One video's share of a :class:`RayWindows` pool: a window runner for ``restore_video`` (entering and
+    leaving it leaves the pool as it is). The windows of videos restored at once through several of these go
+    to the workers in the order their runners were made, so a long video keeps every worker busy and later
+    videos' windows wait."""
 
     def __init__(self, pool: RayWindows, order: int):
         self.pool = pool
         self.order = order
-        self.backend = pool.backend
 
     def __enter__(self):
         return self
@@ -252,62 +244,48 @@ class FileWindows:
 class RayWindows:
     """Restores temporal windows on Ray actors: a window runner like ``rvrt_engines.restore.LocalWindows``.
 
-    load_args: what ``load_backend`` takes (model, task, checkpoint, random_weights, device,
-    allow_unvalidated): every worker loads the backend from it once (paths must exist on every
-    node). address: ``"local"`` starts a Ray cluster in this process, ``"auto"`` or an address
-    joins a running one; when Ray is already initialised in this process, that connection is
-    used and left alone. workers: actors (default: one per GPU for backends that need a GPU,
-    else one per node with a CPU), each with ``threads`` CPUs (ONNX Runtime / PyTorch threads; default:
-    the machine's CPUs shared out on a local cluster, 1 on a joined one) and one GPU where the
-    backend needs one. max_in_flight: windows read and not yet handed back, over every video
-    restored at once (default 2 per worker): memory stays flat in the videos' length and number.
-    attempts: tries per window, on another worker where one is free, before its video stops with
+    description: what every worker opens once (``Description.open``; paths must exist on every node, or the
+    description says how a node makes them). address: ``"local"`` starts a Ray cluster in this process,
+    ``"auto"`` or an address joins a running one; when Ray is already initialised in this process, that
+    connection is used and left alone. workers: actors (default: one per GPU for descriptions that need a
+    GPU, else one per node with a CPU), each with ``threads`` CPUs (default: the machine's CPUs shared out
+    on a local cluster, 1 on a joined one) and one GPU where the description needs one. max_in_flight:
+    windows read and not yet handed back, over every video restored at once (default 2 per worker).
+    attempts: tries per window, on whichever worker is free, before its video stops with
     :class:`WindowFailed`. verbose: let Ray's start-up messages through to standard error.
 
-    Entering starts the workers and loads their backends (load errors are raised as they are);
-    ``backend`` then describes the model for ``restore_video``. Entering again while entered
-    keeps the same workers; the last exit, also on errors and Ctrl-C, kills the workers and shuts
-    down a cluster it started. ``map`` restores one video; ``for_file()`` gives a runner per video
-    for several videos restored at once from several threads (``rvrt-batch``): one scheduler
-    thread hands windows to idle workers, collects what comes back and resends what a dead worker
-    or a lost node took with it.
+    Entering starts the workers and opens their backends (errors opening them are raised as they are);
+    entering again while entered keeps the same workers; the last exit, also on errors and Ctrl-C, kills
+    the workers and shuts down a cluster it started. ``map`` restores one video; ``for_file()`` gives a
+    runner per video for several videos restored at once from several threads (``rvrt-batch``).
     """
 
-    def __init__(self, load_args: dict, *, address: str = "local", workers: int | None = 1,
+    def __init__(self, description: Description, *, address: str = "local", workers: int | None = None,
                  threads: int | None = None, max_in_flight: int | None = None, attempts: int = 3,
-                 loader: Callable[..., Backend] = load_backend, verbose: bool = False):
-        if workers is not None and workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {workers}")
-        if threads is not None and threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {threads}")
-        if max_in_flight is not None and max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
-        self.load_args = dict(load_args)
+                 verbose: bool = False):
+        for name, value in (("--workers", workers), ("--threads", threads), ("max_in_flight", max_in_flight)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.description = description
         self.address = address
         self.workers = workers
         self.threads = threads
         self.max_in_flight = max_in_flight
         self.attempts = attempts
-        self.loader = loader
         self.verbose = verbose
-        self.backend: Backend | None = None
         self.retries = 0
         self._depth = 0
         self._connected = False
         self._pool: list[_Worker] = []
-        self._needs: tuple[int, int] = (1, 0)
+        self._needs = (1, 0)
         self._nodes: dict[str, str] = {}
         self._order = itertools.count()
-        self._state = threading.Condition()
-        # Everything below is guarded by _state; the scheduler thread and the videos' threads share it.
-        self._running: dict[object, _Task] = {}
-        self._queue: deque[_Job] = deque()
-        self._in_flight = 0
-        self._waiting: set[int] = set()
-        self._fatal: tuple[type[RuntimeError], str] | None = None
-        self._stopping = False
-        self._checked = 0.0
-        self._scheduler: threading.Thread | None = None
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._slots = threading.Semaphore(0)
+        self._lock = threading.Lock()           # statistics, _live and _fatal
+        self._live: set[_Job] = set()
+        self._fatal: BaseException | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def stats(self) -> list[WorkerStats]:
@@ -331,45 +309,52 @@ class RayWindows:
             self._stop()
         return False
 
+    def _connect(self) -> None:
+        options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        if self.address != "local":
+            options["address"] = self.address
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+        # With a working_dir, Ray does not put the driver's folder first on the workers' import path, where
+        # a folder named like one of our packages (a checkout called rvrt) would shadow the installed one.
+        # An empty folder: Ray packs it at start, so it can go at once.
+        with tempfile.TemporaryDirectory(prefix="rvrt-ray-") as empty, ray_start_messages(self.verbose):
+            ray.init(runtime_env={"working_dir": empty}, **options)
+        self._connected = True
+        if callable(previous):
+            # ray.init replaces the SIGTERM handler with one that exits at once; the caller's own (rvrt-run's
+            # raises Terminated) unwinds through __exit__, which stops Ray as well.
+            signal.signal(signal.SIGTERM, previous)
+
     def _start(self) -> None:
         if not ray.is_initialized():
-            options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-            main_thread = threading.current_thread() is threading.main_thread()
-            previous = signal.getsignal(signal.SIGTERM) if main_thread else None
-            with ray_start_messages(self.verbose):
-                if self.address == "local":
-                    ray.init(**options)
-                else:
-                    ray.init(address=self.address, **options)
-            self._connected = True
-            if callable(previous):
-                # ray.init replaces the SIGTERM handler with one that exits at once; the caller's own
-                # (rvrt-run's raises Terminated) unwinds through __exit__, which stops Ray as well.
-                signal.signal(signal.SIGTERM, previous)
-        gpus = 1 if needs_gpu(self.load_args) else 0
+            self._connect()
+        gpus = 1 if self.description.needs_gpu else 0
         if self.workers is None:
             # One per machine that can run one: a head started with --num-cpus 0 only drives.
             alive = sum(1 for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) >= 1)
             self.workers = int(ray.cluster_resources().get("GPU", 0)) if gpus else max(alive, 1)
         self.max_in_flight = self.max_in_flight or 2 * self.workers
+        self._slots = threading.Semaphore(self.max_in_flight)
         threads = self.threads or self._default_threads()
         self._check_resources(threads, gpus)
         self._needs = (threads, gpus)
-        load_args = {**self.load_args, "threads": threads}
-        actors = [WindowWorker.options(num_cpus=threads, num_gpus=gpus).remote(self.loader, load_args, threads)
+        actors = [WindowWorker.options(num_cpus=threads, num_gpus=gpus).remote(self.description, threads,
+                                                                                os.getcwd())
                   for _ in range(self.workers)]
         self._pool = [_Worker(actor, WorkerStats(index, "", 0)) for index, actor in enumerate(actors)]
         try:
             with signal_exceptions_unwrapped():
-                described = ray.get([actor.describe.remote() for actor in actors])
+                started = ray.get([actor.where.remote() for actor in actors])
         except RayTaskError as err:
             raise err.cause from None
-        for worker, (backend, node, pid) in zip(self._pool, described):
+        for worker, (node, pid) in zip(self._pool, started):
             worker.stats.node, worker.stats.pid = self._node_name(node), pid
-        self.backend = described[0][0]
-        self._fatal, self._stopping, self.retries = None, False, 0
-        self._scheduler = threading.Thread(target=self._serve, name="ray-windows", daemon=True)
-        self._scheduler.start()
+        self._fatal, self.retries = None, 0
+        self._threads = [threading.Thread(target=self._serve, args=(worker,), name=f"ray-worker-{worker.stats.index}",
+                                          daemon=True) for worker in self._pool]
+        for thread in self._threads:
+            thread.start()
 
     def _default_threads(self) -> int:
         if not self._connected or self.address != "local":
@@ -392,8 +377,7 @@ class RayWindows:
                              f"{count_of(self.workers, 'GPU')}, the Ray cluster has {have_gpus}")
 
     def _node_name(self, node_id: str) -> str:
-        """'NAME ID8': the node's name in Ray (its IP address unless set otherwise) and the
-        start of its id."""
+        """'NAME ID8': the node's name in Ray (its IP address unless set otherwise) and the start of its id."""
         if node_id not in self._nodes:
             for node in ray.nodes():
                 name = node.get("NodeName") or node["NodeManagerAddress"]
@@ -401,29 +385,35 @@ class RayWindows:
         return self._nodes.get(node_id, node_id[:8])
 
     def _stop(self) -> None:
-        with self._state:
-            self._stopping = True
-            self._state.notify_all()
-        if self._scheduler is not None:
-            self._scheduler.join()
-            self._scheduler = None
+        self._give_up(Cancelled("the Ray workers are stopping"))
         for worker in self._pool:
             if worker.actor is not None:
+                # A call in flight fails at once, and its thread ends on the stop below.
                 ray.kill(worker.actor, no_restart=True)
-                # Its handle holds a reference until dropped; the statistics stay for the summary.
-                worker.actor = None
-        with self._state:
-            self._running.clear()
-            self._queue.clear()
+        for index in range(len(self._threads)):
+            self._queue.put(((-1, index), None))
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+        for worker in self._pool:
+            # Its handle holds a reference until dropped; the statistics stay for the summary.
+            worker.actor = None
+        self._queue = queue.PriorityQueue()
         if self._connected:
             ray.shutdown()
             self._connected = False
 
+    def _give_up(self, error: BaseException) -> None:
+        """Every window not handed back fails with ``error``, and so does every window sent from now on."""
+        with self._lock:
+            self._fatal = self._fatal or error
+            live = list(self._live)
+        for job in live:
+            _settle(job.done, error=self._fatal)
+
     def cancel(self, reason: str) -> None:
         """Stop every video being restored: each raises :class:`Cancelled` at its next window."""
-        with self._state:
-            self._fatal = self._fatal or (Cancelled, reason)
-            self._state.notify_all()
+        self._give_up(Cancelled(reason))
 
     def report(self) -> list[str]:
         """One line per worker: windows, frames, seconds restoring, frames per second, failures."""
@@ -436,219 +426,163 @@ class RayWindows:
         return lines
 
     def for_file(self) -> FileWindows:
-        """A runner for one of several videos restored at once; videos get window slots in the order
-        their runners were made."""
+        """A runner for one of several videos restored at once; their windows go to the workers in the order
+        the runners were made."""
         return FileWindows(self, next(self._order))
 
     def map(self, windows: Iterable[np.ndarray], tiling: Tiling) -> Iterator[np.ndarray]:
-        """Input windows (n, t, cin, H, W) in order -> restored windows (n, t, 3, H*s, W*s) in the same
-        order, restored on the workers with at most ``max_in_flight`` windows read and not yet yielded."""
+        """Input windows (n, t, cin, H, W) in order -> restored windows (n, t, 3, H*s, W*s) in the same order,
+        restored on the workers with at most ``max_in_flight`` windows read and not yet yielded."""
         return self._map(windows, tiling, next(self._order))
 
     def _map(self, windows: Iterable[np.ndarray], tiling: Tiling, order: int) -> Iterator[np.ndarray]:
         if not self._depth:
             raise RuntimeError("RayWindows.map needs the workers: use it inside 'with RayWindows(...)'")
         source = iter(windows)
-        jobs: dict[int, _Job] = {}
-        read = emitted = 0
-        exhausted = False
+        pending: deque[_Job] = deque()          # read, not yet handed back: a slot each
+        read, exhausted = 0, False
         try:
             while True:
-                step = self._next_step(order, jobs, emitted, exhausted)
-                if step == "read":
+                # Read ahead while slots are free; wait for one only with nothing to hand back.
+                while not exhausted and self._slots.acquire(blocking=not pending):
                     lq = next(source, None)
                     if lq is None:
+                        self._slots.release()
                         exhausted = True
-                        with self._state:
-                            self._in_flight -= 1
-                            self._state.notify_all()
-                        continue
-                    job = _Job(read, ray.put(pack_window(lq)), lq.shape[1], tiling)
+                        break
+                    pending.append(self._send(_Job((order, read), ray.put(pack_window(lq)), lq.shape[1], tiling)))
                     del lq
-                    with self._state:
-                        jobs[read] = job
-                        self._queue.append(job)
-                        self._dispatch()
-                        self._state.notify_all()
                     read += 1
-                elif step == "yield":
-                    job = jobs.pop(emitted)
-                    emitted += 1
-                    # A copy: arrays from Ray's object store are read-only, and the copy lets the store
-                    # free the result before the caller blends it.
-                    restored, job.result = job.result.copy(), None
-                    with self._state:
-                        self._in_flight -= 1
-                        self._state.notify_all()
-                    yield restored
-                elif step == "done":
+                if not pending:
                     return
-                else:
-                    failed = step
-                    if not exhausted and failed.index == read - 1:
+                job = pending[0]
+                try:
+                    # A copy: arrays from Ray's object store are read-only, and the copy lets the store free
+                    # the result before the caller blends it.
+                    restored = job.done.result().copy()
+                except WindowFailed:
+                    if not exhausted and job.key[1] == read - 1:
                         exhausted = next(source, None) is None
-                    raise WindowFailed(self._failure_message(failed, tiling, read if exhausted else None))
+                    raise WindowFailed(self._failure_message(job, tiling, read if exhausted else None)) from None
+                pending.popleft()
+                self._slots.release()
+                with self._lock:
+                    self._live.discard(job)
+                del job
+                yield restored
         finally:
-            with self._state:
-                for job in jobs.values():
-                    if job in self._queue:
-                        self._queue.remove(job)
-                for task in self._running.values():
-                    if task.job is not None and jobs.get(task.job.index) is task.job:
-                        task.job = None
-                self._in_flight -= len(jobs)
-                self._state.notify_all()
+            with self._lock:
+                self._live.difference_update(pending)
+            for job in pending:
+                _settle(job.done, error=Cancelled("its video was given up"))
+                self._slots.release()
 
-    def _next_step(self, order: int, jobs: dict[int, _Job], emitted: int, exhausted: bool):
-        """Wait until this video can read a window ("read": a slot is taken for it), hand one back
-        ("yield"), is finished ("done") or has a window out of attempts (that window is returned).
-        A free slot goes to the first video (in the order of their runners) waiting for one."""
-        with self._state:
-            if not exhausted:
-                self._waiting.add(order)
-            try:
-                while True:
-                    if self._fatal is not None:
-                        kind, message = self._fatal
-                        raise kind(message)
-                    failed = next((job for job in jobs.values() if job.out_of_attempts), None)
-                    if failed is not None:
-                        return failed
-                    if not exhausted and self._in_flight < self.max_in_flight and min(self._waiting) == order:
-                        self._in_flight += 1
-                        return "read"
-                    ready = jobs.get(emitted)
-                    if ready is not None and ready.result is not None:
-                        return "yield"
-                    if exhausted and not jobs:
-                        return "done"
-                    self._state.wait()
-            finally:
-                self._waiting.discard(order)
+    def _send(self, job: _Job) -> _Job:
+        with self._lock:
+            self._live.add(job)
+            fatal = self._fatal
+        if fatal is not None:
+            _settle(job.done, error=fatal)
+        else:
+            self._queue.put((job.key, job))
+        return job
 
-    def _serve(self) -> None:
-        """The scheduler thread: hand queued windows to idle workers and account for what comes back."""
-        try:
-            while True:
-                with self._state:
-                    if self._stopping:
-                        return
-                    self._dispatch()
-                    self._check_workers()
-                    calls = list(self._running)
-                    if not calls:
-                        self._state.wait(0.5)
-                        continue
-                ready, _ = ray.wait(calls, num_returns=1, timeout=0.05)
-                del calls
-                if ready:
-                    with self._state:
-                        self._complete(ready[0])
-                        self._state.notify_all()
-                    del ready
-        except Exception as err:
-            with self._state:
-                self._fatal = (RuntimeError, f"the Ray scheduler stopped: {type(err).__name__}: {err}")
-                self._state.notify_all()
-
-    def _dispatch(self) -> None:
-        """Hand queued windows to idle workers, a retried window to one it has not failed on where possible."""
-        while self._queue:
-            idle = [worker for worker in self._pool if not (worker.busy or worker.down or worker.lost)]
-            if not idle:
+    def _serve(self, worker: _Worker) -> None:
+        """A worker's driver thread: the most urgent window from the queue, one call at a time."""
+        while True:
+            _, job = self._queue.get()
+            if job is None:
                 return
-            job = self._queue.popleft()
-            fresh = [worker for worker in idle if worker.stats.index not in job.failed_on]
-            worker = (fresh or idle)[0]
-            worker.busy = True
-            self._running[worker.actor.restore.remote(job.window, job.tiling)] = _Task(worker, job)
+            if not job.done.done() and not self._restore(worker, job):
+                return
 
-    def _check_workers(self) -> None:
-        """With windows waiting and no worker to take them: stop the run when none can come back."""
-        if not self._queue or self._fatal is not None:
-            return
-        if any(not (worker.down or worker.lost) for worker in self._pool):
-            return
-        if all(worker.lost for worker in self._pool):
-            self._fatal = (RuntimeError, f"all {len(self._pool)} Ray workers are lost (each died more than "
-                                         f"{WORKER_RESTARTS} times or its node is gone); see the Ray logs")
-            self._state.notify_all()
-            return
-        now = time.monotonic()
-        if now - self._checked < 1.0:
-            return
-        self._checked = now
-        threads, gpus = self._needs
-        nodes = ray.nodes()
-        if any(node["Alive"] and node["Resources"].get("CPU", 0) >= threads and node["Resources"].get("GPU", 0) >= gpus
-               for node in nodes):
-            return      # Ray brings the workers back there
-        gone = sorted({worker.stats.node for worker in self._pool})
-        need = count_of(threads, "CPU") + (f" and {count_of(gpus, 'GPU')}" if gpus else "")
-        self._fatal = (RuntimeError, f"every Ray worker is lost with its node ({', '.join(gone)}) and no node left in "
-                                     f"the cluster has {need} for one: start or rejoin a node (ray start --address "
-                                     f"...) and run again")
-        self._state.notify_all()
-
-    def _complete(self, ready: object) -> None:
-        """Account for one finished call: a restored window, a failure to retry or give up, a ping."""
-        task = self._running.pop(ready)
-        worker, job = task.worker, task.job
+    def _restore(self, worker: _Worker, job: _Job) -> bool:
+        """One window on ``worker``; False once the worker is gone (or the pool stops)."""
         try:
-            value = ray.get(ready)
+            restored, seconds, cpu_seconds, worker.stats.pid = ray.get(
+                worker.actor.restore.remote(job.window, job.tiling))
         except RayActorError as err:
-            # Ray keeps the error as the call's value and raises that object again: its traceback
-            # would hold these frames, and they the call's reference, so the error would never be freed.
+            # Ray keeps the error as the call's value and raises that object again: its traceback would hold
+            # these frames, and they the call's reference, so the error would never be freed.
             err.__traceback__ = None
-            if task.ping:
-                worker.lost = isinstance(err, ActorDiedError)
-                worker.down = False
-                return
-            error = f"worker {worker.stats.index} (pid {worker.stats.pid} on node {worker.stats.node}) died: " \
-                    f"{str(err).splitlines()[0]}"
-            # A worker that died comes back as a new process (on another node when its node is lost),
-            # or not at all: ask before sending it more.
-            worker.busy, worker.down = False, True
-            self._running[worker.actor.ping.remote()] = _Task(worker, None, ping=True)
+            if self._fatal is not None:
+                return False
+            self._failed(worker, job, f"worker {worker.stats.index} (pid {worker.stats.pid} on node "
+                                      f"{worker.stats.node}) died: {str(err).splitlines()[0]}")
+            return self._back(worker)
         except RayTaskError as err:
             err.__traceback__ = None
-            error = f"worker {worker.stats.index} (pid {worker.stats.pid} on node {worker.stats.node}): " \
-                    f"{type(err.cause).__name__}: {err.cause}"
-            worker.busy = False
+            self._failed(worker, job, f"worker {worker.stats.index} (pid {worker.stats.pid} on node "
+                                      f"{worker.stats.node}): {type(err.cause).__name__}: {err.cause}")
+            return True
+        with self._lock:
+            worker.stats.windows += 1
+            worker.stats.frames += job.frames
+            worker.stats.seconds += seconds
+            worker.stats.cpu_seconds += cpu_seconds
+        job.window = None
+        _settle(job.done, restored)
+        return True
+
+    def _failed(self, worker: _Worker, job: _Job, error: str) -> None:
+        """Count a failed call; the window goes back to the queue (first in line) or, out of attempts, fails."""
+        with self._lock:
+            worker.stats.failures += 1
+            job.errors.append(error)
+            again = len(job.errors) < self.attempts and not job.done.done()
+            self.retries += again
+        if again:
+            self._queue.put((job.key, job))
         else:
-            worker.busy = False
-            if task.ping:
-                node, worker.stats.pid = value
-                worker.stats.node, worker.down = self._node_name(node), False
-            else:
-                result, seconds, cpu_seconds, worker.stats.pid = value
-                if job is not None:
-                    worker.stats.windows += 1
-                    worker.stats.frames += job.frames
-                    worker.stats.seconds += seconds
-                    worker.stats.cpu_seconds += cpu_seconds
-                    job.result, job.window = result, None
-            return
-        worker.stats.failures += 1
-        if job is None:
-            return
-        job.failed_on.append(worker.stats.index)
-        job.errors.append(error)
-        if len(job.errors) >= self.attempts:
-            job.out_of_attempts = True
-            return
-        self.retries += 1
-        self._queue.appendleft(job)
+            _settle(job.done, error=WindowFailed(error))
+
+    def _back(self, worker: _Worker) -> bool:
+        """Wait for a dead worker to come back (True), or for Ray to give up on it (False). While every
+        worker is down, the run stops once no node left could hold one."""
+        worker.down = True
+        ping = worker.actor.where.remote()
+        while True:
+            try:
+                node, worker.stats.pid = ray.get(ping, timeout=1.0)
+            except GetTimeoutError:
+                if self._fatal is not None:
+                    return False
+                if all(other.down or other.lost for other in self._pool) and not self._room_for_a_worker():
+                    gone = sorted({other.stats.node for other in self._pool})
+                    threads, gpus = self._needs
+                    need = count_of(threads, "CPU") + (f" and {count_of(gpus, 'GPU')}" if gpus else "")
+                    self._give_up(RuntimeError(
+                        f"every Ray worker is lost with its node ({', '.join(gone)}) and no node left in the "
+                        f"cluster has {need} for one: start or rejoin a node (ray start --address ...) and run again"))
+                    return False
+                continue
+            except RayActorError as err:
+                err.__traceback__ = None
+                if self._fatal is not None:
+                    return False            # killed by _stop: it stays "not back by the end"
+                worker.down, worker.lost = False, True
+                if all(other.lost for other in self._pool):
+                    self._give_up(RuntimeError(f"all {len(self._pool)} Ray workers are lost (each died more than "
+                                               f"{WORKER_RESTARTS} times or its node is gone); see the Ray logs"))
+                return False
+            worker.stats.node, worker.down = self._node_name(node), False
+            return True
+
+    def _room_for_a_worker(self) -> bool:
+        threads, gpus = self._needs
+        return any(node["Alive"] and node["Resources"].get("CPU", 0) >= threads
+                   and node["Resources"].get("GPU", 0) >= gpus for node in ray.nodes())
 
     @staticmethod
     def _failure_message(job: _Job, tiling: Tiling, windows_in_video: int | None) -> str:
-        """Names the window by its input frames (counted from 0). Windows start every window - overlap
-        frames except the last, which ends on the video's last frame."""
-        if windows_in_video == 1 and job.index == 0:
+        """Names the window by its input frames (counted from 0). Windows start every window - overlap frames
+        except the last, which ends on the video's last frame."""
+        index = job.key[1]
+        if windows_in_video == 1 and index == 0:
             where = f"window 0 (input frames 0-{job.frames - 1}, the whole video)"
-        elif windows_in_video is not None and job.index == windows_in_video - 1:
-            where = f"window {job.index} (the video's last {count_of(job.frames, 'input frame')})"
+        elif windows_in_video is not None and index == windows_in_video - 1:
+            where = f"window {index} (the video's last {count_of(job.frames, 'input frame')})"
         else:
-            first = job.index * (tiling.window - tiling.window_overlap)
-            where = f"window {job.index} (input frames {first}-{first + job.frames - 1})"
-        return (f"{where} failed {count_of(len(job.errors), 'time')}; last error on {job.errors[-1]}")
+            first = index * (tiling.window - tiling.window_overlap)
+            where = f"window {index} (input frames {first}-{first + job.frames - 1})"
+        return f"{where} failed {count_of(len(job.errors), 'time')}; last error on {job.errors[-1]}"

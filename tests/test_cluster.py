@@ -1,6 +1,7 @@
 """rvrt-run's windows on a real local Ray cluster: same frames as one process, workers killed, windows
-that fail; rvrt-batch over a folder (files restored at once, a segment of each, a killed batch run
-again), Ctrl-C and SIGTERM. Several nodes: test_cluster_nodes.py."""
+that fail, a driver started from a folder that shadows our packages; rvrt-batch over a folder (files
+restored at once, a segment of each, a killed batch run again), Ctrl-C and SIGTERM. Several nodes:
+test_cluster_nodes.py."""
 
 import dataclasses
 import os
@@ -9,9 +10,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,8 +28,9 @@ from rvrt_cluster import RayWindows, WindowFailed
 from rvrt_cluster.windows import pack_window, unpack_window
 from rvrt_cluster.cli import collect_inputs, plan, probe, restore_all
 from rvrt_cluster.cli import main as batch_cli
-from rvrt_engines.backends import load_backend
-from rvrt_engines.restore import restore_video
+from rvrt_engines.backends import Description, load_backend
+from rvrt_engines.frontend import Prepared
+from rvrt_engines.restore import resolve_tiling, restore_video
 from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
 from rvrt_engines.video import open_frames
 
@@ -35,7 +41,7 @@ OPTIONS = dict(window=6, window_overlap=2, tile_overlap=16)
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A real local Ray cluster for this module; the test loaders below travel to workers by value."""
+    """A real local Ray cluster for this module; the hooks below travel to workers by value."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
@@ -69,45 +75,51 @@ def read_all(path):
     return np.stack(list(open_frames(path)))
 
 
-def loader_killed_mid_window(pid_file, **load_args):
-    """A real backend whose process, at the first backend call over all workers (inside a window),
-    writes its pid for the test to kill and computes on after a pause: killed mid-window, once."""
-    backend = load_backend(**load_args)
-    restore = backend.restore
+@dataclasses.dataclass(frozen=True)
+class Hooked:
+    """A real description whose opened backend sends each of its calls through ``hook(note, restore, lq)``:
+    how a test makes a worker die, fail or log (the workers open it as they open a real one)."""
 
-    def restore_reporting(lq):
-        try:
-            with open(pid_file + ".claimed", "x"):
-                pass
-        except FileExistsError:
-            return restore(lq)
-        with open(pid_file + ".tmp", "w") as file:
-            file.write(str(os.getpid()))
-        os.replace(pid_file + ".tmp", pid_file)
-        time.sleep(10)
+    description: Description
+    hook: Callable
+    note: str = ""
+    needs_gpu = False
+
+    def with_threads(self, threads):
+        return dataclasses.replace(self, description=self.description.with_threads(threads))
+
+    @contextmanager
+    def open(self):
+        with self.description.open() as backend:
+            yield SimpleNamespace(config=backend.config, restore=lambda lq: self.hook(self.note, backend.restore, lq))
+
+
+def killed_mid_window(pid_file, restore, lq):
+    """At the first backend call over all workers (inside a window), write this process's pid for the test
+    to kill and compute on after a pause: killed mid-window, once."""
+    try:
+        with open(pid_file + ".claimed", "x"):
+            pass
+    except FileExistsError:
         return restore(lq)
+    with open(pid_file + ".tmp", "w") as file:
+        file.write(str(os.getpid()))
+    os.replace(pid_file + ".tmp", pid_file)
+    time.sleep(10)
+    return restore(lq)
 
-    backend.restore = restore_reporting
-    return backend
 
-
-def loader_refusing_black_frames(**load_args):
-    """A real backend that raises on tiles holding an all-black frame, as a backend fails on bad input."""
-    backend = load_backend(**load_args)
-    restore = backend.restore
-
-    def restore_checked(lq):
-        if (lq.reshape(*lq.shape[:2], -1).max(axis=2) == 0).any():
-            raise RuntimeError("black frame in this tile")
-        return restore(lq)
-
-    backend.restore = restore_checked
-    return backend
+def refusing_black_frames(_, restore, lq):
+    """Raise on tiles holding an all-black frame, as a backend fails on bad input."""
+    if (lq.reshape(*lq.shape[:2], -1).max(axis=2) == 0).any():
+        raise RuntimeError("black frame in this tile")
+    return restore(lq)
 
 
 def test_cluster_gives_the_frames_of_one_process(cluster, video, tiny_export, single_process, tmp_path):
-    with RayWindows({"model": tiny_export("sr")[2]}, workers=2, threads=1, max_in_flight=2) as pool:
-        summary = restore_video(pool.backend, video, tmp_path / "out", windows=pool, **OPTIONS)
+    description = load_backend(tiny_export("sr")[2])
+    with RayWindows(description, workers=2, threads=1, max_in_flight=2) as pool:
+        summary = restore_video(description, video, tmp_path / "out", windows=pool, **OPTIONS)
         stats = [dataclasses.replace(s) for s in pool.stats]
 
         # Windows are read only as far as max_in_flight allows ahead of those handed back.
@@ -153,9 +165,9 @@ def test_worker_killed_mid_window_costs_a_retry_not_the_run(cluster, video, tiny
 
     killer = threading.Thread(target=kill_when_reported, daemon=True)
     killer.start()
-    load_args = {"model": tiny_export("sr")[2], "pid_file": pid_file}
-    with RayWindows(load_args, workers=2, threads=1, loader=loader_killed_mid_window) as pool:
-        restore_video(pool.backend, video, tmp_path / "out", windows=pool, **OPTIONS)
+    description = load_backend(tiny_export("sr")[2])
+    with RayWindows(Hooked(description, killed_mid_window, pid_file), workers=2, threads=1) as pool:
+        restore_video(description, video, tmp_path / "out", windows=pool, **OPTIONS)
         stats, retries = pool.stats, pool.retries
     killer.join(1)
     assert killed and retries == 1
@@ -169,16 +181,43 @@ def test_window_failing_on_every_worker_stops_the_run_naming_it(cluster, frames,
     poisoned[2] = 0
     write_video(tmp_path / "in", poisoned)
     out = tmp_path / "out" / "restored.mp4"
-    with RayWindows({"model": tiny_export("sr")[2]}, workers=2, threads=1, loader=loader_refusing_black_frames) as pool:
+    description = load_backend(tiny_export("sr")[2])
+    with RayWindows(Hooked(description, refusing_black_frames), workers=2, threads=1) as pool:
         with pytest.raises(WindowFailed) as failure:
-            restore_video(pool.backend, tmp_path / "in", out, windows=pool, **OPTIONS)
+            # Cuts off: the black frame would start a shot of its own.
+            restore_video(description, tmp_path / "in", out, windows=pool, scene_cuts="off", **OPTIONS)
         message = str(failure.value)
         assert message.startswith("window 0 (input frames 0-5) failed 3 times; last error on worker ")
         assert message.endswith("RuntimeError: black frame in this tile")
         # The pool outlives a failed video: the next one is restored by the same workers.
-        restore_video(pool.backend, video, tmp_path / "fine", windows=pool, **OPTIONS)
+        restore_video(description, video, tmp_path / "fine", windows=pool, **OPTIONS)
     assert list((tmp_path / "out").iterdir()) == []
     assert np.array_equal(read_all(tmp_path / "fine"), single_process)
+
+
+def test_a_driver_started_beside_a_folder_named_like_our_packages_is_served(video, tiny_export, single_process,
+                                                                               tmp_path):
+    # Ray puts the driver's folder first on its workers' import path: a folder "rvrt" there (a checkout of
+    # the official code) would be imported in place of the package, and every worker would fail to start.
+    folder, script = tmp_path / "work", tmp_path / "driver" / "run.py"
+    (folder / "rvrt").mkdir(parents=True)
+    script.parent.mkdir()
+    script.write_text(textwrap.dedent(f"""
+        from rvrt_cluster import RayWindows
+        from rvrt_engines.backends import load_backend
+        from rvrt_engines.restore import restore_video
+        description = load_backend({str(tiny_export("sr")[2])!r})
+        with RayWindows(description, workers=1, threads=1) as pool:
+            restore_video(description, {str(video)!r}, "out", windows=pool, **{OPTIONS!r})
+    """))
+    ray_dir = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))      # Ray's socket paths must stay short
+    try:
+        run = subprocess.run([sys.executable, str(script)], cwd=folder, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "RAY_TMPDIR": str(ray_dir)})
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert run.returncode == 0, run.stderr
+    assert np.array_equal(read_all(folder / "out"), single_process)
 
 
 @pytest.fixture(scope="module")
@@ -212,20 +251,13 @@ def test_batch_restores_a_folder_and_reports_the_broken_file(cluster, video_fold
         in again.stdout
 
 
-def loader_logging_calls(log, **load_args):
-    """A real backend that notes when each of its calls began and ended, and in which process."""
-    backend = load_backend(**load_args)
-    restore = backend.restore
-
-    def restore_logged(lq):
-        began = time.time()
-        restored = restore(lq)
-        with open(log, "a") as file:
-            file.write(f"{os.getpid()} {began} {time.time()}\n")
-        return restored
-
-    backend.restore = restore_logged
-    return backend
+def logging_calls(log, restore, lq):
+    """Note when each backend call began and ended, and in which process."""
+    began = time.time()
+    restored = restore(lq)
+    with open(log, "a") as file:
+        file.write(f"{os.getpid()} {began} {time.time()}\n")
+    return restored
 
 
 def test_a_batch_of_one_window_files_keeps_every_worker_busy(cluster, frames, tiny_export, tmp_path, capsys):
@@ -234,10 +266,11 @@ def test_a_batch_of_one_window_files_keeps_every_worker_busy(cluster, frames, ti
         write_video(folder / f"clip{index}.mkv", frames[2 * index:2 * index + 2], lossless=True)
     items = plan(collect_inputs((folder,)), out, "")          # frame folders: lossless, compared below
     probe(items, None, False, {}, dict(start=None, frames=None))
-    options = dict(sigma=None, window=2, window_overlap=0, tile=None, tile_overlap=16, batch=None, overwrite=False)
-    load_args = {"model": tiny_export("sr")[2], "log": str(log)}
-    with RayWindows(load_args, workers=2, threads=1, loader=loader_logging_calls) as pool:
-        restore_all(items, pool, quiet=False, options=options, interval=0.0)
+    tiling = dict(window=2, window_overlap=0, tile=None, tile_overlap=16, batch=None)
+    description = load_backend(tiny_export("sr")[2])
+    prepared = Prepared(description, tiling, resolve_tiling(description, **tiling))
+    with RayWindows(Hooked(description, logging_calls, str(log)), workers=2, threads=1) as pool:
+        restore_all(items, pool, prepared, quiet=False, options=dict(sigma=None, overwrite=False), interval=0.0)
     assert [item.state for item in items] == ["done"] * 4
     assert driver_references() == {}            # every window's input and result released
     # One backend call per window: windows of different files ran at the same time on the two workers.
@@ -246,7 +279,7 @@ def test_a_batch_of_one_window_files_keeps_every_worker_busy(cluster, frames, ti
     assert any(float(a[1]) < float(b[2]) and float(b[1]) < float(a[2]) for a in calls for b in calls if a[0] != b[0])
     reference = load_backend(tiny_export("sr")[2], threads=1)
     for index in range(4):
-        restore_video(reference, folder / f"clip{index}.mkv", tmp_path / f"reference{index}", **options)
+        restore_video(reference, folder / f"clip{index}.mkv", tmp_path / f"reference{index}", **tiling)
         assert np.array_equal(read_all(out / f"clip{index}"), read_all(tmp_path / f"reference{index}"))
     progress = capsys.readouterr().err.splitlines()
     assert progress[0].startswith("rvrt-batch: 0/4 files, ") and ", ETA " in progress[0]

@@ -25,7 +25,8 @@ import test_cluster
 from rvrt_cluster import RayWindows
 from rvrt_engines.restore import restore_video
 from rvrt_engines.synthetic import write_video
-from test_cluster import (OPTIONS, driver_references, frames, loader_killed_mid_window, read_all,  # noqa: F401
+from rvrt_engines.backends import load_backend
+from test_cluster import (OPTIONS, Hooked, driver_references, frames, killed_mid_window, read_all,  # noqa: F401
                           single_process, video)
 
 STORE = 80 * 1024 * 1024
@@ -99,11 +100,11 @@ def test_a_node_lost_mid_run_costs_only_its_window(nodes, video, tiny_export, si
 
     killer = threading.Thread(target=lose_its_node, daemon=True)
     killer.start()
-    load_args = {"model": tiny_export("sr")[2], "pid_file": pid_file}
+    description = load_backend(tiny_export("sr")[2])
     try:
-        with RayWindows(load_args, address=nodes.address, workers=2, threads=1,
-                        loader=loader_killed_mid_window) as pool:
-            restore_video(pool.backend, video, tmp_path / "out", windows=pool, **OPTIONS)
+        with RayWindows(Hooked(description, killed_mid_window, pid_file), address=nodes.address, workers=2,
+                        threads=1) as pool:
+            restore_video(description, video, tmp_path / "out", windows=pool, **OPTIONS)
             report, stats, retries = pool.report(), pool.stats, pool.retries
         held = driver_references()
     finally:
