@@ -22,23 +22,35 @@ per run: wall clock, windows and CPU seconds per worker, the driver's peak RSS (
 the speed-ups; the outputs of all runs must be bit-identical (lossless frame folders).
 
     python benchmarks/ray_scaling.py --batch         # 8 files of 1-2 windows of 8 frames 64x64
+
+``--pools`` measures what ``ray.util.ActorPool`` would give instead of RayWindows' own threads, on two
+actors that sleep (so the shared cores do not blur it) for windows of uneven cost, 0.1 and 0.5 s
+alternately: wall clock of its ordered ``map`` against the greedy bound (every actor busy while windows
+are left, which RayWindows' one blocking thread per worker follows), and how many actors it still uses
+after one of them died once and Ray brought it back.
+
+    python benchmarks/ray_scaling.py --pools
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 
+from rvrt import Tiling
 from rvrt_cluster import RayWindows
 from rvrt_engines.backends import load_backend
 from rvrt_engines.restore import restore_video
@@ -139,6 +151,72 @@ def batch_case(args, model: Path, scratch: Path) -> bool:
     return identical
 
 
+class Sleeping:
+    """A description whose backend sleeps for the seconds written in each window's first value (×10): what
+    RayWindows' workers open in ``--pools``."""
+
+    needs_gpu = False
+
+    def with_threads(self, threads):
+        return self
+
+    @contextlib.contextmanager
+    def open(self):
+        def restore(lq):
+            time.sleep(float(lq.flat[0]) * 10)
+            return np.repeat(lq[:, :, :1], 3, axis=2)
+        yield types.SimpleNamespace(config=types.SimpleNamespace(upscale=1, min_tile=8), restore=restore)
+
+
+def pools_case() -> None:
+    import ray
+    from ray.util import ActorPool
+
+    @ray.remote(max_restarts=1)
+    class Sleeper:
+        def run(self, seconds: float) -> int:
+            time.sleep(seconds)
+            return os.getpid()
+
+    costs = [0.1, 0.5] * 8
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        actors = [Sleeper.remote() for _ in range(2)]
+        ray.get([actor.run.remote(0) for actor in actors])
+        began = time.perf_counter()
+        list(ActorPool(actors).map(lambda actor, cost: actor.run.remote(cost), costs))
+        ordered = time.perf_counter() - began
+        with RayWindows(Sleeping(), workers=2, threads=1) as windows:
+            began = time.perf_counter()
+            list(windows.map((np.full((1, 1, 1, 8, 8), cost / 10, np.float32) for cost in costs),
+                             Tiling(window=1, tile=8, tile_overlap=0)))
+            ours = time.perf_counter() - began
+        print(f"pools: {len(costs)} windows of 0.1 and 0.5 s on 2 actors: ActorPool.map {ordered:.2f} s, RayWindows "
+              f"{ours:.2f} s, greedy bound {sum(costs) / 2:.2f} s ({ordered / (sum(costs) / 2):.2f}x and "
+              f"{ours / (sum(costs) / 2):.2f}x)")
+        first = ray.get(actors[0].run.remote(0))
+        pool = ActorPool(actors)
+        for _ in actors:
+            pool.submit(lambda actor, cost: actor.run.remote(cost), 3.0)
+        time.sleep(1.0)
+        os.kill(first, signal.SIGKILL)
+        for _ in actors:
+            try:
+                pool.get_next_unordered()
+            except ray.exceptions.RayActorError:
+                pass
+        back = ray.get(actors[0].run.remote(0), timeout=60)
+        for _ in range(6):
+            pool.submit(lambda actor, cost: actor.run.remote(cost), 0.2)
+        pids = set()
+        while pool.has_next():
+            pids.add(pool.get_next_unordered())
+        print(f"pools: after one actor died and Ray brought it back (pid {first} -> {back}), ActorPool used "
+              f"{len(pids)} of 2 actors for the next 6 windows")
+    finally:
+        ray.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=24)
@@ -151,7 +229,10 @@ def main() -> None:
                         help="also restore in this process (same threads) and compare")
     parser.add_argument("--batch", action="store_true", help="measure rvrt-batch over many short files instead")
     parser.add_argument("--batch-files", type=int, default=8)
+    parser.add_argument("--pools", action="store_true", help="measure ray.util.ActorPool on sleeping actors instead")
     args = parser.parse_args()
+    if args.pools:
+        return pools_case()
 
     model = export(args.export)
     with tempfile.TemporaryDirectory(prefix="ray-scaling-") as scratch:
