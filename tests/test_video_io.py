@@ -92,3 +92,71 @@ def test_avi_is_writable(tmp_path, lossless, codec):
     with av.open(str(tmp_path / "clip.avi")) as container:
         assert container.streams.video[0].codec_context.name == codec
     assert np.array_equal(back, FRAMES) == lossless
+
+
+def encode(path, frames, **options):
+    sink = open_writer(path, 25, frames.shape[2], frames.shape[1], overwrite=True, **options)
+    with sink as writer:
+        for frame in frames:
+            writer.write(frame)
+    return path.read_bytes() if path.is_file() else None
+
+
+# 352 px wide: not a multiple of 128, where libx264's AVX-512 code made two encodes differ.
+CIF = moving_photo_frames(12, 288, 352, seed=5)
+
+
+@pytest.mark.parametrize("name", ["a.mp4", "a.mkv", "a.webm", "a.mov"])
+def test_identical_frames_give_identical_lossy_files(tmp_path, name):
+    first = encode(tmp_path / name, CIF, provenance={"task": "sr"})
+    assert encode(tmp_path / name, CIF, provenance={"task": "sr"}) == first
+
+
+def x264_settings(data: bytes) -> str:
+    """The options string libx264 writes into its SEI: what the encoder really ran with."""
+    start = data.index(b"x264 - core")
+    return data[start:data.index(b"\0", start)].decode()
+
+
+def test_preset_and_encoder_options_reach_the_encoder(tmp_path):
+    fast = x264_settings(encode(tmp_path / "fast.mp4", CIF, preset="ultrafast"))
+    film = x264_settings(encode(tmp_path / "film.mp4", CIF, preset="slower", encoder_options=("tune=film",
+                                                                                             "x264-params=keyint=30")))
+    assert "subme=0" in fast and "cabac=0" in fast
+    assert "subme=9" in film and "deblock=1:-1:-1" in film and "keyint=30" in film
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"encoder_options": ("nosuchoption=1",)}, "--encoder-option nosuchoption: libx264 has no such option"),
+    ({"preset": "slow", "codec": "libvpx-vp9"}, "--preset: libvpx-vp9 has no such option"),
+    ({"preset": "warp-speed"}, "could not be opened"),
+    ({"encoder_options": ("tune",)}, "expected KEY=VALUE"),
+    ({"crf": 20, "encoder_options": ("crf=21",)}, "both set the quality"),
+    ({"lossless": True, "encoder_options": ("qp=4",)}, "it would undo lossless"),
+])
+def test_encoder_options_it_does_not_take_are_refused_before_any_frame(tmp_path, options, message):
+    with pytest.raises(VideoOutputError, match=message):
+        open_writer(tmp_path / "out.mp4", 25, 352, 288, **options).validate()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["-", "frames"])
+def test_encoder_options_do_not_apply_to_pipes_and_frame_folders(tmp_path, path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VideoOutputError, match="--preset"):
+        open_writer(path, 25, 352, 288, preset="slow")
+
+
+def test_outputs_record_how_they_were_made(tmp_path):
+    from rvrt_engines.video.writer import read_provenance
+
+    record = {"task": "001_RVRT_videosr_bi_REDS_30frames", "weights": "random weights", "runtime": "onnxruntime",
+              "precision": "float32"}
+    for name in ("out.mp4", "out.mkv", "out.webm", "frames"):
+        encode(tmp_path / name, FRAMES, provenance=record)
+        found = read_provenance(tmp_path / name)
+        assert found.pop("made_by").startswith("rvrt-deploy") and found == record
+    assert read_provenance(tmp_path / "frames") is not None
+    encode(tmp_path / "frames", FRAMES[:2])   # replaced by frames made without a record: none is left
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["000000.png", "000001.png"]
+    assert read_provenance(tmp_path / "frames") is None

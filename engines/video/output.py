@@ -1,7 +1,7 @@
 """Where an output may go, and how it gets there without ever losing a file.
 
 - ``--overwrite`` replaces only what this program writes: a file, or the frames (``000000.png``,
-  ``000001.png`` ...: :data:`FRAME_NAME`) of a frame folder. A folder holding anything else,
+  ``000001.png`` ...: :data:`FRAME_NAME`, and :data:`PROVENANCE_FILE`) of a frame folder. A folder holding anything else,
   the current folder, the input itself and any folder containing the input are refused.
 - Everything is written under a temporary name in the destination folder (same file system,
   so the final rename is atomic) and renamed on success; every failure path, including
@@ -21,7 +21,9 @@ from pathlib import Path
 from .errors import VideoOutputError
 
 FRAME_NAME = re.compile(r"\d{6,}\.png")
-"""The names of the frames this program writes into a frame folder; nothing else is ever replaced."""
+"""The names of the frames this program writes into a frame folder."""
+PROVENANCE_FILE = "rvrt-provenance.json"
+"""Beside the frames: how they were made (:func:`.writer.provenance_text`)."""
 PIPE = "-"
 
 
@@ -35,10 +37,14 @@ def is_folder_output(path: str | os.PathLike) -> bool:
     return text != PIPE and (Path(text).is_dir() or text.endswith(os.sep) or Path(text).suffix == "")
 
 
+def is_ours(entry: Path) -> bool:
+    """A file this program writes into a frame folder; nothing else there is ever replaced."""
+    return entry.is_file() and (FRAME_NAME.fullmatch(entry.name) is not None or entry.name == PROVENANCE_FILE)
+
+
 def strangers(folder: Path) -> list[str]:
     """Entries of ``folder`` that this program did not write."""
-    return sorted(entry.name for entry in folder.iterdir()
-                  if not (entry.is_file() and FRAME_NAME.fullmatch(entry.name)))
+    return sorted(entry.name for entry in folder.iterdir() if not is_ours(entry))
 
 
 def check_output_path(path: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (),
@@ -69,7 +75,8 @@ def check_output_path(path: str | os.PathLike, *, inputs: tuple[str | os.PathLik
             if others:
                 shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
                 raise VideoOutputError(f"-o {path}: the folder holds files this program did not write ({shown}); "
-                                       f"--overwrite only replaces frames named 000000.png, 000001.png ...: "
+                                       f"--overwrite only replaces frames named 000000.png, 000001.png ... and "
+                                       f"{PROVENANCE_FILE}: "
                                        f"give a new or empty folder")
             if any(path.iterdir()) and not overwrite:
                 raise VideoOutputError(f"-o {path}: the folder already holds frames; pass --overwrite to replace them")
@@ -122,7 +129,7 @@ class Staging:
             os.replace(self.temporary / name, self.path / name)
         os.rmdir(self.temporary)
         for entry in self.path.iterdir():
-            if FRAME_NAME.fullmatch(entry.name) and entry.name not in new and entry.is_file():
+            if is_ours(entry) and entry.name not in new:
                 entry.unlink()
 
     def discard(self) -> None:

@@ -31,13 +31,18 @@ class open_writer:
     ``inputs``: further paths the output must not replace. Entering checks the path, stages the
     temporary and opens the encoder and muxer; leaving renames on success and removes the
     temporary on any exception (Ctrl-C, SIGTERM through :func:`.output.signals_as_exceptions`).
-    ``notes``: what the output could not keep, known once entered.
+    ``notes``: what the output could not keep, known once entered. ``preset`` and
+    ``encoder_options`` (``KEY=VALUE`` strings, as ``--encoder-option`` gives them, or a mapping)
+    go to the encoder as FFmpeg takes them. ``provenance``: how the output was made (task,
+    weights, runtime, precision ...), recorded as JSON in the container's ``comment`` tag or in
+    a frame folder's ``rvrt-provenance.json`` (:func:`.writer.read_provenance` reads either back).
     """
 
     def __init__(self, path: str | os.PathLike, frame_rate: Fraction, width: int, height: int, *,
                  codec: str | None = None, crf: int | None = None, lossless: bool = False, overwrite: bool = False,
                  like: FrameSource | None = None, bit_depth: int | None = None, pix_fmt: str | None = None,
-                 inputs: tuple = ()):
+                 inputs: tuple = (), preset: str | None = None, encoder_options=None,
+                 provenance: dict | None = None):
         self.pipe = os.fspath(path) == PIPE
         self.path = Path(path)
         self.folder = is_folder_output(path)
@@ -51,9 +56,11 @@ class open_writer:
         if not self.folder:
             suffix = PIPE_SUFFIX if self.pipe else self.path.suffix.lower()
             self.encoding = choose_encoding(suffix, width, height, depth=self.depth, codec=codec, crf=crf,
-                                            lossless=lossless, pix_fmt=pix_fmt)
-        elif codec or crf is not None or pix_fmt:
-            raise_folder_flags(codec, crf, pix_fmt)
+                                            lossless=lossless, pix_fmt=pix_fmt, preset=preset,
+                                            encoder_options=encoder_options)
+        elif codec or crf is not None or pix_fmt or preset or encoder_options:
+            raise_folder_flags(codec, crf, pix_fmt, preset, encoder_options)
+        self.provenance = provenance
         self.staging = None
         self.writer = None
 
@@ -70,10 +77,11 @@ class open_writer:
         self.staging = Staging(self.path, self.folder)
         try:
             if self.folder:
-                self.writer = PngFolderWriter(self.staging.temporary, self.depth)
+                self.writer = PngFolderWriter(self.staging.temporary, self.depth, self.provenance)
             else:
                 self.writer = VideoWriter(str(self.staging.temporary), self.encoding, self.frame_rate, *self.size,
-                                          like=self.like, colour=colour, suffix=self.path.suffix.lower())
+                                          like=self.like, colour=colour, suffix=self.path.suffix.lower(),
+                                          provenance=self.provenance)
         except BaseException:
             self.staging.discard()
             raise
@@ -108,7 +116,8 @@ class open_writer:
             self.staging.discard()
 
 
-def raise_folder_flags(codec, crf, pix_fmt):
-    given = [flag for flag, value in (("--codec", codec), ("--crf", crf is not None), ("--pix-fmt", pix_fmt)) if value]
+def raise_folder_flags(codec, crf, pix_fmt, preset=None, encoder_options=None):
+    given = [flag for flag, value in (("--codec", codec), ("--crf", crf is not None), ("--pix-fmt", pix_fmt),
+                                      ("--preset", preset), ("--encoder-option", encoder_options)) if value]
     raise VideoOutputError(f"{', '.join(given)}: the output is a frame folder (PNG, lossless); give a video file "
                            f"name (.mp4, .mkv ...) to encode a video")

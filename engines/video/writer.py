@@ -12,19 +12,29 @@ and muxer opened by the writer):
 - odd sizes: VP9, AV1, FFV1 and raw video keep them; H.264/H.265 4:2:0 cannot code an odd
   size and PyAV cannot write the container's crop field, so the frame is padded by one
   repeated row/column (a note says so) unless ``--pix-fmt yuv444p`` is asked for.
+- ``--preset`` and ``--encoder-option KEY=VALUE``: the encoder's own options as FFmpeg names
+  them (``ffmpeg -h encoder=libx264``); one the encoder does not take is refused when it opens.
+
+Identical frames give identical files: the muxers write no random identifiers nor version
+strings (``fflags +bitexact``; Matroska otherwise writes a random SegmentUID), and on CPUs with
+AVX-512 libx264 runs its AVX2 code (:data:`X264_REPRODUCIBLE`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 
 from .colour import Colour, is_yuv, rgb_to_frame
 from .errors import VideoOutputError
-from .output import frame_name
+from .output import PROVENANCE_FILE, frame_name
 from .reader import FrameSource
 from .streams import StreamCopy, copy_chapters, copy_container_tags
 
@@ -35,6 +45,16 @@ CRF_RANGES = {"libx264": (0, 51, 18), "libx265": (0, 51, 20), "libvpx-vp9": (0, 
 LOSSLESS_OPTIONS = {"libx264": {"qp": "0"}, "libx264rgb": {"qp": "0"}, "libx265": {"x265-params": "lossless=1"},
                     "libvpx-vp9": {"lossless": "1"}, "ffv1": {}}
 ODD_SIZE_CODECS = {"libvpx-vp9", "libsvtav1", "ffv1", PIPE_CODEC}
+CONTAINER_OPTIONS = {"fflags": "+bitexact"}
+X264_REPRODUCIBLE = "asm=AVX2,LZCNT,BMI2"
+"""libx264's AVX-512 code makes 8-bit 4:2:0 output depend on memory it did not write: two
+encodes of the same frames differed whenever the width is not a multiple of 128 (352, 704,
+320, 176 px; measured with PyAV 18.1's x264 core 165 on an AVX-512 EPYC). Its AVX2 code is
+reproducible; encoding 48 frames took 3.02 s instead of 2.44 s at 704x576 and 5.97 s instead of
+6.63 s at 1280x720 (fastest of 5, alternating, on a noisy 2-core machine), a few hundredths of
+a second a frame against seconds of restoration. Every AVX-512 CPU has AVX2, LZCNT and BMI2, so
+the flags never name an instruction the CPU lacks."""
+PROVENANCE_TAG = "comment"   # the one container tag that mp4, mov, mkv, webm and avi all keep
 
 
 @dataclass
@@ -106,10 +126,51 @@ def choose_pix_fmt(codec: av.codec.Codec, depth: int, lossless: bool) -> str:
     return same_depth[0]
 
 
+def parse_encoder_options(options: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
+    """``--encoder-option KEY=VALUE`` (repeatable) as a dict; a mapping is taken as it is."""
+    if options is None:
+        return {}
+    if isinstance(options, Mapping):
+        return {str(key): str(value) for key, value in options.items()}
+    parsed = {}
+    for text in options:
+        key, equals, value = text.partition("=")
+        if not equals or not key.strip():
+            raise VideoOutputError(f"--encoder-option {text}: expected KEY=VALUE as FFmpeg takes it, e.g. "
+                                   f"tune=film or x264-params=keyint=60")
+        if key.strip() in parsed:
+            raise VideoOutputError(f"--encoder-option {key.strip()} is given twice")
+        parsed[key.strip()] = value
+    return parsed
+
+
+def cpu_has_avx512() -> bool:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return "avx512f" in line.split()
+    return False
+
+
+def reproducible(codec: str, options: dict[str, str]) -> dict[str, str]:
+    """``options`` with what makes ``codec``'s output the same for the same frames, unless the user
+    chose the setting."""
+    if codec != "libx264" or not cpu_has_avx512():
+        return options
+    params = options.get("x264-params", "")
+    if any(part.split("=")[0].strip() in ("asm", "no-asm") for part in params.split(":")):
+        return options
+    return {**options, "x264-params": f"{params}:{X264_REPRODUCIBLE}" if params else X264_REPRODUCIBLE}
+
+
 def choose_encoding(suffix: str, width: int, height: int, *, depth: int, codec: str | None = None,
-                    crf: int | None = None, lossless: bool = False, pix_fmt: str | None = None) -> Encoding:
+                    crf: int | None = None, lossless: bool = False, pix_fmt: str | None = None,
+                    preset: str | None = None,
+                    encoder_options: Mapping[str, str] | Sequence[str] | None = None) -> Encoding:
     """The codec, pixel format and options for a video output, or VideoOutputError naming the
-    flag at fault. ``suffix``: the container's (``.y4m`` for the stdout pipe)."""
+    flag at fault. ``suffix``: the container's (``.y4m`` for the stdout pipe). ``preset`` and
+    ``encoder_options`` (``KEY=VALUE`` strings or a mapping) go to the encoder as FFmpeg takes
+    them; whether the encoder knows them is checked when it opens (:class:`VideoWriter`)."""
     if suffix not in (*VIDEO_OUTPUT_SUFFIXES, PIPE_SUFFIX):
         raise VideoOutputError(f"unsupported output container {suffix!r}; use {', '.join(VIDEO_OUTPUT_SUFFIXES)}, "
                                f"a folder (no suffix) for PNG frames, or - for YUV4MPEG2 on standard output")
@@ -118,8 +179,14 @@ def choose_encoding(suffix: str, width: int, height: int, *, depth: int, codec: 
                                f"frame folders (16-bit PNG)")
     if lossless and crf is not None:
         raise VideoOutputError("--crf sets the quality of lossy output; it does not go with --lossless")
-    if suffix == PIPE_SUFFIX and (codec or crf is not None or lossless):
-        raise VideoOutputError("-o - writes uncompressed YUV4MPEG2: --codec, --crf and --lossless do not apply")
+    if suffix == PIPE_SUFFIX and (codec or crf is not None or lossless or preset or encoder_options):
+        raise VideoOutputError("-o - writes uncompressed YUV4MPEG2: --codec, --crf, --lossless, --preset and "
+                               "--encoder-option do not apply")
+    extra = parse_encoder_options(encoder_options)
+    if preset is not None and "preset" in extra:
+        raise VideoOutputError("--preset and --encoder-option preset=... both set the preset: give one of them")
+    if crf is not None and "crf" in extra:
+        raise VideoOutputError("--crf and --encoder-option crf=... both set the quality: give one of them")
     chosen = encoder(codec or default_codec(suffix, depth, lossless))
     notes = []
     if codec is None and suffix == ".webm" and depth > 8:
@@ -152,6 +219,11 @@ def choose_encoding(suffix: str, width: int, height: int, *, depth: int, codec: 
             options["b"] = "0"
     else:
         options = {}
+    if lossless and set(extra) & set(options):
+        raise VideoOutputError(f"--encoder-option {', '.join(sorted(set(extra) & set(options)))}: --lossless sets "
+                               f"it ({', '.join(f'{k}={v}' for k, v in options.items())}); it would undo lossless")
+    options.update({"preset": preset} if preset is not None else {}, **extra)
+    options = reproducible(chosen.name, options)
     pad = (0, 0)
     chroma = av.VideoFormat(pix_fmt, 4, 4).components[1] if is_yuv(pix_fmt) else None
     odd = (width % 2 if chroma and chroma.width < 4 else 0, height % 2 if chroma and chroma.height < 4 else 0)
@@ -171,11 +243,12 @@ class VideoWriter:
 
     def __init__(self, target, encoding: Encoding, frame_rate: Fraction, width: int, height: int, *,
                  like: FrameSource | None = None, colour: Colour | None = None, container_format: str | None = None,
-                 suffix: str = ""):
+                 suffix: str = "", provenance: dict | None = None):
         self.encoding = encoding
         self.notes = list(encoding.notes)
         self.copy = None
-        options = {"strict": "-1"} if container_format == "yuv4mpegpipe" else {}
+        self.provenance = provenance
+        options = {**CONTAINER_OPTIONS, **({"strict": "-1"} if container_format == "yuv4mpegpipe" else {})}
         try:
             self.container = av.open(target, mode="w", format=container_format, options=options)
         except (av.error.FFmpegError, ValueError) as err:
@@ -194,7 +267,7 @@ class VideoWriter:
         self.stream = stream = self.container.add_stream(encoding.codec, rate=frame_rate)
         stream.width, stream.height = width + encoding.pad[0], height + encoding.pad[1]
         stream.pix_fmt = encoding.pix_fmt
-        stream.options = encoding.options
+        stream.options = dict(encoding.options)   # PyAV adds the container's options to this dict
         self.frame_rate = Fraction(frame_rate)
         timestamps = like.timestamps if like is not None else None
         if timestamps:
@@ -223,6 +296,12 @@ class VideoWriter:
             elif like.other_streams:
                 self.notes.append(f"{', '.join(like.other_streams)} not kept: {suffix or 'this output'} "
                                   f"holds video only")
+        if self.provenance is not None and self.container.format.name != "yuv4mpegpipe":
+            earlier = self.container.metadata.get(PROVENANCE_TAG)
+            if earlier and not earlier.startswith(PROVENANCE_MARK):
+                self.notes.append(f"the input's {PROVENANCE_TAG} tag ({earlier[:40]}) is replaced by the record of "
+                                  f"how this output was made")
+            self.container.metadata[PROVENANCE_TAG] = provenance_text(self.provenance)
         try:
             self.container.start_encoding()
         except av.error.FFmpegError as err:
@@ -232,7 +311,14 @@ class VideoWriter:
             raise VideoOutputError(
                 f"--codec {encoding.codec} ({encoding.pix_fmt}){copied} could not be opened ({describe(err)}); "
                 + ("it is a hardware encoder and needs its GPU and driver on this machine" if hardware else
-                   "check --codec, --crf, --pix-fmt, --bit-depth and the output suffix")) from None
+                   "check --codec, --crf, --preset, --encoder-option, --pix-fmt, --bit-depth and the output "
+                   "suffix")) from None
+        # FFmpeg leaves the options an encoder does not know in the dictionary instead of refusing them.
+        unknown = sorted(set(stream.codec_context.options) & set(encoding.options))
+        if unknown:
+            flags = ", ".join("--preset" if key == "preset" else f"--encoder-option {key}" for key in unknown)
+            raise VideoOutputError(f"{flags}: {encoding.codec} has no such option (its options: ffmpeg -h "
+                                   f"encoder={encoding.codec})")
         self.index = 0
 
     def write(self, rgb: np.ndarray) -> None:
@@ -266,6 +352,36 @@ class VideoWriter:
             pass
 
 
+PROVENANCE_MARK = '{"made_by": "rvrt-deploy'
+
+
+def provenance_text(provenance: dict) -> str:
+    """The record as one JSON line, first naming what wrote it (so a reader can tell it from a
+    comment of the input)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        made_by = f"rvrt-deploy {version('rvrt-deploy')}"
+    except PackageNotFoundError:
+        made_by = "rvrt-deploy"
+    return json.dumps({"made_by": made_by, **provenance}, sort_keys=False)
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """The record an output of rvrt-deploy carries: a video's container tag, or a frame folder's
+    :data:`.output.PROVENANCE_FILE`; None where there is none."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return json.loads((path / PROVENANCE_FILE).read_text())
+        with av.open(str(path)) as container:
+            # Matroska spells its tags in capitals.
+            text = next((value for key, value in container.metadata.items() if key.lower() == PROVENANCE_TAG), "")
+        return json.loads(text) if text.startswith(PROVENANCE_MARK) else None
+    except (OSError, ValueError, av.error.FFmpegError):
+        return None
+
+
 def describe(err: av.error.FFmpegError) -> str:
     return str(err.strerror or err).split("; last error log:")[0] + (
         f": {err.log[2].strip()}" if getattr(err, "log", None) else "")
@@ -275,10 +391,12 @@ class PngFolderWriter:
     """Frames as 000000.png, 000001.png ... (:data:`.output.FRAME_NAME`): 8-bit RGB, or 16-bit
     RGB for a bit depth above 8."""
 
-    def __init__(self, folder, depth: int = 8):
+    def __init__(self, folder, depth: int = 8, provenance: dict | None = None):
         if depth not in (8, 10, 16):
             raise VideoOutputError(f"--bit-depth {depth}: expected 8, 10 or 16")
         self.folder = folder
+        if provenance is not None:
+            (Path(folder) / PROVENANCE_FILE).write_text(provenance_text(provenance) + "\n")
         self.pix_fmt = "rgb24" if depth <= 8 else "rgb48be"
         self.notes = []
         self.index = 0
