@@ -160,3 +160,24 @@ def test_outputs_record_how_they_were_made(tmp_path):
     encode(tmp_path / "frames", FRAMES[:2])   # replaced by frames made without a record: none is left
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["000000.png", "000001.png"]
     assert read_provenance(tmp_path / "frames") is None
+
+
+def test_a_cut_short_mp4_with_its_index_in_front_says_so(tmp_path):
+    """The index (moov) at the front lists every frame; the cut leaves gaps that read as a
+    variable frame rate unless the cut is recognised."""
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        for index, frame in enumerate(moving_photo_frames(30, 96, 128, seed=1)):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts = index
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert open_frames(whole).frame_count == 30
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 6 // 10])
+    with pytest.raises(VideoInputError, match=r"the file is cut short: its index lists 30 frames, only \d+ are in it"):
+        open_frames(cut)

@@ -124,10 +124,20 @@ class VideoFile(FrameSource):
                 raise VideoInputError(f"{path}: the video stream holds no decodable frames") from None
             self.pix_fmt = first.format.name
             self.rotation = int(first.rotation or 0)
+            indexed = stream.frames   # what the container's index lists (0 where it has none)
             container.seek(0)
-            timestamps = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+            try:
+                timestamps = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+            except av.error.FFmpegError as err:
+                raise VideoInputError(f"{path}: the file is damaged ({err}); get a complete copy of it") from None
         if not timestamps or not self.width:
             raise VideoInputError(f"{path}: the video stream holds no decodable frames")
+        if indexed > len(timestamps):
+            # An mp4 with its index at the front, cut short (an interrupted download or copy): the
+            # missing frames leave gaps that would otherwise read as a variable frame rate.
+            raise VideoInputError(f"{path}: the file is cut short: its index lists {indexed} frames, only "
+                                  f"{len(timestamps)} are in it ({os.path.getsize(path)} bytes); get a complete "
+                                  f"copy of it")
         self.depth = bit_depth(self.pix_fmt)
         self.colour = Colour.of_frame(first).resolved(self.pix_fmt, self.width, self.height)
         self.conversion = describe_conversion(self.pix_fmt)
