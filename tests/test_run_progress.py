@@ -30,7 +30,9 @@ def test_progress_moves_before_the_first_window_is_done(tmp_path):
     assert max(tiles for _, written, tiles, _ in seen if written == 0) == 3
     works = [work for work, *_ in seen]
     assert works == sorted(works) and works[-1] == 4
-    assert all(eta is not None and eta >= 0 for work, _, _, eta in seen if work > 0)
+    # No ETA before a whole tile call is measured; one from then on.
+    assert all(eta is None for _, written, tiles, eta in seen if written == 0 and tiles == 0)
+    assert all(eta is not None and eta >= 0 for _, written, tiles, eta in seen if written or tiles)
 
 
 def test_eta_is_elapsed_per_work_times_work_left():
@@ -41,6 +43,35 @@ def test_eta_is_elapsed_per_work_times_work_left():
     status = meter.status
     assert status.work_done == 3 and abs(status.frames_done - 2.5) < 1e-9
     assert abs(status.eta - 30.0 / 3 * 9) < 0.5 and abs(status.fps - 2.5 / 30) < 1e-3
+
+
+def test_steps_are_weighted_by_what_they_cost_in_the_last_call(monkeypatch):
+    """Two cheap stage calls (flows) then two dear ones (propagation): counted by steps, half of a
+    call looks done after the cheap ones and the ETA climbs; weighted by the last call's step
+    times, the ETA is the time really left."""
+    from types import SimpleNamespace
+
+    import rvrt_engines.progress as progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    meter = Meter(total=6, window_lengths=[6])
+    meter.status.started = 0.0
+    meter.window_started(0, 6, calls=2, steps=4)
+
+    def call(costs):
+        for cost in costs:
+            clock[0] += cost
+            meter.stage_call()
+
+    call([1, 1])
+    assert meter.status.eta is None                   # nothing whole measured yet
+    call([8, 10])
+    meter.tiles(1, 2)
+    assert abs(meter.status.eta - 20) < 1e-6          # half the window in 20 s: 20 s left
+    call([1, 1])
+    assert abs(meter.status.eta - 18) < 1e-6          # the two dear steps are still to come
+    assert abs(meter.status.work_done - 6 * (1 + 2 / 20) / 2) < 1e-9
 
 
 def test_runners_that_report_only_windows_still_advance():
