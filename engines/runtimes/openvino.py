@@ -1,0 +1,277 @@
+"""OpenVINO: the exported stage graphs compiled by OpenVINO's CPU plugin, bfloat16 where the CPU has it.
+
+On the CPU the float32 path runs at the machine's float32 matrix-product rate; OpenVINO runs bfloat16 products
+(AVX512_BF16, AMX) at twice that or more, which ONNX Runtime's CPU provider cannot on x86 (no bfloat16 kernels).
+It serves the same ``rvrt-export onnx`` directories as ONNX Runtime, without PyTorch: on first use an export is
+made into an OpenVINO entry of the artefact cache (:mod:`.openvino_build`: IR graphs with float32 islands, cut
+around GDA, validated against ONNX Runtime float32), and every run compiles that entry's graphs through
+OpenVINO's compiled-model cache, kept inside the entry (``model_cache/``). The entry's key holds the OpenVINO
+version and the CPU's instruction-set flags, since both decide the kernels and so the validated result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from importlib.util import find_spec
+from pathlib import Path
+from typing import ClassVar, NamedTuple
+
+from ..cache import ArtefactCache, CacheKey, check_tile_and_batch
+from ..manifest import MANIFEST, ArtifactError, config_from_manifest, read_manifest, require_validated, sha256_of, \
+    tile_of
+from ..memory_budget import MemoryModel, network_kind
+from .base import Runtime, RuntimeUnavailable, cpu_flags, cpu_identity
+
+log = logging.getLogger(__name__)
+
+NO_BF16_ENV = "RVRT_OPENVINO_NO_BF16"
+"""Set to 1 to have this process take the CPU for one without bfloat16 (tests of the fallback)."""
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+ISA_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
+                       "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"})
+"""The flags by which oneDNN and OpenVINO's CPU plugin choose kernels."""
+MODEL_CACHE = "model_cache"
+"""The folder of an entry that holds OpenVINO's compiled models (its CACHE_DIR)."""
+HINTS = {"bfloat16": "bf16", "float32": "f32"}
+
+
+def bf16_capable() -> bool:
+    """Whether this CPU runs bfloat16 products (AVX512_BF16 or AMX), unless :data:`NO_BF16_ENV` says no."""
+    if os.environ.get(NO_BF16_ENV, "") not in ("", "0"):
+        return False
+    return bool(cpu_flags() & BF16_FLAGS)
+
+
+@functools.cache
+def _say_no_bf16() -> None:
+    log.warning("this CPU has neither AVX512_BF16 nor AMX: OpenVINO runs float32 instead of bfloat16")
+
+
+def openvino_version() -> str:
+    """The installed OpenVINO's version, read without importing it (a second of start-up)."""
+    return metadata.version("openvino")
+
+
+@functools.cache
+def core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+class Arg(NamedTuple):
+    name: str
+
+
+class OpenVinoSession:
+    """One compiled model behind the interface of an ``onnxruntime.InferenceSession`` (``get_inputs``,
+    ``get_outputs``, ``run``), so that the ONNX Runtime runner and the GDA split's glue
+    (:class:`.onnxruntime_gda_split.SplitGdaSession`) serve it unchanged. Inputs are read in place;
+    outputs are copies, since the driver keeps a step's outputs while the same stage runs again."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self._inputs = [Arg(value.get_any_name()) for value in compiled.inputs]
+        self._outputs = [Arg(value.get_any_name()) for value in compiled.outputs]
+        self._index = {name: index for index, value in enumerate(compiled.outputs) for name in value.get_names()}
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def run(self, output_names, feed: dict, run_options=None):
+        results = self.request.infer({arg.name: feed[arg.name] for arg in self._inputs}, share_inputs=True)
+        return [results[self._index[name]] for name in (output_names or [arg.name for arg in self._outputs])]
+
+
+def compile_ir(path: Path, *, precision: str, threads: int | None, cache_dir: Path | None):
+    """The IR at ``path`` compiled for the CPU, through OpenVINO's compiled-model cache in ``cache_dir``.
+
+    The model is read first and compiled from memory: OpenVINO then keys the cache by the model's content,
+    where a model given by its path is keyed by the path. An entry is validated (and its graphs compiled)
+    under a temporary name before it is renamed, so only content keys find those compiled models again."""
+    config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir)
+    return core().compile_model(core().read_model(str(path)), "CPU", config)
+
+
+def stage_session(entry: Path, name: str, stage: dict, *, precision: str, threads: int | None,
+                  cache_dir: Path | None, fp32_stages=("flow",)):
+    """A session of one stage of an entry: its compiled graph, or its two parts with the fused GDA kernel
+    between them. Stages that the precision policy keeps float32 compile as float32."""
+    from .onnxruntime_gda_split import GdaKernelUnavailable, GdaSplit, SplitGdaSession, load_gda_kernel
+
+    options = dict(precision="float32" if name in fp32_stages else precision, threads=threads, cache_dir=cache_dir)
+    if "graph" in stage:
+        return OpenVinoSession(compile_ir(entry / stage["graph"]["file"], **options))
+    gda = stage["gda"]
+    try:
+        kernel = load_gda_kernel(threads)
+    except GdaKernelUnavailable as error:
+        raise RuntimeUnavailable(f"--runtime openvino runs GDA in the fused CPU kernel, which is unavailable "
+                                 f"({error}); OpenVINO has no other way to run it: use --runtime onnxruntime") from None
+    # The parts were cut when the entry was made: the split's record is all the glue needs.
+    split = GdaSplit(before=None, after=None, gda_inputs=tuple(gda["inputs"]), gda_output=gda["output"],
+                     attributes=gda["attributes"], inputs=gda["graph_inputs"], outputs=gda["graph_outputs"],
+                     channels_last=gda["channels_last"])
+    return SplitGdaSession(split, OpenVinoSession(compile_ir(entry / stage["before"]["file"], **options)),
+                           OpenVinoSession(compile_ir(entry / stage["after"]["file"], **options)), kernel)
+
+
+def openvino_stages(entry: Path, manifest: dict, *, precision: str, threads: int | None, cache_dir: Path | None):
+    """The driver's stages on an entry (a context manager: every stage is compiled on entry)."""
+    from .onnxruntime import OnnxRuntimeRunner
+    from .runner_stages import RunnerStages, stage_io
+
+    fp32_stages = tuple(manifest["openvino"]["precision_policy"]["fp32_stages"])
+    runners = {name: OnnxRuntimeRunner(functools.partial(stage_session, entry, name, stage, precision=precision,
+                                                         threads=threads, cache_dir=cache_dir,
+                                                         fp32_stages=fp32_stages), name=name)
+               for name, stage in manifest["stages"].items()}
+    return RunnerStages(runners, stage_io(manifest), manifest["clip_size"])
+
+
+@dataclass(frozen=True)
+class EntryKey(CacheKey):
+    """An entry's key: the export's fields, and the sha256 of the export's manifest (its graphs' digests)."""
+
+    graphs: str = ""
+
+
+def refuse_unvalidated(manifest: dict, entry: Path, allow_unvalidated: bool) -> None:
+    """Refuse an entry whose validation failed, naming the stages over tolerance, unless allowed."""
+    validation = manifest.get("validation") or {}
+    if validation.get("passed") is True or allow_unvalidated:
+        return
+    failed = [f"stage {name!r} (max error {record['max_abs']:.3g}, tolerance {record['tolerance']:.3g})"
+              for name, record in (validation.get("stages") or {}).items() if not record["passed"]]
+    clip = validation.get("end_to_end") or {}
+    if clip and not clip.get("passed"):
+        failed.append(f"the validation clip ({clip['min_psnr_db']:.1f} dB, under {clip['min_db']:.0f} dB)")
+    precision = manifest["openvino"]["precision"]
+    raise ArtifactError(f"refusing OpenVINO {precision} on this CPU ({entry}): "
+                        f"{', '.join(failed) or 'no validation record'} against ONNX Runtime float32; run "
+                        f"--precision f32 or --runtime onnxruntime, or pass --allow-unvalidated to run it anyway")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenVino(Runtime):
+    """OpenVINO's CPU plugin on ``rvrt-export onnx`` float32 directories. precision: bfloat16 or float32 [None:
+    bfloat16 where the CPU has AVX512_BF16 or AMX, float32 elsewhere; bfloat16 asked for on a CPU without it
+    runs float32, saying so once]. threads: threads of OpenVINO and the GDA kernel [all cores]."""
+
+    name: ClassVar[str] = "openvino"
+    label: ClassVar[str] = "OpenVINO"
+    precisions: ClassVar[tuple[str, ...]] = ("bfloat16", "float32")
+
+    threads: int | None = None
+
+    def resolved(self) -> OpenVino:
+        capable = bf16_capable()
+        if self.precision == "bfloat16" and not capable:
+            _say_no_bf16()
+        precision = "bfloat16" if capable and self.precision in (None, "bfloat16") else "float32"
+        return dataclasses.replace(self, precision=precision)
+
+    def unavailable(self) -> str | None:
+        if find_spec("openvino") is None:
+            from ..extras import install_command
+
+            return f"--runtime openvino needs OpenVINO, which is not installed: {install_command('openvino')}"
+        return None
+
+    def key_fields(self) -> tuple[str, str]:
+        flags = " ".join(sorted(cpu_flags() & ISA_FLAGS)) or "no vector extensions"
+        return openvino_version(), f"{cpu_identity()} [{flags}]"
+
+    def serves(self, manifest: dict) -> bool:
+        return "engine" not in manifest and manifest.get("dtype") == "float32"
+
+    def artefacts(self, source, *, tile, batch: int, cache: ArtefactCache) -> Path:
+        from .onnxruntime import exported_graphs
+
+        self.require()
+        check_tile_and_batch(source, tile, batch)
+        return self.entry(exported_graphs(source, tile=tile, batch=batch, cache=cache), cache)
+
+    def entry_key(self, export_dir: Path, manifest: dict) -> EntryKey:
+        record = self.resolved()
+        config = json.dumps(dataclasses.asdict(config_from_manifest(manifest)), sort_keys=True)
+        checkpoint = manifest["checkpoint"]
+        weights = (f"sha256:{checkpoint['sha256']}" if "sha256" in checkpoint
+                   else f"random-seed-{checkpoint.get('seed')}")
+        height, width = tile_of(manifest)
+        version, device = record.key_fields()
+        return EntryKey(manifest["task"], manifest["task_short"], hashlib.sha256(config.encode()).hexdigest(),
+                        weights, height if height == width else (height, width), manifest["batch"],
+                        record.precision, record.name, version, device, graphs=sha256_of(export_dir / MANIFEST))
+
+    def entry(self, export_dir, cache: ArtefactCache | None = None, allow_unvalidated: bool = False) -> Path:
+        """The validated OpenVINO entry of a float32 export directory, from ``cache`` [the user's] or made now
+        (IR conversion and validation: seconds to a few minutes, once per export, precision, OpenVINO version
+        and CPU). Needs no PyTorch: validation runs against ONNX Runtime float32."""
+        from .openvino_build import build_entry
+
+        export_dir = Path(export_dir)
+        manifest = read_manifest(export_dir)
+        if not self.serves(manifest):
+            raise ArtifactError(f"{export_dir} holds {'TensorRT engines' if 'engine' in manifest else manifest['dtype'] + ' graphs'}: "
+                                f"--runtime openvino serves float32 exports ('rvrt-export onnx')")
+        require_validated(manifest, export_dir, allow_unvalidated)
+        record = self.resolved()
+        key = record.entry_key(export_dir, manifest)
+        describe = {"version": key.runtime_version, "cpu": key.device, "threads": record.threads}
+        return (cache or ArtefactCache()).fetch(key, lambda out: build_entry(
+            export_dir, out, precision=record.precision, threads=record.threads, describe=describe))
+
+    def memory_model(self, config) -> MemoryModel:
+        from .onnxruntime import MEMORY_MODELS as ONNXRUNTIME
+
+        model = MEMORY_MODELS.get(network_kind(config))
+        if model is None:
+            return dataclasses.replace(ONNXRUNTIME[network_kind(config)], calibrated=False)
+        return model
+
+    @contextlib.contextmanager
+    def stages(self, target, *, task, config, allow_unvalidated: bool = False) -> Iterator:
+        """Stages of an OpenVINO entry, or of a float32 export (its entry found in, or made into, the user's
+        cache)."""
+        self.require()
+        record = self.resolved()
+        target = Path(target)
+        manifest = read_manifest(target)
+        if "openvino" not in manifest:
+            target = record.entry(target, allow_unvalidated=allow_unvalidated)
+            manifest = read_manifest(target)
+        built = manifest["openvino"]["precision"]
+        if built != record.precision:
+            raise ArtifactError(f"{target} holds OpenVINO {built} graphs, not {record.precision}: pass --precision "
+                                f"{HINTS[built]}, or serve the export they were made from")
+        refuse_unvalidated(manifest, target, allow_unvalidated)
+        with openvino_stages(target, manifest, precision=record.precision, threads=record.threads,
+                             cache_dir=target / MODEL_CACHE) as stages:
+            yield stages
+
+    def run(self, stages, lq):
+        from .onnxruntime import run_on_numpy
+
+        return run_on_numpy(stages, lq)
+
+
+MEMORY_MODELS: dict[str, MemoryModel] = {}
+"""Measured per kind (benchmarks/memory_model.py); a kind not measured yet borrows ONNX Runtime's, marked so."""

@@ -1,0 +1,142 @@
+"""OpenVINO on a tiny SR export: real OpenVINO sessions in float32 and bfloat16 against eager PyTorch, the
+validation that refuses, the compiled-model cache across runs, and bfloat16's fallback on a CPU without it."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from conftest import random_clip
+from rvrt import get_task
+from rvrt_engines.cache import ArtefactCache
+from rvrt_engines.manifest import ArtifactError
+from rvrt_engines.runtimes import openvino_build
+from rvrt_engines.runtimes.openvino import MODEL_CACHE, NO_BF16_ENV, OpenVino, bf16_capable
+
+pytest.importorskip("openvino")
+
+TASK = get_task("sr")
+
+
+@pytest.fixture(scope="module")
+def sr_export(tiny_export):
+    model, _, out = tiny_export("sr")
+    return model, out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return ArtefactCache(tmp_path_factory.mktemp("openvino-cache"))
+
+
+def restore(record, target, model, lq, **options):
+    with record.stages(target, task=TASK, config=model.config, **options) as stages:
+        return torch.from_numpy(record.run(stages, lq.numpy()))
+
+
+def compiled_models(runner):
+    """The OpenVINO compiled models of an active stage runner (both parts of a step cut around GDA)."""
+    session = runner.session
+    return [session.before.compiled, session.after.compiled] if hasattr(session, "before") else [session.compiled]
+
+
+def clip(frames):
+    """Two tiles' worth of frames: the SR export computes two tiles a call."""
+    return torch.cat([random_clip("sr", frames, seed=1), random_clip("sr", frames, seed=2)])
+
+
+def ran_as(compiled):
+    """(layer type, runtime precision) of every node OpenVINO runs in ``compiled`` (compiled models)."""
+    return {(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+            for model in compiled for op in model.get_runtime_model().get_ops()}
+
+
+def psnr(reference, got):
+    peak = max(1.0, reference.abs().max().item())
+    return 10 * torch.log10(peak ** 2 / ((got - reference) ** 2).mean()).item()
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_frames_come_within_tolerance_of_eager(sr_export, cache, precision):
+    if precision == "bfloat16" and not bf16_capable():
+        pytest.skip("this CPU has neither AVX512_BF16 nor AMX")
+    model, export = sr_export
+    record = OpenVino(precision=precision, threads=2)
+    entry = record.entry(export, cache)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["validation"]["passed"] and manifest["openvino"]["precision"] == precision
+    lq = clip(4)
+    with torch.no_grad():
+        eager = model(lq)
+    restored = restore(record, entry, model, lq)
+    frames = [psnr(eager[:, t], restored[:, t]) for t in range(lq.shape[1])]
+    if precision == "float32":
+        assert (restored - eager).abs().max().item() < 1e-3
+    else:
+        assert min(frames) >= openvino_build.MIN_PSNR_DB
+        # bfloat16 runs: its frames differ from float32's more than float32's reordered sums do.
+        assert (restored - eager).abs().max().item() > 1e-4
+
+
+def test_bfloat16_keeps_the_flow_path_and_the_flow_stage_float32(sr_export, cache):
+    if not bf16_capable():
+        pytest.skip("this CPU has neither AVX512_BF16 nor AMX")
+    model, export = sr_export
+    record = OpenVino(precision="bfloat16", threads=2)
+    entry = record.entry(export, cache)
+    with record.stages(entry, task=TASK, config=model.config) as stages:
+        ran = {name: ran_as(compiled_models(runner)) for name, runner in stages.runners.items()}
+        before_gda = ran_as([stages.runners["forward_1"].session.before.compiled])
+    assert not any(precision == "bf16" for _, precision in ran["flow"])
+    # Before GDA, a step computes the offsets from the flows (its convolutions: float32) and projects the
+    # features for attention (bfloat16); after GDA its convolutions compute features (bfloat16).
+    assert ("Convolution", "f32") in before_gda and ("Convolution", "bf16") not in before_gda
+    assert ("FullyConnected", "bf16") in before_gda
+    assert ("Convolution", "bf16") in ran["forward_1"] and ("Convolution", "bf16") in ran["extract"]
+
+
+def test_a_stage_over_tolerance_is_refused_by_name(sr_export, tmp_path, monkeypatch):
+    model, export = sr_export
+    monkeypatch.setattr(openvino_build, "FLOAT32_TOLERANCE", 0.0)
+    record = OpenVino(precision="float32", threads=2)
+    entry = record.entry(export, ArtefactCache(tmp_path))
+    validation = json.loads((entry / "manifest.json").read_text())["validation"]
+    assert not validation["passed"]
+    lq = clip(2)
+    with pytest.raises(ArtifactError, match=r"refusing OpenVINO float32 on this CPU.*stage 'extract' \(max error "
+                                            r".*, tolerance 0\).*--allow-unvalidated"):
+        restore(record, entry, model, lq)
+    assert restore(record, entry, model, lq, allow_unvalidated=True).shape == (2, 2, 3, 192, 192)
+
+
+def test_the_compiled_models_are_reused_on_a_second_run(sr_export, cache, tmp_path, monkeypatch):
+    """Served from the export directory: the entry is found in the user's cache ($RVRT_CACHE), and its
+    compiled models (made while it was validated) are loaded, not compiled again."""
+    model, export = sr_export
+    monkeypatch.setenv("RVRT_CACHE", str(cache.root))
+    record = OpenVino(precision="float32", threads=2)
+    entry = record.entry(export, cache)
+    blobs = {path: path.stat().st_mtime_ns for path in (entry / MODEL_CACHE).iterdir()}
+    assert blobs
+    for _ in range(2):
+        with record.stages(export, task=TASK, config=model.config) as stages:
+            assert all(compiled.get_property("LOADED_FROM_CACHE") for runner in stages.runners.values()
+                       for compiled in compiled_models(runner))
+    assert {path: path.stat().st_mtime_ns for path in (entry / MODEL_CACHE).iterdir()} == blobs
+
+
+def test_without_bfloat16_it_runs_float32_saying_so_once(sr_export, cache, monkeypatch, caplog):
+    model, export = sr_export
+    monkeypatch.setenv(NO_BF16_ENV, "1")
+    from rvrt_engines.runtimes import openvino
+
+    openvino._say_no_bf16.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="rvrt_engines.runtimes.openvino"):
+        assert OpenVino().resolved().precision == "float32"
+        record = OpenVino(precision="bfloat16", threads=2)
+        entry = record.entry(export, cache)
+        assert json.loads((entry / "manifest.json").read_text())["openvino"]["precision"] == "float32"
+        assert restore(record, entry, model, clip(2)).shape == (2, 2, 3, 192, 192)
+    lines = [r.getMessage() for r in caplog.records if r.name == "rvrt_engines.runtimes.openvino"]
+    assert lines == ["this CPU has neither AVX512_BF16 nor AMX: OpenVINO runs float32 instead of bfloat16"]
