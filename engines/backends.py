@@ -19,6 +19,7 @@ from .cache import ArtefactCache, ModelSource
 from .manifest import ArtifactError, config_from_manifest, holds, read_manifest, tile_of
 from .runtimes import RUNTIMES, PyTorch, Runtime, default_runtime, runtime_named, runtime_record, serving_runtime
 from .runtimes.pytorch import RANDOM_SEED
+from .weights import OFFICIAL, official_checkpoint
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,12 @@ def weights_of(model: str | os.PathLike, path: Path, *, task: str | None, checkp
             raise ValueError(f"MODEL {str(model)!r} and --task {task!r} name different tasks: give one")
     if checkpoint is not None and random_weights:
         raise ValueError("give either --checkpoint or --random-weights, not both")
+    if str(checkpoint) == OFFICIAL:
+        checkpoint = official_checkpoint(spec)
     if checkpoint is None and not random_weights:
-        raise ValueError(f"no checkpoint given for task {spec.short!r}: pass --checkpoint {spec.id}.pth (the official "
-                         f"file, see README), or --random-weights for tests and demos")
+        raise ValueError(f"no checkpoint given for task {spec.short!r}: pass --checkpoint official (fetched once with "
+                         f"'rvrt-fetch {spec.short}') or the path of {spec.id}.pth, or --random-weights for tests and "
+                         f"demos")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not exist (expected the official {spec.id}.pth)")
     return spec, Path(checkpoint) if checkpoint is not None else None

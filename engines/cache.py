@@ -103,11 +103,17 @@ def file_records(directory: Path) -> dict[str, dict]:
             for path in sorted(directory.rglob("*")) if path.is_file() and path.name != SEAL}
 
 
-class ArtefactCache:
-    """Entries (export or engine directories) under ``root``, one per :class:`CacheKey`."""
+class EntryMissing(LookupError):
+    """A cache that may only read (``rvrt-run --dry-run``) lacks an entry; the message says what would be made."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+
+class ArtefactCache:
+    """Entries (export or engine directories) under ``root``, one per :class:`CacheKey`. read_only: find
+    entries, never make one (:class:`EntryMissing` says what would be made)."""
+
+    def __init__(self, root: str | os.PathLike | None = None, *, read_only: bool = False):
         self.root = Path(root) if root is not None else default_root()
+        self.read_only = read_only
 
     def entry(self, key: CacheKey) -> Path:
         return self.root / key.name
@@ -253,6 +259,8 @@ def cached(cache: ArtefactCache, key: CacheKey, make: Callable[[Path], object], 
     named in the one line that refuses where it must be made and the exporter (PyTorch) is not installed."""
     # problem() reads every byte of an entry, and fetch() does again: only where the exporter is missing is it
     # worth asking first, to refuse before fetch() takes the entry's lock.
-    if missing_modules("export") and cache.problem(key) is not None:
+    if (cache.read_only or missing_modules("export")) and cache.problem(key) is not None:
+        if cache.read_only:
+            raise EntryMissing(action)
         require_extra("export", f"{action} (no intact one in the cache {cache.root} yet)")
     return cache.fetch(key, make)

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import click
 
+from rvrt import window_spans
+
 from .backends import known_task
+from .cache import ArtefactCache
 from .extras import require_extra
-from .frontend import Prepared, check_request, prepare
+from .frontend import TILING_OPTIONS, Prepared, check_request, prepare
 from .manifest import check_files, read_manifest
 from .options import USER_ERRORS, UserError, encoding_options, memory_option, model_options, parse_time, precision_of
 from .progress import ProgressDisplay, log_to_stderr
@@ -45,31 +48,27 @@ from .wording import count_of
                                              "always checked, and cached exports are fully checked on every use).")
 @click.option("--ray", help="Restore windows on a Ray cluster: local, auto or an address.")
 @click.option("--workers", type=int, help="Ray workers [one per GPU for GPU backends, else one per node].")
+@click.option("--dry-run", is_flag=True, help="Show the plan (tiling, memory estimate, what a first run would "
+                                              "export) and stop: nothing is loaded, exported or written.")
 @click.option("--quiet", is_flag=True, help="No progress.")
-def main(model, source, output, task, checkpoint, random_weights, runtime, precision, fp16, sigma, window, window_overlap, tile,
-         tile_overlap, batch, device, threads, memory, start_time, frame_limit, fps, codec, crf, lossless, bit_depth,
-         pix_fmt, overwrite, allow_unvalidated, verify, ray, workers, quiet):
+def main(model, source, output, **options):
     """Restore SOURCE (video file, folder of frames, or - for YUV4MPEG2 on standard input) with
     MODEL: an export directory (ONNX Runtime, TensorRT), an official checkpoint or a task name.
 
     Exit status: 0 done, 1 the work failed or this machine lacks something (a CUDA GPU,
     TensorRT), 2 bad input, 128 + N when stopped by signal N (130 for Ctrl-C)."""
-    if not quiet:
+    if not options["quiet"]:
         show_build_messages()
     # Frames streamed to standard output cannot be taken back; a file or folder is never left half-written.
     aftermath = "the output stream ends here, incomplete" if output == "-" else "nothing was written"
+    tiling = {name: options.pop(name) for name in TILING_OPTIONS}
+    encoding = {name: options.pop(name) for name in ("codec", "crf", "lossless", "pix_fmt")}
+    bit_depth = options.pop("bit_depth")
+    encoding["bit_depth"] = int(bit_depth) if bit_depth else None
     try:
         with stopped_by_signals("rvrt-run", aftermath):
-            run(model, source, output, task=task, checkpoint=checkpoint, random_weights=random_weights,
-                runtime=runtime, precision=precision, fp16=fp16, sigma=sigma, tiling=dict(window=window, window_overlap=window_overlap,
-                                                                      tile=tile, tile_overlap=tile_overlap,
-                                                                      batch=batch),
-                device=device, threads=threads, memory=memory, start=parse_time(start_time), frames=frame_limit,
-                fps=fps,
-                encoding=dict(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt,
-                              bit_depth=int(bit_depth) if bit_depth else None),
-                overwrite=overwrite, allow_unvalidated=allow_unvalidated, verify=verify, ray=ray, workers=workers,
-                quiet=quiet)
+            run(model, source, output, tiling=tiling, encoding=encoding, start=parse_time(options.pop("start_time")),
+                frames=options.pop("frame_limit"), **options)
     except USER_ERRORS as err:
         raise UserError(str(err)) from None
     except (RuntimeError, OSError) as err:
@@ -83,7 +82,7 @@ def show_build_messages() -> None:
 
 def run(model, source, output, *, task, checkpoint, random_weights, runtime, precision=None, fp16=False, sigma, tiling,
         device, threads, memory=None, start, frames, fps, encoding, overwrite, allow_unvalidated, verify, ray, workers,
-        quiet):
+        quiet, dry_run=False):
     check_request(model, task=task, sigma=sigma, tile=tiling["tile"])
     if workers is not None and ray is None:
         raise ValueError("--workers sets the number of Ray workers: it needs --ray (local, auto or an address)")
@@ -98,7 +97,11 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, pre
     prepared = prepare(model, frame=(frame_source.height, frame_source.width), frames=frame_source.frame_count,
                        task=task, checkpoint=checkpoint, random_weights=random_weights, runtime=runtime,
                        precision=precision_of(precision, fp16), device=device, threads=threads, sigma=sigma,
-                       memory=memory, allow_unvalidated=allow_unvalidated, **tiling)
+                       memory=memory, allow_unvalidated=allow_unvalidated,
+                       cache=ArtefactCache(read_only=True) if dry_run else None, **tiling)
+    if dry_run:
+        tell_dry_run(prepared, frame_source)
+        return
     for message in prepared.warnings:
         click.secho(f"warning: {message}", fg="yellow", err=True)
     with contextlib.ExitStack() as stack:
@@ -111,6 +114,26 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, pre
                                                      threads=threads))
         restore_with(prepared, windows, frame_source, output, sigma=sigma, encoding=encoding, overwrite=overwrite,
                      quiet=quiet)
+
+
+def tell_dry_run(prepared: Prepared, frame_source) -> None:
+    """What a run would do, on standard output: the input, the tiling and memory estimate, the runtime, and
+    what it would make first."""
+    count = frame_source.frame_count
+    click.echo(f"input: {frame_source.width}x{frame_source.height}, "
+               f"{count_of(count, 'frame') if count is not None else 'frames until the stream ends'}")
+    for message in prepared.plan_warnings + prepared.warnings:
+        click.echo(f"warning: {message}")
+    for line in prepared.lines:
+        click.echo(line)
+    if prepared.missing:
+        click.echo(f"first: {prepared.missing}: minutes of work, once (the export is cached for later runs)")
+        return
+    description = prepared.description
+    served = description.directory or "the network itself (no export)"
+    click.echo(f"runtime: {description.runtime.label} {description.precision}, serving {served}")
+    click.echo(f"windows: {count_of(len(window_spans(count, prepared.tiling)), 'window')} of up to "
+               f"{prepared.tiling.window or count} frames" if count else "windows: as the stream comes")
 
 
 def tell_plan(prepared: Prepared, quiet: bool) -> None:

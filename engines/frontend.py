@@ -17,7 +17,7 @@ from pathlib import Path
 from rvrt import Tiling
 
 from .backends import Description, known_task, load_backend
-from .cache import ArtefactCache
+from .cache import ArtefactCache, EntryMissing
 from .memory_budget import Budget
 from .options import check_tile_fits
 from .restore import check_sigma, resolve_tiling
@@ -33,12 +33,15 @@ class Prepared:
     ``lines`` (the tiling chosen, to tell the user unless quiet) with ``plan_warnings`` (where it is over the
     budget, always told), and ``warnings`` about the model (always told, before any work)."""
 
-    description: Description
+    description: Description | None
     options: dict
-    tiling: Tiling
+    tiling: Tiling | None
     lines: list[str] = field(default_factory=list)
     plan_warnings: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    missing: str | None = None
+    """With a read-only cache (a dry run): what the first run would make first, minutes of work (the
+    description and tiling are then None)."""
 
 
 def check_request(model: str | os.PathLike, *, task: str | None, sigma: float | None, tile) -> None:
@@ -65,7 +68,8 @@ def prepare(model: str | os.PathLike, *, frame: tuple[int, int], frames: int | N
     ``threads`` [None: a directory's own runtime; eager PyTorch for a task or checkpoint]. tiling: window, window_overlap, tile, tile_overlap, batch (None or
     absent: chosen). memory: the budget in bytes [a share of what is free]; ``cached_windows``: restored
     windows the frontend keeps besides (the filter's cache), counted in it. ``option``: how the frontend spells
-    an option in messages ("--{} {}" for flags, "{}={}" for the filter's keywords).
+    an option in messages ("--{} {}" for flags, "{}={}" for the filter's keywords). cache: where exports are
+    found or made; a read-only one makes nothing (:attr:`Prepared.missing` says what a run would make).
     """
     options = {name: tiling.get(name) for name in TILING_OPTIONS}
     unknown = set(tiling) - set(TILING_OPTIONS)
@@ -94,7 +98,10 @@ def prepare(model: str | os.PathLike, *, frame: tuple[int, int], frames: int | N
         if known is not None:
             # The tile and window are chosen before loading: an exported runtime is exported for that tile.
             options.update(budget.plan(known, known.config, height, width, frames, options).options())
-        description = described(record)
+        try:
+            description = described(record)
+        except EntryMissing as missing:
+            return Prepared(None, options, None, list(budget.lines), list(budget.warnings), missing=str(missing))
     check_sigma(description.task, sigma)
     warnings = []
     if allow_unvalidated:

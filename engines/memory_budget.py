@@ -202,13 +202,14 @@ def frames_computed(frames: int | None, window: int, overlap: int) -> float:
     return len(tile_starts(frames, window, overlap)) * window / frames
 
 
-def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: int, *, runtime: Runtime,
+def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: int, *, runtime: Runtime | None = None,
                 memory_bytes: int | None, tile: int | Sequence[int] | None = None,
                 window: int | None = None, frames: int | None = None, tile_overlap: int | None = None,
                 window_overlap: int | None = None, batch: int = 1, cached_windows: int = 0) -> TilingPlan:
     """The tile and window for frames of ``frame_height`` x ``frame_width`` input px within ``memory_bytes``.
 
-    Tile: the whole (padded) frame when it fits, else the shape (multiples of 8, each side at least
+    runtime: the record whose memory model counts [the default runtime's, eager PyTorch]. Tile: the whole
+    (padded) frame when it fits, else the shape (multiples of 8, each side at least
     ``config.min_tile``) that computes the fewest pixels per frame, overlaps included. Window: up to the
     official one (``task.tile[0]``, or 100 where the official script takes the whole video), multiples of the
     clip size. Of all pairs within the budget, the one computing the least (pixels times frames, window
@@ -221,6 +222,10 @@ def plan_tiling(task: Task, config: RVRTConfig, frame_height: int, frame_width: 
     """
     tile_overlap = task.tile_overlap[1] if tile_overlap is None else tile_overlap
     window_overlap = task.tile_overlap[0] if window_overlap is None else window_overlap
+    if runtime is None:
+        from .runtimes import default_runtime
+
+        runtime = default_runtime()
     model = runtime.memory_model(config)
     padded_h, padded_w = padded_frame(config, frame_height, frame_width)
     frame_px = padded_h * padded_w

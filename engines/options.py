@@ -112,7 +112,7 @@ def option_group(*options):
 model_options = option_group(
     click.option("--task", help="Task, when MODEL is a checkpoint with a non-official name."),
     click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-                 help="Official .pth for eager PyTorch, when MODEL is a task name."),
+                 help="The weights, when MODEL is a task name: an official .pth, or official for the file 'rvrt-fetch TASK' downloaded."),
     click.option("--random-weights", is_flag=True, help="Random weights (tests and demos only)."),
     click.option("--runtime", type=click.Choice(list(RUNTIMES)),
                  help="Run MODEL on this runtime: for a task name or checkpoint, exports are made and cached on "

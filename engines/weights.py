@@ -63,6 +63,10 @@ def record_path(task: Task, root: str | os.PathLike | None = None) -> Path:
     return weights_folder(root) / f"{task.id}.json"
 
 
+OFFICIAL = "official"
+"""``--checkpoint official``: the file rvrt-fetch put in the cache."""
+
+
 def official_checkpoint(task: str | Task, root: str | os.PathLike | None = None) -> Path:
     """The fetched official ``.pth`` of ``task``; CheckpointError (one line, how to fetch it) when
     it has not been fetched, or was changed since (its size differs from the record)."""

@@ -2,9 +2,12 @@
 
 import dataclasses
 import json
+import pickle
 import shutil
-import threading
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +15,8 @@ import torch
 from conftest import random_clip, tiny_model
 from rvrt import build_model, get_task
 from rvrt_engines.backends import load_backend
-from rvrt_engines.cache import SEAL, ArtefactCache, ModelSource, cached_artefacts, default_root
+from rvrt_engines.cache import SEAL, ArtefactCache, ModelSource, default_root
+from rvrt_engines.runtimes import OnnxRuntime
 from rvrt_engines.runtimes.pytorch_cuda import CudaUnavailableError
 from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
 from rvrt_engines.manifest import ArtifactError, read_manifest
@@ -39,13 +43,13 @@ def cached(tmp_path_factory):
     """(cache, entry, source): the tiny SR model exported once through the cache."""
     cache = ArtefactCache(tmp_path_factory.mktemp("cache"))
     source = CountingSource()
-    entry = cached_artefacts(source, "onnxruntime", tile=TILE, cache=cache)
+    entry = OnnxRuntime().artefacts(source, tile=TILE, batch=1, cache=cache)
     return cache, entry, source
 
 
-def key_of(source: ModelSource, **changes):
-    options = {"tile": TILE, "batch": 1, "precision": "float32", "runtime": "onnxruntime", **changes}
-    return source.key(**options)
+def key_of(source: ModelSource, runtime=OnnxRuntime(), **changes):
+    options = {"tile": TILE, "batch": 1, "precision": "float32", **changes}
+    return source.key(runtime, **options)
 
 
 def copy_of(entry, cache_root):
@@ -69,7 +73,7 @@ def test_second_run_reuses_the_entry_without_building(cached):
     cache, entry, _ = cached
     inode = entry.stat().st_ino, (entry / "extract.onnx").stat().st_ino
     again = CountingSource()
-    assert cached_artefacts(again, "onnxruntime", tile=TILE, cache=cache) == entry
+    assert OnnxRuntime().artefacts(again, tile=TILE, batch=1, cache=cache) == entry
     assert again.builds == 0
     assert (entry.stat().st_ino, (entry / "extract.onnx").stat().st_ino) == inode
 
@@ -93,7 +97,7 @@ def test_a_damaged_entry_is_never_served_but_built_again(cached, tmp_path):
     _, entry, _ = cached
     cache = copy_of(entry, tmp_path)
     source = CountingSource()
-    assert cached_artefacts(source, "onnxruntime", tile=TILE, cache=cache) == tmp_path / entry.name
+    assert OnnxRuntime().artefacts(source, tile=TILE, batch=1, cache=cache) == tmp_path / entry.name
     graph = tmp_path / entry.name / "forward_1.onnx"
     graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
 
@@ -102,8 +106,8 @@ def test_a_damaged_entry_is_never_served_but_built_again(cached, tmp_path):
 
     # The build is interrupted: what was damaged is gone and nothing half-made is left.
     with pytest.raises(Interrupted):
-        cached_artefacts(ModelSource(TASK, seed=0, config=TASK.config.tiny(), build=interrupted_build),
-                         "onnxruntime", tile=TILE, cache=cache)
+        OnnxRuntime().artefacts(ModelSource(TASK, seed=0, config=TASK.config.tiny(), build=interrupted_build),
+                                tile=TILE, batch=1, cache=cache)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
     assert source.builds == 0
 
@@ -141,23 +145,79 @@ def test_leftovers_of_a_killed_build_are_cleared(cached, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == sorted([key.name, "mine.txt"])
 
 
-def test_concurrent_runs_build_an_entry_once(cached, tmp_path):
+# One of two processes fetching the same key: its build (if it gets to build) logs its start and end, and
+# copies the entry only once the other process is seen blocked on the entry's lock in /proc/locks, or seen
+# building too (a lock that does not hold): so the two always contend, whatever the timing.
+RACE = r"""
+import json, os, pickle, shutil, sys, time
+from pathlib import Path
+
+from rvrt_engines.cache import ArtefactCache
+
+root, key_file, entry, race = map(Path, sys.argv[1:])
+key = pickle.loads(key_file.read_bytes())
+log = race / "builds.log"
+seen = []
+
+
+def other_waits_on_the_lock():
+    inodes = {f":{p.stat().st_ino} " for p in root.iterdir() if p.name.endswith(".lock")}
+    return any("->" in line and any(i in line for i in inodes) for line in open("/proc/locks"))
+
+
+def make(out):
+    with log.open("a") as f:
+        f.write(f"start {os.getpid()} {time.time()}\n")
+    deadline = time.time() + 60
+    while not seen and time.time() < deadline:
+        if other_waits_on_the_lock():
+            seen.append("the other process waiting on the lock")
+        elif log.read_text().count("start") > 1:
+            seen.append("the other process building too")
+        time.sleep(0.01)
+    shutil.copytree(entry, out, dirs_exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"end {os.getpid()} {time.time()}\n")
+
+
+(race / f"ready-{os.getpid()}").touch()
+while not (race / "go").exists():
+    time.sleep(0.005)
+called = time.time()
+found = ArtefactCache(root).fetch(key, make)
+print(json.dumps({"pid": os.getpid(), "called": called, "returned": time.time(), "found": str(found),
+                  "saw": seen}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="sees a process wait on a lock in Linux's /proc/locks")
+def test_concurrent_processes_build_an_entry_once(cached, tmp_path):
     _, entry, _ = cached
-    cache = ArtefactCache(tmp_path)
+    root, race = tmp_path / "cache", tmp_path / "race"
+    root.mkdir()
+    race.mkdir()
     key = key_of(CountingSource())
-    builds, found = [], []
-
-    def make(out):
-        builds.append(out)
-        time.sleep(0.5)
-        shutil.copytree(entry, out, dirs_exist_ok=True)
-
-    runs = [threading.Thread(target=lambda: found.append(cache.fetch(key, make))) for _ in range(2)]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join()
-    assert len(builds) == 1 and found == [tmp_path / key.name] * 2
+    (race / "key.pickle").write_bytes(pickle.dumps(key))
+    runs = [subprocess.Popen([sys.executable, "-c", RACE, str(root), str(race / "key.pickle"), str(entry), str(race)],
+                             stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    # Both are started (imports done) before either fetches.
+    deadline = time.monotonic() + 120
+    while len(list(race.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (race / "go").touch()
+    outputs = [run.communicate(timeout=180)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    results = {r["pid"]: r for r in map(json.loads, outputs)}
+    builds = [line.split() for line in (race / "builds.log").read_text().splitlines()]
+    # One build: a second one, overlapping it or after it, would log a second start.
+    pid = int(builds[0][1])
+    assert [(event, int(by)) for event, by, _ in builds] == [("start", pid), ("end", pid)], builds
+    builder = results.pop(pid)
+    (other,) = results.values()
+    assert builder["saw"] == ["the other process waiting on the lock"]
+    # The other one asked during the build, waited for it to end and took what it made.
+    assert other["called"] < float(builds[1][2]) <= other["returned"] and other["saw"] == []
+    assert builder["found"] == other["found"] == str(root / key.name) and ArtefactCache(root).problem(key) is None
 
 
 def test_keys_differ_with_everything_the_artefacts_depend_on(tmp_path):
@@ -200,11 +260,11 @@ def test_float16_graphs_are_made_from_the_cached_float32_export(cached, tmp_path
     _, entry, _ = cached
     cache = copy_of(entry, tmp_path)
     source = CountingSource()
-    fp16 = cached_artefacts(source, "onnxruntime", tile=TILE, precision="float16", cache=cache)
+    fp16 = OnnxRuntime(precision="float16").artefacts(source, tile=TILE, batch=1, cache=cache)
     manifest = read_manifest(fp16)
     assert fp16.name.startswith(f"sr-tile{TILE}-b1-fp16-onnxruntime-") and manifest["dtype"] == "float16"
     assert manifest["source"]["dir"] == str((tmp_path / entry.name).resolve()) and source.builds == 1
-    assert cached_artefacts(CountingSource(), "onnxruntime", tile=TILE, precision="float16", cache=cache) == fp16
+    assert OnnxRuntime(precision="float16").artefacts(CountingSource(), tile=TILE, batch=1, cache=cache) == fp16
     with load_backend(fp16, fp16=True).open() as backend:
         assert backend.random_weights and backend.restore(random_clip("sr", 2)).shape == (1, 2, 3, 4 * 48, 4 * 48)
     with pytest.raises(ArtifactError, match="holds float32 ONNX graphs, not float16: drop --fp16"):

@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 from rvrt import get_task
 from rvrt_engines.cli import main as run_cli
-from rvrt_engines.memory_budget import (GIB, MODELS, frame_bytes, model_for, parse_memory, plan_tiling, suggestion)
+from rvrt_engines.memory_budget import GIB, frame_bytes, parse_memory, plan_tiling, suggestion
 from rvrt_engines.restore import tile_count
+from rvrt_engines.runtimes import RUNTIMES, OnnxRuntime, PyTorch, TensorRT
 from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
 
 SR, DENOISE = get_task("sr"), get_task("denoise")
@@ -22,7 +23,7 @@ def every_plan(task, height, width, memory, frames, window):
     """(computed px, tile) of every tile shape within ``memory`` at ``window``, counted the way
     rvrt-run's LocalWindows counts tiles."""
     config = task.config
-    model = model_for("pytorch", config)
+    model = PyTorch().memory_model(config)
     padded = (max(-(-height // 8) * 8, config.min_tile), max(-(-width // 8) * 8, config.min_tile))
     held = min(window, frames)
     found = []
@@ -102,10 +103,12 @@ def test_an_explicit_tile_or_window_is_kept_and_the_other_chosen_within_the_budg
 
 
 def test_gpu_runtimes_say_their_estimate_is_not_measured():
-    for runtime, device in (("tensorrt", "cuda"), ("pytorch", "cuda")):
-        plan = plan_tiling(SR, SR.config, 144, 176, runtime=runtime, device=device, memory_bytes=8 * GIB, frames=8)
-        assert plan.describe().endswith("(not measured on a GPU: eager PyTorch's CPU figures)")
-    assert "not measured" not in plan_tiling(SR, SR.config, 144, 176, memory_bytes=8 * GIB).describe()
+    for runtime in (TensorRT(), PyTorch(device="cuda")):
+        plan = plan_tiling(SR, SR.config, 144, 176, runtime=runtime, memory_bytes=8 * GIB, frames=8)
+        assert plan.describe().endswith("(not measured for this runtime: eager PyTorch's CPU figures)")
+    for runtime in (PyTorch(), OnnxRuntime()):
+        assert "not measured" not in plan_tiling(SR, SR.config, 144, 176, runtime=runtime,
+                                                 memory_bytes=8 * GIB).describe()
 
 
 def test_nothing_fitting_gives_the_least_memory_plan_marked_as_not_fitting():
@@ -114,8 +117,10 @@ def test_nothing_fitting_gives_the_least_memory_plan_marked_as_not_fitting():
 
 
 def test_every_runtime_and_kind_has_a_measured_model():
-    assert {key for key in MODELS} == {(r, k) for r in ("pytorch", "onnxruntime") for k in ("sr", "quarter")}
-    assert all("provisional" not in model.source for model in MODELS.values())
+    models = [kind().memory_model(task.config) for kind in RUNTIMES.values() for task in (SR, DENOISE)]
+    assert all("provisional" not in model.source for model in models)
+    assert {kind.name for kind in RUNTIMES.values() if kind().memory_model(SR.config).calibrated} >= {"pytorch",
+                                                                                                     "onnxruntime"}
 
 
 @pytest.mark.parametrize("height, width", [(144, 176), (68, 120)])

@@ -13,7 +13,8 @@ from conftest import random_clip, tiny_model
 from rvrt import Tiling, get_task, restore_tiled
 from rvrt_cluster.cli import main as batch_cli
 from rvrt_engines.backends import load_backend
-from rvrt_engines.cache import SEAL, ArtefactCache, CacheKey, ModelSource, cached_artefacts
+from rvrt_engines.cache import SEAL, ArtefactCache, CacheKey, ModelSource
+from rvrt_engines.runtimes import OnnxRuntime
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.demo import main as demo_cli
 from rvrt_engines.synthetic import write_video
@@ -45,7 +46,7 @@ def cached_export(tmp_path_factory):
     """(cache, entry, source): the tiny SR model exported for 48x64 tiles (batch 1) through the cache."""
     cache = ArtefactCache(tmp_path_factory.mktemp("cache"))
     source = TinySource()
-    return cache, cached_artefacts(source, "onnxruntime", tile=TILE, cache=cache), source
+    return cache, OnnxRuntime().artefacts(source, tile=TILE, batch=1, cache=cache), source
 
 
 @pytest.fixture
@@ -195,7 +196,7 @@ def test_square_cache_entries_keep_their_names_and_rectangular_ones_carry_both_s
     assert square.name.startswith("sr-tile128-b1-fp32-onnxruntime-")
     rectangular = source.key(tile=(144, 176), **options)
     assert rectangular.name.startswith("sr-tile144x176-b1-fp32-onnxruntime-")
-    assert source.key(tile=(176, 144), **options).name.startswith("sr-tile176x144-")
+    assert source.key(OnnxRuntime(), tile=(176, 144), **options).name.startswith("sr-tile176x144-")
 
 
 def test_a_rectangular_cache_entry_is_made_once_and_reused(cached_export):
@@ -203,4 +204,4 @@ def test_a_rectangular_cache_entry_is_made_once_and_reused(cached_export):
     assert source.builds == 1 and entry.name.startswith("sr-tile48x64-b1-fp32-onnxruntime-")
     assert json.loads((entry / SEAL).read_text())["key"]["tile"] == [48, 64]
     again = TinySource()
-    assert cached_artefacts(again, "onnxruntime", tile=[48, 64], cache=cache) == entry and again.builds == 0
+    assert OnnxRuntime().artefacts(again, tile=[48, 64], batch=1, cache=cache) == entry and again.builds == 0

@@ -30,8 +30,9 @@ from rvrt_plugins.build import cache_dir as plugins_cache_dir
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT_ONLY = ("torch", "onnxscript", "polygraphy", "einops")   # modules the [export] extra brings
 NOT_IN_BASE = (*EXPORT_ONLY, "skimage", "PIL", "ray")            # none of them in a serving install
-EXPORT_HINT = "pip install 'rvrt-deploy[export]'"
-CLUSTER_HINT = "pip install 'rvrt-deploy[cluster]'"
+# The serving venv installs from a source folder: its hints name that folder (pip install '/path[export]').
+EXPORT_HINT = "[export]'"
+CLUSTER_HINT = "[cluster]'"
 FRAMES, HEIGHT, WIDTH = 6, 192, 256                              # HR size; the input is 64x48 (two 48 px tiles)
 RUN_OPTIONS = ["--window", "4", "--threads", "2"]                # two temporal windows, same threads both sides
 SUMMARY = re.compile(rf"{FRAMES} frames {WIDTH // 4}x{HEIGHT // 4} -> {WIDTH}x{HEIGHT} .*onnxruntime\) -> ")
@@ -190,6 +191,24 @@ def test_serving_install_restores_the_same_frames_as_the_full_environment(servin
     assert venv_frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and venv_frames.dtype == np.uint8
     assert np.array_equal(venv_frames, full_frames)
     assert venv_frames.std() > 1                          # not a blank output on both sides
+
+
+@needs_venv
+@pytest.mark.slow
+def test_serving_install_serves_the_task_from_what_a_full_install_cached(serving_venv, caches, lr_video, tmp_path):
+    """A full install exports and caches the task for ONNX Runtime; a serving-only install (no exporter, whose
+    versions read as absent there) then finds that very entry by the task's name and serves it, exporting
+    nothing, with the same frames."""
+    command = ["sr", lr_video, "--random-weights", "--runtime", "onnxruntime", "--tile", "48", *RUN_OPTIONS]
+    full = checked(run([*full_command("rvrt-run"), command[0], command[1], "-o", tmp_path / "full", *command[2:]],
+                       full_env(caches), cwd=tmp_path, timeout=900))
+    assert "exporting sr" in full.stderr
+    entries = sorted(p.name for p in Path(caches["RVRT_CACHE"]).iterdir() if not p.name.startswith("."))
+    served = checked(run([serving_venv / "bin" / "rvrt-run", command[0], command[1], "-o", tmp_path / "venv",
+                          *command[2:]], venv_env(serving_venv, caches), cwd=tmp_path))
+    assert "exporting" not in served.stderr and SUMMARY.search(served.stderr), served.stderr
+    assert sorted(p.name for p in Path(caches["RVRT_CACHE"]).iterdir() if not p.name.startswith(".")) == entries
+    assert np.array_equal(read_frames(tmp_path / "venv")[1], read_frames(tmp_path / "full")[1])
 
 
 REFUSALS = {

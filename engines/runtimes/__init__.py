@@ -10,18 +10,20 @@
 
 :data:`RUNTIMES` is the registry: the commands' ``--runtime`` choices, the cache's keys, the memory budget, the
 Ray workers, ``rvrt-validate``'s candidates and the README's runtime table all read it, and nothing outside this
-package asks for a runtime by its name. Its order is the order of preference on a CPU: the first available
-exported runtime serves a task or checkpoint given without ``--runtime``.
+package asks for a runtime by its name. Its order is the order of preference for a directory given without
+``--runtime``: the first runtime that serves it and runs here (ONNX Runtime for ONNX graphs, which the export
+validated; TensorRT for engines).
 """
 
 from __future__ import annotations
 
 from .base import PRECISION_NAMES, Runtime, RuntimeUnavailable
 from .onnxruntime import OnnxRuntime
+from .openvino import OpenVino
 from .pytorch import PyTorch
 from .tensorrt import TensorRT
 
-RUNTIMES: dict[str, type[Runtime]] = {record.name: record for record in (OnnxRuntime, TensorRT, PyTorch)}
+RUNTIMES: dict[str, type[Runtime]] = {record.name: record for record in (OnnxRuntime, OpenVino, TensorRT, PyTorch)}
 """name -> record class."""
 
 
@@ -65,4 +67,4 @@ def serving_runtime(manifest: dict, directory) -> type[Runtime]:
 
 
 __all__ = ["PRECISION_NAMES", "RUNTIMES", "Runtime", "RuntimeUnavailable", "default_runtime", "runtime_named", "runtime_record",
-           "serving_runtime", "OnnxRuntime", "PyTorch", "TensorRT"]
+           "serving_runtime", "OnnxRuntime", "OpenVino", "PyTorch", "TensorRT"]
