@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rvrt import Tiling, blend_windows, restore_window, window_spans
+from rvrt import Tiling, blend_windows, restore_window
 from rvrt.tiling import tile_name, tile_shape_of, tile_starts
 
 from .backends import Backend, Description
 from .progress import Meter
+from .scenes import cut_rule, shot_spans
 from .video import FrameSource, Segment, VideoInputError, open_frames, open_writer
 
 STAGES = ("extract", "flow", "propagate", "reconstruct")
@@ -100,26 +101,42 @@ def tile_count(length: int, tile: int, overlap: int) -> int:
 class WindowFeed:
     """Input windows for :func:`rvrt.blend_windows`, read from a frame iterator of known or
     unknown length (a pipe): ``spans`` grows as frames arrive, each span known before the
-    window before it is handed out, exactly as ``rvrt.window_spans`` of the final count would
-    give; ``count`` is set once the input has ended. Holds at most a window plus a step."""
+    window before it is handed out, exactly as :func:`rvrt_engines.scenes.shot_spans` of the
+    final count and cuts would give; ``count`` is set once the input has ended. Holds at most a
+    window plus a step (across a cut: the window plus the next shot's first window).
 
-    def __init__(self, frames, to_tensor, tiling: Tiling):
+    ``starts_shot`` (:data:`rvrt_engines.scenes.StartsShot`, None: one shot) sees every frame once,
+    in order, as it is read; ``cuts`` lists the frames found to begin a shot so far. A shot's end is
+    known when the next shot's first frame is read, so no window reaches across it."""
+
+    def __init__(self, frames, to_tensor, tiling: Tiling, starts_shot=None):
         self.frames = iter(frames)
         self.to_tensor = to_tensor
         self.tiling = tiling
+        self.starts_shot = starts_shot
         self.buffer: deque[np.ndarray] = deque()
         self.first = 0
         self.count: int | None = None
+        self.end: int | None = None
+        self.cuts: list[int] = []
         self.spans: list[tuple[int, int]] = []
 
     def available(self, stop: int) -> int:
-        """Read until ``stop`` frames have arrived or the input ends; the frames so far."""
-        while self.count is None and self.first + len(self.buffer) < stop:
+        """Read until ``stop`` frames have arrived or the current shot ends; the frames so far that
+        belong to it (``end``, once it has ended)."""
+        while self.end is None and self.first + len(self.buffer) < stop:
+            index = self.first + len(self.buffer)
             try:
-                self.buffer.append(self.to_tensor(next(self.frames)))
+                frame = next(self.frames)
             except StopIteration:
-                self.count = self.first + len(self.buffer)
-        return self.first + len(self.buffer)
+                self.count = self.end = index
+                break
+            self.buffer.append(self.to_tensor(frame))
+            if self.starts_shot is not None and self.starts_shot(index, frame) and index > 0:
+                self.cuts.append(index)
+                self.end = index
+        read = self.first + len(self.buffer)
+        return read if self.end is None else min(read, self.end)
 
     def window(self, start: int, stop: int) -> np.ndarray:
         while self.first < start:
@@ -134,30 +151,41 @@ class WindowFeed:
         return itertools.chain([first] if first is not None else [], windows)
 
     def _windows(self):
+        planned = self._spans()
+        span = next(planned, None)
+        if span is not None:
+            self.spans.append(span)
+        while span is not None:
+            # The next span first: blending a window needs to know where the next one starts.
+            following = next(planned, None)
+            if following is not None:
+                self.spans.append(following)
+            yield self.window(*span)
+            span = following
+
+    def _spans(self):
+        """The spans of every shot in order, reading only as far as each one needs."""
+        begin = 0
+        while self.available(begin + 1) > begin:
+            yield from self._shot_spans(begin)
+            # The shot ended at a cut (its frame read, the next shot's first) or with the input.
+            begin, self.end = self.end, self.count
+
+    def _shot_spans(self, begin: int):
+        """:func:`rvrt.window_spans` of the shot from ``begin``, moved there, as its frames arrive."""
         size = self.tiling.window
-        if size == 0 or self.available(size + 1) <= size:
-            count = self.available(sys.maxsize) if size == 0 else self.count
-            if count == 0:
-                return
-            self.spans.append((0, count))
-            yield self.window(0, count)
+        if size == 0 or self.available(begin + size + 1) <= begin + size:
+            self.available(sys.maxsize)
+            yield begin, self.end
             return
         step = size - self.tiling.window_overlap
-        start = 0
-        self.spans.append((0, size))
-        while True:
-            following = start + step
-            if self.available(following + size + 1) > following + size:
-                self.spans.append((following, following + size))
-                yield self.window(start, start + size)
-                start = following
-                continue
-            # The input has ended: the last window is flush with its end (start < count - size here).
-            final = (self.count - size, self.count)
-            self.spans.append(final)
-            yield self.window(start, start + size)
-            yield self.window(*final)
-            return
+        start = begin
+        yield start, start + size
+        while self.available(start + step + size + 1) > start + step + size:
+            start += step
+            yield start, start + size
+        # The shot has ended: its last window is flush with its end (start < end - size here).
+        yield self.end - size, self.end
 
 
 @dataclass
@@ -171,6 +199,8 @@ class RestoreSummary:
     conversion: str | None
     notes: list[str] = field(default_factory=list)
     bit_depth: int = 8
+    cuts: list[int] = field(default_factory=list)
+    """The frames that begin a shot (0 = the first frame restored), where windows were split."""
 
     @property
     def fps(self) -> float:
@@ -265,7 +295,7 @@ def restore_video(backend: Description, source, output: str | os.PathLike, *,
                   overwrite: bool = False, lossless: bool = False, crf: int | None = None, codec: str | None = None,
                   pix_fmt: str | None = None, bit_depth: int | None = None, start: float | None = None,
                   frames: int | None = None, fps: float | None = None, progress=None, windows=None,
-                  notes=None) -> RestoreSummary:
+                  notes=None, scene_cuts="auto") -> RestoreSummary:
     """Restore ``source`` (video file, folder of frames, ``-`` for YUV4MPEG2 on stdin, or an
     open :class:`FrameSource`) into ``output`` (video file, frame folder, ``-`` for stdout).
 
@@ -276,6 +306,9 @@ def restore_video(backend: Description, source, output: str | os.PathLike, *,
     called with a :class:`Status` at every stage call, tile and frame. ``notes``: called with
     each thing the output cannot keep. ``windows``: the window runner (default
     :class:`LocalWindows` over ``backend``).
+    ``scene_cuts``: "auto" (FFmpeg's scdet on the frames as they are read), "off", a file listing the
+    first frame of each shot, or a list of them (:mod:`rvrt_engines.scenes`); no window spans a cut,
+    and the summary's ``cuts`` says where they were.
     """
     check_sigma(backend.task, sigma)
     tiling = resolve_tiling(backend, window=window, window_overlap=window_overlap, tile=tile,
@@ -283,22 +316,24 @@ def restore_video(backend: Description, source, output: str | os.PathLike, *,
 
     began = time.perf_counter()
     source_frames = open_source(source, fps, start, frames)
+    starts_shot, known_cuts, cut_notes = cut_rule(scene_cuts, source_frames)
     scale = backend.config.upscale
     sink = output_writer(source_frames, output, scale, overwrite=overwrite, lossless=lossless, crf=crf, codec=codec,
                          pix_fmt=pix_fmt, bit_depth=bit_depth)
     count = source_frames.frame_count
     written = 0
     with sink as writer:
-        messages = [*source_notes(source_frames), *(f"note: {note}" for note in writer.notes)]
+        messages = [*source_notes(source_frames), *cut_notes, *(f"note: {note}" for note in writer.notes)]
         for message in messages:
             if notes:
                 notes(message)
         deep = sink.depth > 8
-        meter = Meter(progress, count, [stop - first for first, stop in window_spans(count, tiling)] if count else None)
+        meter = Meter(progress, count, planned_work(count, known_cuts or [], tiling) if count else None)
         runner = windows or LocalWindows(backend, meter)
-        feed = WindowFeed(source_frames, frame_to_array(sigma), tiling)
+        feed = WindowFeed(source_frames, frame_to_array(sigma), tiling, starts_shot)
         with runner:
-            restored_windows = counted_windows(runner.map(feed.windows(), tiling), feed.spans, meter)
+            restored_windows = counted_windows(runner.map(feed.windows(), tiling), feed, meter,
+                                               None if known_cuts is not None else count)
             # A stream's length is known only at its end: blend as far as the spans known so far
             # say, and stop at the last frame (feed.count) rather than at a count given up front.
             for frame in blend_windows(feed.spans, restored_windows, count or sys.maxsize):
@@ -310,7 +345,7 @@ def restore_video(backend: Description, source, output: str | os.PathLike, *,
     size = (source_frames.width * scale, source_frames.height * scale)
     return RestoreSummary(written, time.perf_counter() - began, str(output), backend.name,
                           (source_frames.width, source_frames.height), size, source_frames.conversion, messages,
-                          sink.depth)
+                          sink.depth, feed.cuts)
 
 
 def source_notes(frames: FrameSource) -> list[str]:
@@ -318,7 +353,18 @@ def source_notes(frames: FrameSource) -> list[str]:
         [f"note: {frames.colour.guessed}"] if frames.colour.guessed else [])
 
 
-def counted_windows(restored, spans: list[tuple[int, int]], meter: Meter):
+def planned_work(count: int, cuts: list[int], tiling: Tiling) -> list[int]:
+    """The lengths of the windows of ``count`` frames cut at ``cuts``: the meter's work."""
+    return [stop - first for first, stop in shot_spans(count, cuts, tiling)]
+
+
+def counted_windows(restored, feed: WindowFeed, meter: Meter, replan: int | None = None):
+    """The restored windows, each reported to ``meter``. ``replan``: the frame count whose work is
+    planned again whenever detection has found more cuts (each adds windows)."""
+    planned = 0
     for index, window in enumerate(restored):
-        meter.window_done(spans[index][1] - spans[index][0])
+        if replan and len(feed.cuts) != planned:
+            planned = len(feed.cuts)
+            meter.status.work_total = float(sum(planned_work(replan, feed.cuts, feed.tiling)))
+        meter.window_done(feed.spans[index][1] - feed.spans[index][0])
         yield window
