@@ -34,11 +34,12 @@ except ImportError as error:
     raise ImportError("rvrt_engines.vapoursynth needs VapourSynth (R81, Python >= 3.12): "
                       "pip install 'rvrt-deploy[vapoursynth]'") from error
 
-from rvrt.tiling import blend_frame, covering_windows, restore_window, window_spans
+from rvrt.tiling import blend_frame, covering_windows, restore_window
 
 from .backends import known_task, load_backend
 from .memory_budget import MEMORY_EXPECTED, Budget, parse_memory
 from .restore import check_sigma, frame_to_array, resolve_tiling, to_uint8, to_uint16
+from .scenes import AUTO, OFF, checked_list, describe_cuts, read_cut_file, shot_spans
 
 DEFAULTS = {
     "task": None, "checkpoint": None, "random_weights": False, "runtime": None, "fp16": False, "device": "cpu",
@@ -241,16 +242,20 @@ class WindowRestorer:
     ``shifted[r]`` is input frame n + r, clamped at the ends), for every r a window can lie at from
     a frame it holds. A window is restored under one lock, by the first request that finds it
     missing, and each request holds the windows it uses, so the cache can drop them meanwhile.
+    ``cuts`` (:func:`clip_cuts`): the frames that begin a shot; the windows are
+    :func:`rvrt_engines.scenes.shot_spans`', rvrt-run's, so a frame requested anywhere is made from
+    its own shot's windows only.
     """
 
-    def __init__(self, clip: vs.VideoNode, backend, tiling, sigma: float | None, cache_windows: int):
+    def __init__(self, clip: vs.VideoNode, backend, tiling, sigma: float | None, cache_windows: int,
+                 cuts: Sequence[int] = ()):
         self.clip = clip
         self.backend = backend.__enter__()
         weakref.finalize(self, backend.__exit__, None, None, None)
         self.tiling = tiling
         self.scale = backend.config.upscale
         self.to_array = frame_to_array(sigma if backend.task.kind == "denoise" else None)
-        self.spans = window_spans(clip.num_frames, tiling)
+        self.spans = shot_spans(clip.num_frames, cuts, tiling)
         self.cache = WindowCache(cache_windows)
         self.lock = threading.Lock()
         self.core = vs.core.core
@@ -349,6 +354,60 @@ class WindowRestorer:
                                       f"{time.perf_counter() - began:.2f} s; cached windows "
                                       f"{','.join(map(str, self.cache.windows))}")
             return window
+
+
+SCENE_MARKS = ("_SceneChangePrev", "_SceneChangeNext")
+
+
+def clip_cuts(clip: vs.VideoNode, scene_cuts) -> list[int]:
+    """The frames of ``clip`` that begin a shot, for ``scene_cuts=``: "auto" (the default), the clip's
+    own marks; "off", none; a file as rvrt-run's --scene-cuts FILE; or a list of frame numbers. Bad
+    values raise ``vs.Error`` naming ``scene_cuts``; what was found is logged.
+
+    "auto" reads ``_SceneChangePrev`` (this frame begins a shot) and ``_SceneChangeNext`` (the next one
+    does), as ``misc.SCDetect`` or a user's own marking sets them: where frame 0 has neither, the clip
+    is taken as unmarked (one shot, said in a warning); else every frame's properties are read once,
+    here, so that the windows of each shot are known before any request (which is what makes seeking
+    give the frames of a sequential pass).
+    """
+    core = vs.core.core
+    try:
+        if isinstance(scene_cuts, str) and scene_cuts == OFF:
+            return []
+        if isinstance(scene_cuts, str) and scene_cuts == AUTO:
+            return marked_cuts(clip)
+        if isinstance(scene_cuts, (str, os.PathLike)):
+            cuts = [cut for cut in read_cut_file(scene_cuts, "scene_cuts={!r}") if cut < clip.num_frames]
+        else:
+            cuts = [cut for cut in checked_list(scene_cuts) if cut < clip.num_frames]
+    except ValueError as error:
+        raise vs.Error(f"rvrt restore: {error}") from None
+    core.log_message(vs.MESSAGE_TYPE_INFORMATION, f"rvrt restore: {describe_cuts(cuts)} (scene_cuts)")
+    return cuts
+
+
+def marked_cuts(clip: vs.VideoNode) -> list[int]:
+    core = vs.core.core
+    if not any(mark in clip.get_frame(0).props for mark in SCENE_MARKS):
+        core.log_message(vs.MESSAGE_TYPE_WARNING,
+                         f"rvrt restore: the clip's frames carry no {' or '.join(SCENE_MARKS)}: restored as one "
+                         f"shot, so windows may span scene cuts; mark them first with a scene-change filter (misc.SCDetect, "
+                         f"scxvid...), "
+                         f"or pass scene_cuts=FILE, or scene_cuts='off' to silence this")
+        return []
+    began = time.perf_counter()
+    cuts = set()
+    for n, frame in enumerate(clip.frames()):
+        props = frame.props
+        if props.get("_SceneChangePrev") and n > 0:
+            cuts.add(n)
+        if props.get("_SceneChangeNext") and n + 1 < clip.num_frames:
+            cuts.add(n + 1)
+    cuts = sorted(cuts)
+    core.log_message(vs.MESSAGE_TYPE_INFORMATION,
+                     f"rvrt restore: {describe_cuts(cuts)} (the clip's scene-change marks, read from its "
+                     f"{clip.num_frames} frames in {time.perf_counter() - began:.2f} s)")
+    return cuts
 
 
 def planes_of(frame: vs.VideoFrame) -> np.ndarray:
