@@ -12,6 +12,10 @@ its peak resident memory is its own. Runtimes:
 - ``eager-fused``: eager PyTorch with the fused CPU GDA kernel (the default);
 - ``onnxruntime``: ``rvrt-run`` on an ONNX export (ONNX Runtime stage sessions, GDA steps split
   around the fused kernel);
+- ``openvino-f32``, ``openvino-bf16``: ``rvrt-run`` on the same export with ``--runtime openvino`` and
+  ``--precision f32`` or ``bf16`` (OpenVINO's CPU plugin; its validated entry, compiled models included, in
+  ``WORK_DIR/cache``, made by a first run that is timed apart as the first-use cost); each row gives its
+  speed against ONNX Runtime float32 of the same run;
 - ``official``: the official RVRT code (its network and its script's tiling, GDA in pure
   PyTorch) through ``benchmarks/official_run.py``, where ``--official-dir`` or
   ``$RVRT_OFFICIAL_DIR`` names a checkout of github.com/JingyunLiang/RVRT (nothing of it is
@@ -67,7 +71,9 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-RUNTIMES = ("official", "eager-reference", "eager-fused", "onnxruntime")
+RUNTIMES = ("official", "eager-reference", "eager-fused", "onnxruntime", "openvino-f32", "openvino-bf16")
+OPENVINO = {"openvino-f32": "f32", "openvino-bf16": "bf16"}
+"""The OpenVINO runtimes and their --precision."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,9 @@ def rvrt_run(runtime: str, case: Case, frames: Path, work: Path, threads: int, l
     else:
         if runtime == "onnxruntime":
             model = [str(export_for(case, work, log))]
+        elif runtime in OPENVINO:
+            model = [str(export_for(case, work, log)), "--runtime", "openvino", "--precision", OPENVINO[runtime]]
+            env["RVRT_CACHE"] = str(work / "cache")
         else:
             # The export's tile: a frame smaller than the tile is mirror-padded up to it (4x the work for
             # 64x64 frames and the official 128 px tile).
@@ -268,13 +277,15 @@ class RealMeasurement:
 
 
 def real_run(case: RealCase, mode: str, clip: Path, cache: Path, work: Path, threads: int,
-             memory: str | None = None, frames: int | None = None) -> RealMeasurement:
-    """One ``rvrt-run`` process on ONNX Runtime: ``auto`` (default settings, or within ``memory``) or
-    ``official`` (its tile)."""
-    output = work / "outputs" / f"{case.name}-{mode}.mkv"
+             memory: str | None = None, frames: int | None = None, runtime: str = "onnxruntime") -> RealMeasurement:
+    """One ``rvrt-run`` process on ``runtime`` (onnxruntime, or one of :data:`OPENVINO`): ``auto`` (default
+    settings, or within ``memory``) or ``official`` (its tile)."""
+    output = work / "outputs" / f"{case.name}-{mode}-{runtime}.mkv"
     output.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "RVRT_CACHE": str(cache)}
-    command = [console_script("rvrt-run"), case.task, "--random-weights", "--runtime", "onnxruntime", str(clip),
+    chosen = ["--runtime", "openvino", "--precision", OPENVINO[runtime]] if runtime in OPENVINO else [
+        "--runtime", "onnxruntime"]
+    command = [console_script("rvrt-run"), case.task, "--random-weights", *chosen, str(clip),
                "-o", str(output), "--threads", str(threads), "--overwrite"]
     if mode == "official":
         command += ["--tile", str(case.official_tile)]
@@ -292,9 +303,11 @@ def real_run(case: RealCase, mode: str, clip: Path, cache: Path, work: Path, thr
     return RealMeasurement(seconds, peak_kb * 1024 / 2 ** 30, tiling)
 
 
-def real_cases(cases: list[RealCase], work: Path, cache: Path, threads: int, log, first_use: bool = True) -> None:
+def real_cases(cases: list[RealCase], work: Path, cache: Path, threads: int, log, first_use: bool = True,
+               openvino: tuple[str, ...] = ()) -> None:
     """Default (auto) settings against the official tiling, side by side, as fps and peak RSS; exports in
-    ``cache`` (an artefact cache, as ``$RVRT_CACHE``)."""
+    ``cache`` (an artefact cache, as ``$RVRT_CACHE``). ``openvino``: OpenVINO runtimes also run at the default
+    settings, after ONNX Runtime's, against it."""
     results = {}
     for case in cases:
         clip = real_clip(case, work)
@@ -312,6 +325,12 @@ def real_cases(cases: list[RealCase], work: Path, cache: Path, threads: int, log
             m = real_run(case, mode, clip, cache, work, threads)
             results[case.name, mode] = m
             log(f"  {case.name:16s} {mode:8s} {m.seconds:7.1f} s  peak RSS {m.peak_rss_gb:5.2f} GiB  {m.tiling}")
+        for runtime in openvino:
+            # The entry (validation, compiled models) made or found, unmeasured; then the measured run.
+            real_run(case, "auto", clip, cache, work, threads, frames=2, runtime=runtime)
+            m = real_run(case, "auto", clip, cache, work, threads, runtime=runtime)
+            results[case.name, runtime] = m
+            log(f"  {case.name:16s} {runtime:13s} {m.seconds:7.1f} s  peak RSS {m.peak_rss_gb:5.2f} GiB  {m.tiling}")
         if case.first_use:
             # The chooser within the official tiling's measured peak: what --memory buys when the whole frame
             # (the default on a roomy machine) needs more than the official tiling did.
@@ -335,6 +354,10 @@ def real_cases(cases: list[RealCase], work: Path, cache: Path, threads: int, log
                 log(f"  {'':16s} auto {mode}: {m.seconds:.1f} s, {case.frames / m.seconds:.3f} fps, "
                     f"{m.peak_rss_gb:.2f} GiB, {official.seconds / m.seconds:.2f}x the official tiling's speed; "
                     f"{m.tiling}")
+        for runtime in openvino:
+            m = results[case.name, runtime]
+            log(f"  {'':16s} {runtime} auto: {m.seconds:.1f} s, {case.frames / m.seconds:.3f} fps, "
+                f"{m.peak_rss_gb:.2f} GiB, {auto.seconds / m.seconds:.2f}x ONNX Runtime's default run; {m.tiling}")
         first = results.get((case.name, "first use"))
         if first is not None:
             log(f"  {'':16s} first use of the default settings (export included): {first.seconds:.1f} s, of which "
@@ -447,8 +470,15 @@ def main() -> None:
     ceiling = matmul_ceiling_gflops(args.threads)
     log(f"float32 matmul 2048^3 ceiling: {ceiling:.1f} GFLOP/s (measured again at the end; the larger is used)")
     for case in (CASES[c] for c in cases):
-        if "onnxruntime" in runtimes:
+        if "onnxruntime" in runtimes or set(OPENVINO) & set(runtimes):
             export_for(case, args.work_dir, log)
+        for runtime in (r for r in runtimes if r in OPENVINO):
+            # The first run on an export makes OpenVINO's entry (IR, validation, compiled models): timed apart.
+            made = not any((args.work_dir / "cache").glob(f"{case.task}-*-{OPENVINO[runtime]}-openvino-*"))
+            first = rvrt_run(runtime, case, input_frames(case, args.work_dir), args.work_dir, args.threads, log)
+            if made:
+                log(f"  {case.name:10s} {runtime:16s} first use (OpenVINO entry made: IR, validation against ONNX "
+                    f"Runtime, compiled models) {first.seconds:.1f} s, peak RSS {first.peak_rss_gb:.2f} GB")
 
     results: dict[tuple[str, str], Measurement] = {}
     flops = {}
@@ -465,8 +495,8 @@ def main() -> None:
         log(f"warning: the matmul ceiling moved from {ceiling:.1f} to {again:.1f} GFLOP/s during the run: the "
             f"machine is not quiet, timings are noisy")
     ceiling = max(ceiling, again)
-    baselines = [r for r in ("eager-reference", "official") if r in runtimes]
-    short = {"eager-reference": "vs eager-ref", "official": "vs official"}
+    baselines = [r for r in ("eager-reference", "official", "onnxruntime") if r in runtimes]
+    short = {"eager-reference": "vs eager-ref", "official": "vs official", "onnxruntime": "vs ORT f32"}
     if cases:
         log(f"\n{'case':10s} {'runtime':16s} {'end to end':>10s} {'fps':>6s} "
             + "".join(f"{short[b]:>13s}" for b in baselines)
@@ -485,7 +515,7 @@ def main() -> None:
     if real:
         log("\nreal-size clips:")
         real_cases(real, args.work_dir, args.cache or args.work_dir / "cache", args.threads, log,
-                   first_use=not args.no_first_use)
+                   first_use=not args.no_first_use, openvino=tuple(r for r in runtimes if r in OPENVINO))
         log(f"float32 matmul ceiling after the real-size cases: {matmul_ceiling_gflops(args.threads):.1f} GFLOP/s "
             f"(before them: {ceiling:.1f}): a change means the machine's load changed during them")
     if {"sr-8", "sr-32"} <= set(cases):

@@ -4,7 +4,7 @@ processes at a few tile shapes and windows, and the least-squares fit of
     peak = fixed + per_window_px * frames_in_window * tile_px + per_tile_px * tile_px
 
 (plus the restored frames, counted: ``frame_bytes``) as an upper envelope of the points (least squares, then
-``fixed`` raised until no point lies above), per runtime (eager PyTorch, ONNX Runtime) and task kind (SR;
+``fixed`` raised until no point lies above), per runtime (eager PyTorch, ONNX Runtime, OpenVINO) and task kind (SR;
 denoise, which stands for deblur too: same network at 1/4 resolution, 192 channels).
 
     python benchmarks/memory_model.py                       # every point, then the fit
@@ -15,7 +15,8 @@ Each point is one ``rvrt-run`` process, as users run it: ``TASK --random-weights
 stderr; full-size networks, seeded random weights), ``--tile`` the point's tile, ``--frames`` the
 window (one window of that many frames), input an H.264 clip made here with PyAV, output PNG
 frames, under ``/usr/bin/time -f %M`` (its own peak: FACTS, ``ru_maxrss`` of a child of a big
-Python process reports the parent's). ONNX Runtime points use ``--runtime onnxruntime``: the
+Python process reports the parent's). ONNX Runtime points use ``--runtime onnxruntime``, OpenVINO points ``--runtime openvino --precision
+bf16`` (``openvino-f32``: f32; the entry, validated and compiled, made on the first run too): the
 export for the tile is made in ``--cache`` on a first, unmeasured run (an export's own peak is
 not the serving process's), then the measured run serves it from there.
 
@@ -44,13 +45,19 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-RUNTIMES = {"eager": [], "onnxruntime": ["--runtime", "onnxruntime"]}
+RUNTIMES = {"eager": [], "onnxruntime": ["--runtime", "onnxruntime"],
+            "openvino": ["--runtime", "openvino", "--precision", "bf16"],
+            "openvino-f32": ["--runtime", "openvino", "--precision", "f32"]}
+EXPORTED = ("onnxruntime", "openvino", "openvino-f32")
+"""Runtimes whose first run makes an entry (an export; OpenVINO's validated entry too), unmeasured."""
 DEFAULT_POINTS = (
     "eager:sr:64x64:2", "eager:sr:64x64:8", "eager:sr:128x128:4", "eager:sr:144x176:2", "eager:sr:144x176:8",
     "eager:denoise:136x136:2", "eager:denoise:256x256:2", "eager:denoise:256x256:6", "eager:denoise:272x480:4",
     "onnxruntime:sr:64x64:2", "onnxruntime:sr:64x64:8", "onnxruntime:sr:128x128:8", "onnxruntime:sr:144x176:2",
     "onnxruntime:sr:144x176:8",
     "onnxruntime:denoise:256x256:2", "onnxruntime:denoise:256x256:6",
+    "openvino:sr:64x64:2", "openvino:sr:64x64:8", "openvino:sr:128x128:2", "openvino:sr:128x128:8",
+    "openvino:denoise:256x256:2", "openvino:denoise:256x256:6", "openvino:denoise:136x136:2",
 )
 
 # RUNTIME:KIND:HEIGHTxWIDTH (the clip's):FRAMES:MEMORY
@@ -111,7 +118,7 @@ def measure(point: str, work: Path, cache: Path, threads: int, log) -> dict:
     output = work / "out"
     env = {**os.environ, "RVRT_CACHE": str(cache), "OMP_NUM_THREADS": str(threads)}
     command = command_for(runtime, kind, tile, frames, clip, output)
-    if runtime == "onnxruntime":
+    if runtime in EXPORTED:
         # The first use exports (minutes, its own peak); the measured run below serves the cached export.
         log(f"  {point}: making or finding the export ...")
         peak_of(command, env)
@@ -134,7 +141,7 @@ def check(spec: str, work: Path, cache: Path, threads: int, log) -> dict:
     output = work / "out"
     command = [console_script("rvrt-run"), kind, "--random-weights", *RUNTIMES[runtime], "--memory", memory,
                str(clip), "-o", str(output), "--overwrite"] + (["--sigma", "20"] if kind == "denoise" else [])
-    if runtime == "onnxruntime":
+    if runtime in EXPORTED:
         peak_of(command, env)       # makes or finds the export for the chosen tile, unmeasured
     peak, seconds, stderr = peak_of(command, env)
     shutil.rmtree(output, ignore_errors=True)
@@ -188,8 +195,8 @@ def fit(records: list[dict], log) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", default=",".join(DEFAULT_POINTS),
-                        help="comma-separated RUNTIME:KIND:HxW:FRAMES (runtime eager or onnxruntime; kind sr or "
-                             "denoise)")
+                        help="comma-separated RUNTIME:KIND:HxW:FRAMES (runtime eager, onnxruntime, openvino "
+                             "(bfloat16) or openvino-f32; kind sr or denoise)")
     parser.add_argument("--fit", action="store_true", help="only fit the recorded measurements")
     parser.add_argument("--check", action="store_true", help="run the checks against their budgets instead")
     parser.add_argument("--checks", default=",".join(DEFAULT_CHECKS),
