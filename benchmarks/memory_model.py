@@ -15,10 +15,10 @@ Each point is one ``rvrt-run`` process, as users run it: ``TASK --random-weights
 stderr; full-size networks, seeded random weights), ``--tile`` the point's tile, ``--frames`` the
 window (one window of that many frames), input an H.264 clip made here with PyAV, output PNG
 frames, under ``/usr/bin/time -f %M`` (its own peak: FACTS, ``ru_maxrss`` of a child of a big
-Python process reports the parent's). ONNX Runtime points use ``--runtime onnxruntime``, OpenVINO points ``--runtime openvino --precision
-bf16`` (``openvino-f32``: f32; the entry, validated and compiled, made on the first run too): the
-export for the tile is made in ``--cache`` on a first, unmeasured run (an export's own peak is
-not the serving process's), then the measured run serves it from there.
+Python process reports the parent's). ONNX Runtime points use ``--runtime onnxruntime``, OpenVINO
+points ``--runtime openvino --precision bf16`` (``openvino-f32``: f32; its validated, compiled entry
+is made on the first run too): the export for the tile is made in ``--cache`` on a first, unmeasured
+run (an export's own peak is not the serving process's), then the measured run serves it from there.
 
 ``--check`` runs real-size clips with ``--memory`` instead (the chooser picks tile and window) and
 compares each measured peak with its budget: the goal of issue 21 (1.5, 3 and 6 GiB).

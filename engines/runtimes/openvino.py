@@ -230,8 +230,9 @@ class OpenVino(Runtime):
         export_dir = Path(export_dir)
         manifest = read_manifest(export_dir)
         if not self.serves(manifest):
-            raise ArtifactError(f"{export_dir} holds {'TensorRT engines' if 'engine' in manifest else manifest['dtype'] + ' graphs'}: "
-                                f"--runtime openvino serves float32 exports ('rvrt-export onnx')")
+            held = "TensorRT engines" if "engine" in manifest else f"{manifest['dtype']} graphs"
+            raise ArtifactError(f"{export_dir} holds {held}: --runtime openvino serves float32 exports ('rvrt-export "
+                                f"onnx')")
         require_validated(manifest, export_dir, allow_unvalidated)
         record = self.resolved()
         key = record.entry_key(export_dir, manifest)
