@@ -242,9 +242,9 @@ class WindowRestorer:
     ``shifted[r]`` is input frame n + r, clamped at the ends), for every r a window can lie at from
     a frame it holds. A window is restored under one lock, by the first request that finds it
     missing, and each request holds the windows it uses, so the cache can drop them meanwhile.
-    ``cuts`` (:func:`clip_cuts`): the frames that begin a shot; the windows are
-    :func:`rvrt_engines.scenes.shot_spans`', rvrt-run's, so a frame requested anywhere is made from
-    its own shot's windows only.
+    ``cuts`` (:func:`clip_cuts`): the frames that begin a shot; the windows are rvrt-run's,
+    :func:`rvrt_engines.scenes.shot_spans`, so a frame requested anywhere is made from its own shot's
+    windows only.
     """
 
     def __init__(self, clip: vs.VideoNode, backend, tiling, sigma: float | None, cache_windows: int,
