@@ -58,6 +58,19 @@ class Description:
     def precision(self) -> str:
         return self.runtime.resolved().precision
 
+    def provenance(self) -> dict:
+        """What made an output, as it records it: the task, the weights (their sha256, or "random weights"),
+        the runtime and its precision."""
+        if self.random_weights:
+            weights = "random weights"
+        elif self.directory is not None and self.source is None:
+            weights = f"sha256:{read_manifest(self.directory)['checkpoint'].get('sha256', 'unknown')}"
+        elif self.source is not None and self.source.checkpoint is not None:
+            weights = self.source.weights
+        else:
+            weights = "a network built in this process"
+        return {"task": self.task.id, "weights": weights, "runtime": self.runtime.name, "precision": self.precision}
+
     def with_threads(self, threads: int | None) -> Description:
         """This description for a worker of ``threads`` threads (runtimes without a thread option ignore it)."""
         if threads is None or "threads" not in self.runtime.__dataclass_fields__:
@@ -217,11 +230,13 @@ def directory_description(path: Path, *, task: str | None, runtime: str | Runtim
     else:
         kind = runtime_named(runtime) if runtime is not None else serving_runtime(manifest, path)
         record = runtime_record(kind.name, precision=precision, device=device, threads=threads)
+    if record.exported and not record.serves(manifest) and type(record)().serves(manifest):
+        raise ArtifactError(f"{path} holds {holds(manifest)}, not {record.precision}: drop --fp16 or --precision, or "
+                            f"{record.making_hint(path)}")
     if not record.exported or not record.serves(manifest):
         others = [name for name, kind in RUNTIMES.items() if kind.exported and kind().serves(manifest)]
-        asked = f"--runtime {record.name}" + (f" in {record.precision}" if record.precision else "")
-        raise ArtifactError(f"{path} holds {holds(manifest)}: they run with --runtime {' or '.join(others)}; for {asked}, "
-                            f"{record.making_hint(path)}")
+        raise ArtifactError(f"{path} holds {holds(manifest)}: they run with --runtime {' or '.join(others)}; for "
+                            f"--runtime {record.name}, {record.making_hint(path)}")
     if record.precision is None:
         record = dataclasses.replace(record, precision=manifest["dtype"]) \
             if manifest["dtype"] in record.precisions else record.resolved()

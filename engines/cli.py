@@ -14,9 +14,11 @@ from .cache import ArtefactCache
 from .extras import require_extra
 from .frontend import TILING_OPTIONS, Prepared, check_request, prepare
 from .manifest import check_files, read_manifest
-from .options import USER_ERRORS, UserError, encoding_options, memory_option, model_options, parse_time, precision_of
+from .options import (ENCODING_OPTIONS, USER_ERRORS, UserError, encoding_options, memory_option, model_options,
+                      parse_time, precision_of)
 from .progress import ProgressDisplay, log_to_stderr
 from .restore import open_source, output_writer, restore_video
+from .scenes import OFF, cut_rule, describe_cuts
 from .signals import stopped_by_signals
 from .video import check_output_path
 from .wording import count_of
@@ -62,7 +64,7 @@ def main(model, source, output, **options):
     # Frames streamed to standard output cannot be taken back; a file or folder is never left half-written.
     aftermath = "the output stream ends here, incomplete" if output == "-" else "nothing was written"
     tiling = {name: options.pop(name) for name in TILING_OPTIONS}
-    encoding = {name: options.pop(name) for name in ("codec", "crf", "lossless", "pix_fmt")}
+    encoding = {name: options.pop(name) for name in ENCODING_OPTIONS}
     bit_depth = options.pop("bit_depth")
     encoding["bit_depth"] = int(bit_depth) if bit_depth else None
     try:
@@ -82,12 +84,14 @@ def show_build_messages() -> None:
 
 def run(model, source, output, *, task, checkpoint, random_weights, runtime, precision=None, fp16=False, sigma, tiling,
         device, threads, memory=None, start, frames, fps, encoding, overwrite, allow_unvalidated, verify, ray, workers,
-        quiet, dry_run=False):
+        quiet, dry_run=False, scene_cuts="auto"):
     check_request(model, task=task, sigma=sigma, tile=tiling["tile"])
     if workers is not None and ray is None:
         raise ValueError("--workers sets the number of Ray workers: it needs --ray (local, auto or an address)")
     check_output_path(output, inputs=(source,), overwrite=overwrite)
     frame_source = open_source(source, fps, start, frames)
+    # A cut list that cannot be read is refused before the model loads (an export takes minutes).
+    cut_rule(scene_cuts, frame_source)
     known = known_task(model, task)
     if known is not None:
         # Every output choice is checked by opening the real encoder before the model is loaded.
@@ -113,7 +117,7 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, pre
             windows = stack.enter_context(RayWindows(prepared.description, address=ray, workers=workers,
                                                      threads=threads))
         restore_with(prepared, windows, frame_source, output, sigma=sigma, encoding=encoding, overwrite=overwrite,
-                     quiet=quiet)
+                     quiet=quiet, scene_cuts=scene_cuts)
 
 
 def tell_dry_run(prepared: Prepared, frame_source) -> None:
@@ -156,7 +160,7 @@ def told_first(progress, tell):
     return report
 
 
-def restore_with(prepared: Prepared, windows, frame_source, output, *, sigma, encoding, overwrite, quiet):
+def restore_with(prepared: Prepared, windows, frame_source, output, *, sigma, encoding, overwrite, quiet, scene_cuts):
     display = ProgressDisplay(enabled=not quiet)
     # The tiling is told with the first progress report, which comes once the model runs: a run that cannot
     # start (a damaged graph is found when its session opens) ends with its one error line only.
@@ -164,10 +168,12 @@ def restore_with(prepared: Prepared, windows, frame_source, output, *, sigma, en
     try:
         summary = restore_video(prepared.description, frame_source, output, sigma=sigma, overwrite=overwrite,
                                 progress=progress, windows=windows, notes=lambda message: click.echo(message, err=True),
-                                **prepared.options, **encoding)
+                                scene_cuts=scene_cuts, **prepared.options, **encoding)
     finally:
         display.close()
     if not quiet:
+        if scene_cuts != OFF:
+            click.echo(describe_cuts(summary.cuts), err=True)
         click.echo(f"{count_of(summary.frames, 'frame')} {summary.input_size[0]}x{summary.input_size[1]} -> "
                    f"{summary.output_size[0]}x{summary.output_size[1]} ({summary.bit_depth}-bit) in "
                    f"{summary.seconds:.1f} s ({summary.fps:.2f} fps, {summary.backend}) -> {summary.output}", err=True)

@@ -20,6 +20,7 @@ from rvrt.tiling import tile_name, tile_shape_of
 from .backends import eager_description, load_backend
 from .extras import MissingExtra, require_extra
 from .options import TILE, UserError, check_tile_fits
+from .progress import ProgressDisplay, log_to_stderr
 from .restore import restore_video
 from .video import open_frames
 from .wording import count_of
@@ -81,6 +82,9 @@ def main(task, checkpoint, tiny, frames, tile, workdir):
     export_dir = workdir / f"onnx-{name}"
     if not export_dir.exists():
         from rvrt_export.onnx_export import export_onnx
+
+        # The export validates stage by stage for a minute or more: its progress shows, also without a terminal.
+        log_to_stderr("rvrt_export")
         start = time.perf_counter()
         manifest = export_onnx(model, spec, tile, export_dir, checkpoint=checkpoint, random_seed=seed)
         worst = max(s["max_abs"] for s in manifest["validation"]["stages"].values())
@@ -91,7 +95,12 @@ def main(task, checkpoint, tiny, frames, tile, workdir):
     eager = eager_description(spec, model, random_weights=checkpoint is None)
     for label, backend in (("eager PyTorch", eager), ("ONNX Runtime", load_backend(export_dir, runtime="onnxruntime"))):
         out = workdir / f"{name}-{backend.name}.mkv"
-        summary = restore_video(backend, lq_path, out, sigma=sigma, tile=tile, lossless=True, overwrite=True)
+        display = ProgressDisplay()
+        try:
+            summary = restore_video(backend, lq_path, out, sigma=sigma, tile=tile, lossless=True, overwrite=True,
+                                    progress=display)
+        finally:
+            display.close()
         results[label] = (summary, np.stack(list(open_frames(out))))
         click.echo(f"{label:14s}: {summary.fps:6.3f} fps ({summary.seconds:.1f} s) -> {out}")
 

@@ -122,14 +122,18 @@ model_options = option_group(
                       "on CPUs with bfloat16 instructions, else f32]."),
     click.option("--fp16", is_flag=True, help="float16 graphs/engines: --precision f16."),
     click.option("--sigma", type=float, help="Noise level (0-255 scale), denoising only."),
-    click.option("--window", type=int, help="Frames per temporal window [rvrt-run: chosen within --memory, up to "
-                                            "the task's official value; rvrt-batch: the official value; 100 where "
-                                            "the official script takes the whole video]; 0 = whole video."),
+    click.option("--window", type=int, help="Frames per temporal window [chosen within --memory, up to the task's "
+                                            "official value; 100 where the official script takes the whole "
+                                            "video]; 0 = whole video."),
+    click.option("--scene-cuts", default="auto", show_default=True,
+                 help="Where shots begin, so that no temporal window spans a cut: auto (FFmpeg's scdet on the frames "
+                      "as they are read), off (the official behaviour: windows run across cuts), or a file listing "
+                      "the first frame of each shot (one number a line, or PySceneDetect's scene-list CSV)."),
     click.option("--window-overlap", type=int, help="Frames shared by neighbouring windows [2]."),
     click.option("--tile", type=TILE, help="Spatial tile in input px: 64 (square) or HEIGHTxWIDTH, e.g. 144x176; "
-                                           "multiples of 8, at least 40 for SR and 136 otherwise [rvrt-run: the "
-                                           "whole frame, or the tile computing the fewest pixels within --memory; "
-                                           "rvrt-batch: the task's official value]: eager PyTorch takes any such "
+                                           "multiples of 8, at least 40 for SR and 136 otherwise [the whole "
+                                           "frame, or the tile computing the fewest pixels within --memory (the "
+                                           "largest input's, for rvrt-batch)]: eager PyTorch takes any such "
                                            "tile; with --runtime an export is made (and cached) for it; an export "
                                            "directory serves the tile it was exported for."),
     click.option("--tile-overlap", type=int, help="Pixels shared by neighbouring tiles [20]."),
@@ -143,4 +147,10 @@ encoding_options = option_group(
     click.option("--bit-depth", type=click.Choice(["8", "10", "16"]),
                  help="Output bits per component [8 for 8-bit input; 10 (video) or 16 (PNG) for deeper input]."),
     click.option("--pix-fmt", help="Encoder pixel format, e.g. yuv444p [yuv420p / yuv420p10le]."),
+    click.option("--preset", help="Encoder preset, as FFmpeg takes it, e.g. slow for libx264 [the encoder's]."),
+    click.option("--encoder-option", "encoder_options", multiple=True, metavar="KEY=VALUE",
+                 help="An option of the encoder as FFmpeg takes it (-x264-params, tune=film...); repeatable."),
 )
+
+ENCODING_OPTIONS = ("codec", "crf", "lossless", "pix_fmt", "preset", "encoder_options")
+"""The names of :data:`encoding_options` as ``restore_video`` takes them (and bit_depth, as an int)."""

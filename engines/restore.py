@@ -254,13 +254,14 @@ def open_source(source, fps: float | None = None, start: float | None = None, fr
 
 
 def output_writer(frames: FrameSource, output, scale: int, *, overwrite=False, lossless=False, crf=None, codec=None,
-                  pix_fmt=None, bit_depth=None) -> open_writer:
+                  pix_fmt=None, bit_depth=None, preset=None, encoder_options=None, provenance=None) -> open_writer:
     """The checked (not yet opened) writer of ``output`` for ``frames`` restored at ``scale``."""
     if frames.variable_frame_rate:
         raise VideoInputError(f"{frames.path}: variable frame rate; this runner writes constant-rate video and would "
                               f"shift frames in time. Convert first, e.g. ffmpeg -i IN -fps_mode cfr OUT.mp4")
     return open_writer(output, frames.frame_rate, frames.width * scale, frames.height * scale, codec=codec, crf=crf,
-                       lossless=lossless, overwrite=overwrite, like=frames, bit_depth=bit_depth, pix_fmt=pix_fmt)
+                       lossless=lossless, overwrite=overwrite, like=frames, bit_depth=bit_depth, pix_fmt=pix_fmt,
+                       preset=preset, encoder_options=encoder_options, provenance=provenance)
 
 
 def resolve_tiling(backend: Description, *, window: int | None = None, window_overlap: int | None = None,
@@ -293,7 +294,8 @@ def restore_video(backend: Description, source, output: str | os.PathLike, *,
                   sigma: float | None = None, window: int | None = None, window_overlap: int | None = None,
                   tile: int | Sequence[int] | None = None, tile_overlap: int | None = None, batch: int | None = None,
                   overwrite: bool = False, lossless: bool = False, crf: int | None = None, codec: str | None = None,
-                  pix_fmt: str | None = None, bit_depth: int | None = None, start: float | None = None,
+                  pix_fmt: str | None = None, bit_depth: int | None = None, preset: str | None = None,
+                  encoder_options=None, start: float | None = None,
                   frames: int | None = None, fps: float | None = None, progress=None, windows=None,
                   notes=None, scene_cuts="auto") -> RestoreSummary:
     """Restore ``source`` (video file, folder of frames, ``-`` for YUV4MPEG2 on stdin, or an
@@ -319,7 +321,8 @@ def restore_video(backend: Description, source, output: str | os.PathLike, *,
     starts_shot, known_cuts, cut_notes = cut_rule(scene_cuts, source_frames)
     scale = backend.config.upscale
     sink = output_writer(source_frames, output, scale, overwrite=overwrite, lossless=lossless, crf=crf, codec=codec,
-                         pix_fmt=pix_fmt, bit_depth=bit_depth)
+                         pix_fmt=pix_fmt, bit_depth=bit_depth, preset=preset, encoder_options=encoder_options,
+                         provenance=backend.provenance())
     count = source_frames.frame_count
     written = 0
     with sink as writer:

@@ -36,21 +36,24 @@ except ImportError as error:
 
 from rvrt.tiling import blend_frame, covering_windows, restore_window
 
-from .backends import known_task, load_backend
-from .memory_budget import MEMORY_EXPECTED, Budget, parse_memory
-from .restore import check_sigma, frame_to_array, resolve_tiling, to_uint8, to_uint16
+from .frontend import TILING_OPTIONS, prepare
+from .memory_budget import MEMORY_EXPECTED, parse_memory
+from .restore import frame_to_array, to_uint8, to_uint16
+from .runtimes import PRECISION_NAMES
 from .scenes import AUTO, OFF, checked_list, describe_cuts, read_cut_file, shot_spans
 
 DEFAULTS = {
-    "task": None, "checkpoint": None, "random_weights": False, "runtime": None, "fp16": False, "device": "cpu",
+    "task": None, "checkpoint": None, "random_weights": False, "runtime": None, "precision": None, "fp16": False,
+    "device": "cpu",
     "threads": None, "allow_unvalidated": False, "sigma": None, "window": None, "window_overlap": None,
     "tile": None, "tile_overlap": None, "batch": None, "memory": None, "format": None, "cache_windows": 2,
+    "scene_cuts": AUTO,
 }
 """The options of :func:`restore` and their defaults (None: the task's or the export's value)."""
 
 INTEGERS = ("threads", "window", "window_overlap", "tile_overlap", "batch", "cache_windows")
 FLAGS = ("random_weights", "fp16", "allow_unvalidated")
-STRINGS = ("task", "runtime", "device")
+STRINGS = ("task", "runtime", "precision", "device")
 
 # Properties that describe YUV pixels: an RGB output frame has RGB's instead.
 YUV_ONLY = ("_ChromaLocation",)
@@ -67,13 +70,14 @@ def restore(clip: vs.VideoNode, model: str | os.PathLike, **options) -> vs.Video
     4th channel).
 
     model: what MODEL is for rvrt-run: an export or engine directory, an official checkpoint, or a
-    task name with ``checkpoint=`` or ``random_weights=True`` (and ``runtime=`` to serve it on
-    ONNX Runtime or TensorRT).
+    task name with ``checkpoint=`` or ``random_weights=True`` (and ``runtime=`` to serve it on an
+    exported runtime: onnxruntime, openvino, tensorrt).
 
     options, named after rvrt-run's flags, defaults in brackets:
       task, checkpoint, random_weights [False], runtime [None: the directory's own; eager PyTorch for
-      a checkpoint], fp16 [False], device ['cpu'], threads [ONNX Runtime's: all cores],
-      allow_unvalidated [False]: the model, as for :func:`rvrt_engines.backends.load_backend`;
+      a checkpoint], precision ['f32', 'f16' or 'bf16'; the runtime's default], fp16 [False: precision
+      'f16'], device ['cpu'], threads [the runtime's: all cores], allow_unvalidated [False]: the model,
+      set up by :func:`rvrt_engines.frontend.prepare` as for rvrt-run;
       sigma: the noise level (0-255 scale), denoising only and required there;
       window [as rvrt-run: chosen within ``memory``, up to the task's official value; 0 = whole clip],
       window_overlap [2], tile [as rvrt-run: the export's; for a task or checkpoint the whole frame, or
@@ -86,7 +90,10 @@ def restore(clip: vs.VideoNode, model: str | os.PathLike, **options) -> vs.Video
       ``core.resize`` (a YUV format only for a YUV clip, with each input frame's matrix, range and
       chroma location);
       cache_windows [2]: restored windows kept for later requests (each window: t frames of
-      float32 (3, H*s, W*s)).
+      float32 (3, H*s, W*s)), counted in the memory estimate;
+      scene_cuts ["auto"]: no window spans a cut (:func:`clip_cuts`): "auto" reads the clip's
+      ``_SceneChangePrev``/``_SceneChangeNext`` (misc.SCDetect's, or the user's own), "off" is the
+      official behaviour, else a file or a list of the frames that begin a shot.
 
     Returns a clip of the same length and frame rate, H*s x W*s (s: the task's scale, 4 for SR).
     RGBS output frames hold the network's float32 values, unclipped. Every frame property of the
@@ -108,36 +115,35 @@ def restore(clip: vs.VideoNode, model: str | os.PathLike, **options) -> vs.Video
     check_clip(clip)
     output_format = checked_format(clip, settings["format"])
     memory = memory_bytes(settings["memory"])
-    options = {name: settings[name] for name in ("window", "window_overlap", "tile", "tile_overlap", "batch")}
     try:
         # The tile and window are chosen as rvrt-run chooses them, so that the defaults give its frames too.
-        budget = Budget(memory, settings["runtime"] or "pytorch", settings["device"], option="{}={}")
-        known, directory = known_task(str(model), settings["task"]), os.path.isdir(model)
-        if known is not None and not directory:
-            options.update(budget.plan(known, known.config, clip.height, clip.width, clip.num_frames,
-                                       options).options())
-        backend = load_backend(model, task=settings["task"], checkpoint=settings["checkpoint"],
-                               random_weights=settings["random_weights"], runtime=settings["runtime"],
-                               fp16=settings["fp16"], device=settings["device"], threads=settings["threads"],
-                               allow_unvalidated=settings["allow_unvalidated"], tile=options["tile"],
-                               batch=options["batch"])
-        check_sigma(backend.task, settings["sigma"])
-        if directory:
-            options["window"] = budget.plan(backend.task, backend.config, clip.height, clip.width, clip.num_frames,
-                                            options, export=backend).window
-        tiling = resolve_tiling(backend, **options)
+        prepared = prepare(model, frame=(clip.height, clip.width), frames=clip.num_frames, task=settings["task"],
+                           checkpoint=settings["checkpoint"], random_weights=settings["random_weights"],
+                           runtime=settings["runtime"], precision=precision_of(settings), device=settings["device"],
+                           threads=settings["threads"], sigma=settings["sigma"], memory=memory,
+                           allow_unvalidated=settings["allow_unvalidated"], cached_windows=settings["cache_windows"],
+                           option="{}={}", **{name: settings[name] for name in TILING_OPTIONS})
     except (ValueError, RuntimeError, OSError) as error:   # bad input, or what this machine lacks (TensorRT, CUDA)
         raise vs.Error(f"rvrt restore: {error}") from None
     core = vs.core.core
-    for message in budget.warnings:
+    for message in [*prepared.plan_warnings, *prepared.warnings]:
         core.log_message(vs.MESSAGE_TYPE_WARNING, f"rvrt restore: {message}")
-    for line in budget.lines:
+    for line in prepared.lines:
         core.log_message(vs.MESSAGE_TYPE_INFORMATION, f"rvrt restore: {line}")
-    if backend.random_weights:
-        core.log_message(vs.MESSAGE_TYPE_WARNING,
-                         "rvrt restore: random weights: the output is not a restoration (demo/test mode)")
-    restorer = WindowRestorer(clip, backend, tiling, settings["sigma"], settings["cache_windows"])
+    backend, tiling = prepared.description, prepared.tiling
+    restorer = WindowRestorer(clip, backend, tiling, settings["sigma"], settings["cache_windows"],
+                              clip_cuts(clip, settings["scene_cuts"]))
     return restorer.output_in(output_format)
+
+
+def precision_of(settings: dict) -> str | None:
+    """precision= (f32, f16, bf16) or fp16=True as the precision it names."""
+    precision, fp16 = settings["precision"], settings["fp16"]
+    if precision is not None and precision not in PRECISION_NAMES:
+        raise vs.Error(f"rvrt restore: precision={precision!r}: expected one of {', '.join(PRECISION_NAMES)}")
+    if fp16 and precision not in (None, "f16"):
+        raise vs.Error(f"rvrt restore: fp16=True and precision={precision!r} ask for different precisions: give one")
+    return PRECISION_NAMES["f16"] if fp16 else PRECISION_NAMES.get(precision)
 
 
 def memory_bytes(value) -> int | None:
@@ -250,8 +256,9 @@ class WindowRestorer:
     def __init__(self, clip: vs.VideoNode, backend, tiling, sigma: float | None, cache_windows: int,
                  cuts: Sequence[int] = ()):
         self.clip = clip
-        self.backend = backend.__enter__()
-        weakref.finalize(self, backend.__exit__, None, None, None)
+        opened = contextlib.ExitStack()
+        self.backend = opened.enter_context(backend.open())
+        weakref.finalize(self, opened.close)
         self.tiling = tiling
         self.scale = backend.config.upscale
         self.to_array = frame_to_array(sigma if backend.task.kind == "denoise" else None)

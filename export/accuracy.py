@@ -15,30 +15,13 @@ import torch
 
 from rvrt.model import RVRT
 
-from .stages import StageSpec
+from rvrt_engines.precision import FLOAT16_RELATIVE_TOLERANCE, FLOAT32_TOLERANCE, tolerance_for
 
-# float32 against eager float32: differences are reordered sums (~1e-6 seen on features of
-# magnitude ~1); 1e-3 leaves room for long reductions while any wrong op, weight or index
-# shows up orders of magnitude above it.
-FLOAT32_TOLERANCE = 1e-3
-# float16 keeps 11 significant bits (one unit in the last place is ~1e-3 of a value); a stage
-# of a few dozen layers accumulates a few of those. 1e-2 of the reference's peak magnitude
-# passes that and fails a wrong op, a saturated value or a broken kernel, which are O(1).
-FLOAT16_RELATIVE_TOLERANCE = 1e-2
+from .stages import StageSpec
 
 Feed = Mapping[str, np.ndarray]
 
-
-def tolerance_for(precision: str, reference_peak: float) -> float:
-    """Largest admissible absolute difference for a stage computed in ``precision``."""
-    if precision == "float32":
-        return FLOAT32_TOLERANCE
-    if precision in ("float16", "bfloat16"):
-        # bfloat16 keeps 8 significant bits, 8x float16's error: it is held to the same gate, which it passes
-        # only where its float32 islands keep the flow path and normalisations exact enough.
-        return FLOAT16_RELATIVE_TOLERANCE * max(1.0, reference_peak)
-    raise ValueError(f"unknown precision {precision!r}: expected 'float32', 'float16' or 'bfloat16'")
-
+__all__ = ["FLOAT16_RELATIVE_TOLERANCE", "FLOAT32_TOLERANCE", "compare_stage", "tolerance_for"]
 
 def compare_stage(model: RVRT, spec: StageSpec, run: Callable[[Feed], Mapping[str, np.ndarray]],
                   precision: str = "float32", seed: int = 1) -> dict:

@@ -206,12 +206,12 @@ def test_concurrent_processes_build_an_entry_once(cached, tmp_path):
         time.sleep(0.01)
     (race / "go").touch()
     outputs = [run.communicate(timeout=180)[0] for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], outputs
-    results = {r["pid"]: r for r in map(json.loads, outputs)}
     builds = [line.split() for line in (race / "builds.log").read_text().splitlines()]
     # One build: a second one, overlapping it or after it, would log a second start.
     pid = int(builds[0][1])
-    assert [(event, int(by)) for event, by, _ in builds] == [("start", pid), ("end", pid)], builds
+    assert [(event, int(by)) for event, by, _ in builds] == [("start", pid), ("end", pid)], (builds, outputs)
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    results = {r["pid"]: r for r in map(json.loads, outputs)}
     builder = results.pop(pid)
     (other,) = results.values()
     assert builder["saw"] == ["the other process waiting on the lock"]
@@ -267,7 +267,7 @@ def test_float16_graphs_are_made_from_the_cached_float32_export(cached, tmp_path
     assert OnnxRuntime(precision="float16").artefacts(CountingSource(), tile=TILE, batch=1, cache=cache) == fp16
     with load_backend(fp16, fp16=True).open() as backend:
         assert backend.random_weights and backend.restore(random_clip("sr", 2)).shape == (1, 2, 3, 4 * 48, 4 * 48)
-    with pytest.raises(ArtifactError, match="holds float32 ONNX graphs, not float16: drop --fp16"):
+    with pytest.raises(ArtifactError, match="holds float32 ONNX graphs, not float16: drop --fp16 or --precision"):
         load_backend(tmp_path / entry.name, fp16=True)
 
 
@@ -285,22 +285,24 @@ def test_runtime_choices_with_a_task_or_directory(cached, tmp_path):
     eager = load_backend("sr", random_weights=True, runtime="pytorch")
     assert eager.name == "pytorch" and eager.random_weights and eager.directory is None
     reference = build_model("sr", random_weights=True, seed=0).state_dict()
-    assert all(torch.equal(value, reference[name]) for name, value in eager.stages.model.state_dict().items())
-    with pytest.raises(ValueError, match="--fp16 with --runtime pytorch needs --device cuda"):
+    with eager.open() as backend:
+        assert all(torch.equal(value, reference[name]) for name, value in backend.stages.model.state_dict().items())
+    with pytest.raises(ValueError, match="--precision f16 with --runtime pytorch needs --device cuda"):
         load_backend("sr", random_weights=True, runtime="pytorch", fp16=True)
     if not torch.cuda.is_available():
         # The machine lacks the GPU: a RuntimeError (exit status 1), not bad input.
         with pytest.raises(CudaUnavailableError, match="no CUDA GPU"):
             load_backend("sr", random_weights=True, runtime="pytorch", fp16=True, device="cuda")
-    with pytest.raises(ArtifactError, match="run with --runtime onnxruntime, not tensorrt"):
+    with pytest.raises(ArtifactError, match="they run with --runtime onnxruntime or openvino; for --runtime tensorrt, "
+                                            "build engines"):
         load_backend(entry, runtime="tensorrt")
-    with pytest.raises(ValueError, match="unknown runtime 'onnx': expected --runtime onnxruntime, tensorrt, pytorch"):
+    with pytest.raises(ValueError, match="unknown runtime 'onnx': expected --runtime onnxruntime, openvino, tensorrt, pytorch"):
         load_backend("sr", random_weights=True, runtime="onnx")
     with pytest.raises(ValueError, match="--tile 44 is impossible for task 'sr'"):
         load_backend("sr", random_weights=True, runtime="onnxruntime", tile=44, cache=ArtefactCache(tmp_path))
     with pytest.raises(ValueError, match="no checkpoint given for task 'sr': pass --checkpoint .* or --random-weights"):
         load_backend("sr", runtime="onnxruntime", cache=ArtefactCache(tmp_path))
-    with pytest.raises(ValueError, match="'sr-tile48' is neither an export or engine directory, a checkpoint"):
+    with pytest.raises(ValueError, match="MODEL 'sr-tile48' does not exist: expected an export or engine directory"):
         load_backend("sr-tile48")
     assert not list(tmp_path.iterdir())
 

@@ -238,7 +238,8 @@ class OnnxRuntime(Runtime):
         return ort.__version__, cpu_identity()
 
     def serves(self, manifest: dict) -> bool:
-        return "engine" not in manifest and self.precision in (None, manifest["dtype"])
+        # An OpenVINO entry holds IR made from ONNX graphs, not the graphs: not ONNX Runtime's.
+        return "engine" not in manifest and "openvino" not in manifest and self.precision in (None, manifest["dtype"])
 
     def making_hint(self, directory) -> str:
         if self.precision == "float16":

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..manifest import FORMAT_VERSION, MANIFEST, config_from_manifest, read_manifest, sha256_of, tile_of, write_manifest
-from ..precision import PrecisionPolicy
+from ..precision import PrecisionPolicy, tolerance_for
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,11 @@ KEEP_FLOAT32 = ("DisablePrecisionConversion", "0", "dynamic:f16")
 OPENVINO_OPS = {"LayerNormalization": ("MVN",)}
 """What the ONNX frontend turns an op type of :attr:`PrecisionPolicy.fp32_ops` into."""
 
-# The float16 gate (rvrt_export.accuracy), which bfloat16 is held to: 1 % of a stage's peak magnitude, and
-# 40 dB per frame end to end. float32 is held to the exporter's float32 tolerance.
-FLOAT32_TOLERANCE = 1e-3
-RELATIVE_TOLERANCE = 1e-2
+# The float16 gate, which bfloat16 is held to: 1 % of a stage's peak magnitude (rvrt_engines.precision), and
+# 40 dB per frame end to end.
 MIN_PSNR_DB = 40.0
 CLIP_FRAMES = 2
 """Clips of the end-to-end check: every stage runs, the steps with GDA among them."""
-
-
-def tolerance(precision: str, peak: float) -> float:
-    return FLOAT32_TOLERANCE if precision == "float32" else RELATIVE_TOLERANCE * max(1.0, peak)
 
 
 def float32_ops(model, stage: str, policy: PrecisionPolicy) -> set[str]:
@@ -145,7 +139,7 @@ def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], precis
     errors = [np.abs(got[name].astype(np.float32) - value) for name, value in reference.items()]
     peak = float(max(np.abs(value).max() for value in reference.values()))
     max_abs = float(max(error.max() for error in errors))
-    limit = tolerance(precision, peak)
+    limit = tolerance_for(precision, peak)
     return {"max_abs": max_abs, "mean_abs": float(np.mean([error.mean() for error in errors])),
             "reference_peak": peak, "tolerance": limit, "passed": bool(max_abs <= limit)}
 
