@@ -1,6 +1,6 @@
 """What scene-cut detection (``--scene-cuts auto``) costs, against a full-size SR run, in one run.
 
-    python benchmarks/scenes.py                 # 176x144 (QCIF, carphone's size), ~2 min on 2 quiet cores
+    python benchmarks/scenes.py                 # 176x144 (QCIF, carphone's size), 2-3 min on 2 cores
     python benchmarks/scenes.py --size 144x176 --frames 300 --sr-frames 8 --repeats 3
 
 An H.264 file of ``--frames`` frames (made here with PyAV: pans over photographs, a hard cut every
@@ -77,8 +77,9 @@ def main() -> None:
             detected.append(seconds)
             inside.append(own)
         backend = load_backend("sr", random_weights=True, device="cpu")
+        whole = (-(-height // 8) * 8, -(-width // 8) * 8)       # one tile a frame (sides multiples of 8)
         summary = restore_video(backend, video, Path(work) / "sr", frames=args.sr_frames, window=args.sr_frames,
-                                tile=0, scene_cuts="off")
+                                tile=whole, scene_cuts="off")
     per_frame = min(inside) / args.frames
     difference = max(min(detected) - min(plain), 0.0) / args.frames
     sr = summary.seconds / summary.frames
