@@ -16,7 +16,7 @@ from rvrt.arrays import array_namespace, host_float32
 from rvrt.config import TASKS
 
 from .cache import ArtefactCache, ModelSource
-from .manifest import ArtifactError, config_from_manifest, holds, read_manifest, tile_of
+from .manifest import ArtifactError, config_from_manifest, holds, read_manifest, require_validated, tile_of
 from .runtimes import RUNTIMES, PyTorch, Runtime, default_runtime, runtime_named, runtime_record, serving_runtime
 from .runtimes.pytorch import RANDOM_SEED
 from .weights import OFFICIAL, official_checkpoint
@@ -240,7 +240,8 @@ def directory_description(path: Path, *, task: str | None, runtime: str | Runtim
     if record.precision is None:
         record = dataclasses.replace(record, precision=manifest["dtype"]) \
             if manifest["dtype"] in record.precisions else record.resolved()
-    record.require()
+    # What the directory holds is checked when it is opened; its validation record already now, before any work.
+    require_validated(manifest, path, allow_unvalidated)
     return Description(spec, config_from_manifest(manifest), record, None, path, tile_of(manifest), manifest["batch"],
                        random_weights=bool(manifest["checkpoint"].get("random_weights")),
                        allow_unvalidated=allow_unvalidated)

@@ -3,7 +3,8 @@
 A frontend of the one recurrent driver, not a copy of it: the model is
 :func:`rvrt_engines.backends.load_backend`'s, the tiling :func:`rvrt_engines.restore.resolve_tiling`'s,
 the windows, tiles and blending :mod:`rvrt.tiling`'s, and frames become arrays and arrays pixels with
-rvrt-run's own functions. So a frame equals rvrt-run's frame for the same input, bit for bit in float32.
+rvrt-run's own functions. So a frame equals rvrt-run's frame for the same RGB input, bit for bit in float32
+(YUV becomes RGB by zimg here, by swscale there: docs/vapoursynth.md says how far apart).
 
 Lazy and seekable: a request for frame n restores only the temporal windows that hold n (those of
 :func:`rvrt.tiling.window_spans` for the clip's length), which a small LRU cache keeps, so that playback
@@ -28,11 +29,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .extras import install_command
+
 try:
     import vapoursynth as vs
 except ImportError as error:
-    raise ImportError("rvrt_engines.vapoursynth needs VapourSynth (R81, Python >= 3.12): "
-                      "pip install 'rvrt-deploy[vapoursynth]'") from error
+    # The package is on no index: the hint names this copy's own source (a checkout's '.[vapoursynth]').
+    raise ImportError(f"rvrt_engines.vapoursynth needs VapourSynth (R81, Python >= 3.12): "
+                      f"{install_command('vapoursynth')}") from error
 
 from rvrt.tiling import blend_frame, covering_windows, restore_window
 
@@ -41,6 +45,7 @@ from .memory_budget import MEMORY_EXPECTED, parse_memory
 from .restore import frame_to_array, to_uint8, to_uint16
 from .runtimes import PRECISION_NAMES
 from .scenes import AUTO, OFF, checked_list, describe_cuts, read_cut_file, shot_spans
+from .video.colour import MATRIX_NAMES, guessed_matrix
 
 DEFAULTS = {
     "task": None, "checkpoint": None, "random_weights": False, "runtime": None, "precision": None, "fp16": False,
@@ -57,6 +62,8 @@ STRINGS = ("task", "runtime", "precision", "device")
 
 # Properties that describe YUV pixels: an RGB output frame has RGB's instead.
 YUV_ONLY = ("_ChromaLocation",)
+# _Matrix values that say nothing about a YUV frame: unspecified, or RGB's left over from another clip.
+UNTAGGED = (vs.MATRIX_UNSPECIFIED, vs.MATRIX_RGB)
 
 
 def restore(clip: vs.VideoNode, model: str | os.PathLike, **options) -> vs.VideoNode:
@@ -65,9 +72,10 @@ def restore(clip: vs.VideoNode, model: str | os.PathLike, **options) -> vs.Video
     clip: constant format and size, RGB or YUV, 8-16 bit integer or 32-bit float samples. It is read
     as RGB the way rvrt-run reads video: 8-bit clips as RGB24, deeper and float clips as RGB48 (on
     ``core.resize``; YUV with each frame's own ``_Matrix`` and ``_Range``, limited where ``_Range``
-    is missing; a YUV frame without a ``_Matrix`` fails, naming the frame), then as float32 (3, H, W)
-    in [0, 1] by :func:`rvrt_engines.restore.frame_to_array` (denoising appends ``sigma``/255 as a
-    4th channel).
+    is missing; YUV without a ``_Matrix`` (or with an unspecified or RGB one) with rvrt-run's guess
+    by size, BT.601 or BT.709 as players take it (:func:`tagged`, said once in the log); RGB without
+    a matrix, whatever ``_Matrix`` it carries), then as float32 (3, H, W) in [0, 1] by
+    :func:`rvrt_engines.restore.frame_to_array` (denoising appends ``sigma``/255 as a 4th channel).
 
     model: what MODEL is for rvrt-run: an export or engine directory, an official checkpoint, or a
     task name with ``checkpoint=`` or ``random_weights=True`` (and ``runtime=`` to serve it on an
@@ -100,7 +108,7 @@ def restore(clip: vs.VideoNode, model: str | os.PathLike, **options) -> vs.Video
     input frame is kept (``_Primaries``, ``_Transfer``, ``_SARNum``/``_SARDen``,
     ``_DurationNum``/``_DurationDen``, ``_FieldBased``, ``_SceneChangePrev``/``_SceneChangeNext``
     and the rest); ``_Matrix`` and ``_Range`` say what the output pixels are: RGB and full range
-    for RGB output, the input's for an output in a YUV clip's format.
+    for RGB output, the input's (its guessed matrix for untagged YUV) for an output in a YUV clip's format.
 
     Bad arguments raise ``vs.Error`` naming the argument before the node exists; a failure while a
     frame is made is VapourSynth's error for that frame, naming it and the cause.
@@ -255,7 +263,8 @@ class WindowRestorer:
 
     def __init__(self, clip: vs.VideoNode, backend, tiling, sigma: float | None, cache_windows: int,
                  cuts: Sequence[int] = ()):
-        self.clip = clip
+        # The matrix a YUV frame was read with is the one its output frame carries, as rvrt-run tags its output.
+        self.clip = tagged(clip) if clip.format.color_family == vs.YUV else clip
         opened = contextlib.ExitStack()
         self.backend = opened.enter_context(backend.open())
         weakref.finalize(self, opened.close)
@@ -267,7 +276,7 @@ class WindowRestorer:
         self.lock = threading.Lock()
         self.core = vs.core.core
         self.width, self.height = clip.width * self.scale, clip.height * self.scale
-        self.rgb = self.read_as_rgb(clip)
+        self.rgb = self.read_as_rgb(self.clip)
         reach = max(stop - start for start, stop in self.spans)
         self.shifted = {r: self.shift(r) for r in range(1 - reach, reach)}
         self.blank = self.core.std.BlankClip(clip, width=self.width, height=self.height, format=vs.RGBS, keep=True)
@@ -277,8 +286,10 @@ class WindowRestorer:
         fmt = clip.format
         target = vs.RGB24 if fmt.sample_type == vs.INTEGER and fmt.bits_per_sample == 8 else vs.RGB48
         if fmt.color_family == vs.YUV:
-            clip = self.core.std.ModifyFrame(clip, clip, has_matrix)
             return self.core.resize.Bicubic(clip, format=target, range=vs.RANGE_FULL)
+        # RGB needs no matrix, and zimg refuses an RGB frame with a YUV one (a stale _Matrix, as copied props or
+        # ShufflePlanes leave): it is read as what it is.
+        clip = self.core.std.SetFrameProps(clip, _Matrix=vs.MATRIX_RGB)
         return self.core.resize.Point(clip, format=target, range=vs.RANGE_FULL)
 
     def shift(self, r: int) -> vs.VideoNode:
@@ -302,7 +313,7 @@ class WindowRestorer:
         converters = {}
 
         def to_yuv(n, f):
-            props = has_matrix(n, f).props
+            props = f.props
             key = (props.get("_Matrix"), props.get("_Range", vs.RANGE_LIMITED), props.get("_ChromaLocation", 0))
             if key not in converters:
                 converters[key] = self.core.resize.Bicubic(rgbs, format=fmt.id, matrix=key[0], range=key[1],
@@ -422,12 +433,30 @@ def planes_of(frame: vs.VideoFrame) -> np.ndarray:
     return np.stack([np.asarray(frame[plane]) for plane in range(3)], axis=-1)
 
 
-def has_matrix(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
-    if f.props.get("_Matrix", vs.MATRIX_UNSPECIFIED) in (vs.MATRIX_UNSPECIFIED, vs.MATRIX_RGB):
-        raise vs.Error(f"rvrt restore: input frame {n} is YUV without a _Matrix property: RVRT restores RGB and "
-                       f"cannot tell how to convert it; set the clip's matrix, e.g. "
-                       f"core.std.SetFrameProps(clip, _Matrix=vs.MATRIX_BT709)")
-    return f
+def tagged(clip: vs.VideoNode) -> vs.VideoNode:
+    """A YUV clip whose untagged frames (:data:`UNTAGGED`, as ``core.bs.VideoSource`` gives for an untagged
+    H.264 file) carry rvrt-run's guess of their matrix (:func:`rvrt_engines.video.colour.guessed_matrix`:
+    BT.709 from 1280 wide or above 576 lines, else BT.601, as players take it), so that the filter reads
+    such a file as rvrt-run does; the first such frame says so in the log, once."""
+    core = vs.core.core
+    matrix = guessed_matrix(clip.width, clip.height)
+    said = threading.Event()
+
+    def tag(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+        if f.props.get("_Matrix", vs.MATRIX_UNSPECIFIED) not in UNTAGGED:
+            return f
+        if not said.is_set():
+            said.set()
+            limited = "" if "_Range" in f.props else ", limited range"
+            core.log_message(vs.MESSAGE_TYPE_WARNING,
+                             f"rvrt restore: note: input frame {n} is untagged {clip.width}x{clip.height} "
+                             f"{clip.format.name} (no _Matrix): read as matrix {MATRIX_NAMES[matrix]}{limited}, "
+                             f"rvrt-run's guess by size; if that is wrong, set it with "
+                             f"core.std.SetFrameProps(clip, _Matrix=...)")
+        out = f.copy()
+        out.props["_Matrix"] = matrix
+        return out
+    return core.std.ModifyFrame(clip, clip, tag)
 
 
 def quantised(n: int, f: vs.VideoFrame, quantise) -> vs.VideoFrame:

@@ -12,7 +12,7 @@ from conftest import random_clip
 from rvrt import Tiling, build_model, get_task, restore_tiled
 from rvrt.model import BRANCHES
 from rvrt_engines.backends import load_backend
-from rvrt_export import accuracy
+from rvrt_engines import precision
 from rvrt_engines.runtimes.float16_emulation import float16_emulation
 from rvrt_export.fp16 import PrecisionPolicy, export_fp16, spec_of, to_mixed_precision
 from rvrt_engines.manifest import ArtifactError, read_manifest
@@ -146,7 +146,7 @@ def test_float16_graphs_serve_the_runner(fp16_exports):
 
 def test_stage_over_tolerance_is_named_and_never_served(tiny_export, tmp_path, monkeypatch):
     model, _, source = tiny_export("sr")
-    monkeypatch.setattr(accuracy, "FLOAT16_RELATIVE_TOLERANCE", 1e-7)
+    monkeypatch.setattr(precision, "FLOAT16_RELATIVE_TOLERANCE", 1e-7)
     with pytest.raises(ArtifactError, match="stage 'extract': the float16 graph differs"):
         export_fp16(model, source, tmp_path / "strict")
     assert not (tmp_path / "strict").exists() and not list(tmp_path.glob(".strict*"))

@@ -157,7 +157,7 @@ def test_rvrt_run_refuses_a_budget_that_nothing_fits_before_any_work(small_sr_cl
     result = CliRunner().invoke(run_cli, ["sr", str(small_sr_clip), "-o", str(tmp_path / "o.mp4"), "--random-weights",
                                           "--memory", "100M"])
     assert result.exit_code == 2
-    assert result.output.startswith("Error: --memory 0.10G is too little for task 'sr' at 56x48")
+    assert result.output.startswith("Error: --memory 100M is too little for task 'sr' at 56x48")
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o.mp4").exists()
     result = CliRunner().invoke(run_cli, ["sr", str(small_sr_clip), "-o", str(tmp_path / "o.mp4"), "--random-weights",
                                           "--memory", "lots"])

@@ -140,7 +140,9 @@ def serving_venv(tmp_path_factory, caches):
         pytest.skip(f"python -m venv is unavailable here: {(made.stdout + made.stderr).strip().splitlines()[-1]}")
     checked(made)
     source = source_copy(base / "source")
-    checked(run([venv / "bin" / "python", "-m", "pip", "install", "--no-input", source], venv_env(venv, caches),
+    # The serving install and the torch-free OpenVINO extra: what serves exports without the exporter.
+    checked(run([venv / "bin" / "python", "-m", "pip", "install", "--no-input", f"{source}[openvino]"],
+                venv_env(venv, caches),
                 cwd=base, timeout=900))
     return venv
 
@@ -209,6 +211,21 @@ def test_serving_install_serves_the_task_from_what_a_full_install_cached(serving
     assert "exporting" not in served.stderr and SUMMARY.search(served.stderr), served.stderr
     assert sorted(p.name for p in Path(caches["RVRT_CACHE"]).iterdir() if not p.name.startswith(".")) == entries
     assert np.array_equal(read_frames(tmp_path / "venv")[1], read_frames(tmp_path / "full")[1])
+
+
+@needs_venv
+def test_serving_install_restores_with_openvino_in_bfloat16(serving_venv, caches, sr_export, lr_video, tmp_path):
+    """OpenVINO needs no PyTorch either: a serving install validates its bfloat16 entry on first use (against ONNX
+    Runtime float32) and restores within the float16 gate of the full environment's ONNX Runtime frames."""
+    served = checked(run([serving_venv / "bin" / "rvrt-run", sr_export, lr_video, "-o", tmp_path / "venv", "--runtime",
+                          "openvino", "--precision", "bf16", *RUN_OPTIONS], venv_env(serving_venv, caches),
+                         cwd=tmp_path, timeout=900))
+    assert "openvino bfloat16" in served.stderr, served.stderr
+    checked(run([*full_command("rvrt-run"), sr_export, lr_video, "-o", tmp_path / "full", *RUN_OPTIONS],
+                full_env(caches), cwd=tmp_path))
+    openvino, onnxruntime = read_frames(tmp_path / "venv")[1], read_frames(tmp_path / "full")[1]
+    error = (openvino.astype(np.float64) - onnxruntime) / 255
+    assert 10 * np.log10(1 / max(np.mean(error ** 2), 1e-12)) >= 40
 
 
 REFUSALS = {

@@ -35,8 +35,9 @@ def test_report_covers_onnxruntime_both_precisions(sr_report):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     by_label = {c["label"]: c for c in report["candidates"]}
-    assert report["verdict"] == "pass" and report["summary"]["passed"] == 2
-    for label, precision in (("onnxruntime float32", "float32"), ("onnxruntime float16", "float16")):
+    assert report["verdict"] == "pass" and report["summary"]["passed"] == 4
+    for label, precision in (("onnxruntime float32", "float32"), ("onnxruntime float16", "float16"),
+                             ("openvino bfloat16", "bfloat16"), ("openvino float32", "float32")):
         candidate = by_label[label]
         assert candidate["status"] == "pass" and candidate["precision"] == precision
         assert len(candidate["stages"]) == 11 and all(s["passed"] for s in candidate["stages"].values())
@@ -44,6 +45,8 @@ def test_report_covers_onnxruntime_both_precisions(sr_report):
         assert set(e2e) >= {"max_abs", "mean_abs", "psnr_db", "ssim", "passed"}
     assert by_label["onnxruntime float32"]["end_to_end"]["max_abs"] < 1e-4
     assert by_label["onnxruntime float16"]["end_to_end"]["psnr_db"] > 60
+    assert by_label["openvino float32"]["end_to_end"]["max_abs"] < 1e-3
+    assert by_label["openvino bfloat16"]["end_to_end"]["psnr_db"] > 40
     assert report["clip"]["output_size"] == [288, 288]
 
 
@@ -182,8 +185,8 @@ def test_engine_directory_without_tensorrt_reports_its_graphs_and_skips_the_engi
     write_manifest(engines, manifest)
     report = validate(model, engines, tmp_path / "report", frames=2)
     assert [(c["label"], c["status"]) for c in report["candidates"]] == [
-        ("onnxruntime float32", "pass"), ("tensorrt float32", "skipped"), ("pytorch-cuda float32", "skipped"),
-        ("pytorch-cuda float16", "skipped")]
+        ("onnxruntime float32", "pass"), ("openvino float32", "pass"), ("tensorrt float32", "skipped"),
+        ("pytorch-cuda float32", "skipped"), ("pytorch-cuda float16", "skipped")]
     assert report["verdict"] == "pass" and report["summary"]["skipped"] == 3
 
 

@@ -95,6 +95,9 @@ def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> l
     graphs = source_graphs(manifest, model_dir)
     found = []
     for record in candidate_records():
+        if graphs is not None and record.exported and record.precision != manifest["dtype"]:
+            # Engines are validated at the precision they were built in; their graphs are measured beside them.
+            continue
         reason = record.unavailable()
         if reason:
             found.append(Candidate(record, skipped=reason))

@@ -8,6 +8,7 @@ driver and tiling above it are the same code as for numpy runtimes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -88,7 +89,9 @@ class PyTorch(Runtime):
         raise ValueError("eager PyTorch makes no artefacts to cache")
 
     def memory_model(self, config) -> MemoryModel:
-        return MEMORY_MODELS[network_kind(config)]
+        model = MEMORY_MODELS[network_kind(config)]
+        # Measured on the CPU: on a GPU these are borrowed figures, and plans say so.
+        return dataclasses.replace(model, calibrated=False) if self.needs_gpu else model
 
     def stages(self, target, *, task, config, allow_unvalidated: bool = False):
         """``target``: the :class:`~rvrt_engines.cache.ModelSource` of the network."""
