@@ -32,7 +32,8 @@ from rvrt.tiling import Tiling, blend_frame, blend_windows, covering_windows, it
 from rvrt_engines.backends import load_backend
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.restore import frame_to_array, resolve_tiling, to_uint8
-from rvrt_engines.synthetic import moving_photo_frames, write_video
+from rvrt_engines.synthetic import moving_photo_frames
+from rvrt_engines.video.colour import Colour, frame_to_rgb
 from test_serving import caches, checked, run, source_copy, venv_env  # noqa: F401 (caches: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ HARNESS = textwrap.dedent('''
     messages = []
     core.add_log_handler(lambda kind, message: messages.append(message))
     case, export, source, output = sys.argv[1:5]
-    data = np.load(source)
+    data = np.load(source) if source.endswith(".npy") else None      # else a video file
     PROPS = dict(_Matrix=vs.MATRIX_RGB, _Primaries=vs.PRIMARIES_BT709, _Transfer=vs.TRANSFER_BT709,
                  _Range=vs.RANGE_FULL, _SARNum=4, _SARDen=3, _FieldBased=vs.FIELD_PROGRESSIVE, Custom="kept")
 
@@ -146,13 +147,14 @@ HARNESS = textwrap.dedent('''
     result = {}
     if case == "frames":
         clip = clip_of(data)
-        sequential = restore(clip, export, window=4, window_overlap=2, threads=2)
+        # Compared with a plain rvrt-run, which is given no cut: the marks at frame 4 are kept, not used.
+        sequential = restore(clip, export, window=4, window_overlap=2, threads=2, scene_cuts="off")
         # frames() keeps several requests in flight, as vspipe does.
         frames = [planes(frame) for frame in sequential.frames(prefetch=4)]
         result.update(sequential_restored=restored(), info=info(sequential), input_props=props(clip.get_frame(4)),
                       output_props=props(sequential.get_frame(4)))
         messages.clear()
-        seeking = restore(clip, export, window=4, window_overlap=2, threads=2, format=vs.RGB24)
+        seeking = restore(clip, export, window=4, window_overlap=2, threads=2, format=vs.RGB24, scene_cuts="off")
         order = [7, 6, 0, 1, 3, 2, 5, 4]
         sought = {n: planes(seeking.get_frame(n)) for n in order}
         result.update(order=order, seeking_restored=restored(), seeking_info=info(seeking))
@@ -208,14 +210,43 @@ HARNESS = textwrap.dedent('''
                 errors[name] = None
             except vs.Error as error:
                 errors[name] = str(error)
-        untagged = core.resize.Bicubic(clip, format=vs.YUV420P8, matrix=vs.MATRIX_BT709)
-        untagged = core.std.RemoveFrameProps(untagged, "_Matrix")
-        try:
-            restore(untagged, export, window=4, threads=2).get_frame(2)
-            errors["frame without a matrix"] = None
-        except vs.Error as error:
-            errors["frame without a matrix"] = str(error)
         result.update(errors=errors, restored=restored())
+    elif case == "colour":
+        clip = clip_of(data[:4])         # one window
+        yuv = core.resize.Bicubic(clip, format=vs.YUV420P8, matrix=vs.MATRIX_ST170_M, range=vs.RANGE_LIMITED)
+        outputs, frames = {}, {}
+        # 64x48 untagged: rvrt-run's guess is BT.601 (smpte170m); without _Range, limited. A _Matrix of RGB on a
+        # YUV frame says nothing about it either. "tagged" comes last: the others are compared with it.
+        for name, untagged in (("no matrix", core.std.RemoveFrameProps(yuv, ["_Matrix", "_Range"])),
+                               ("unspecified", core.std.SetFrameProps(yuv, _Matrix=vs.MATRIX_UNSPECIFIED)),
+                               ("rgb matrix", core.std.SetFrameProps(yuv, _Matrix=vs.MATRIX_RGB)),
+                               ("tagged", yuv)):
+            messages.clear()
+            out = restore(untagged, export, window=4, threads=2, format=vs.YUV420P8, scene_cuts="off")
+            frames[name] = [planes(frame) for frame in out.frames()]
+            outputs[name] = dict(matrix=props(out.get_frame(0))["_Matrix"], spread=float(np.std(frames[name][0][0])),
+                                 notes=[message for message in messages if "untagged" in message])
+        for name in outputs:
+            outputs[name]["equal"] = all(np.array_equal(x, y) for a, b in zip(frames[name], frames["tagged"])
+                                         for x, y in zip(a, b))
+        # RGB with a stale YUV _Matrix (as ShufflePlanes or copied props leave) is read as the RGB it is.
+        stale = core.std.SetFrameProps(clip, _Matrix=vs.MATRIX_BT709)
+        clean = restore(clip, export, window=4, threads=2, scene_cuts="off")
+        read = restore(stale, export, window=4, threads=2, scene_cuts="off")
+        result.update(outputs=outputs, stale_rgb_equal=all(
+            all(np.array_equal(x, y) for x, y in zip(planes(clean.get_frame(n)), planes(read.get_frame(n))))
+            for n in range(clip.num_frames)), stale_rgb_props=props(read.get_frame(0)))
+    elif case == "video":
+        # The README's script on an untagged H.264 file, as RGB24 to compare with rvrt-run's PNGs, and the
+        # RGB both read from the same YUV (the filter's zimg conversion with the matrix it guesses).
+        clip = core.bs.VideoSource(source)
+        rgb24 = restore(clip, export, window=4, threads=2, format=vs.RGB24)
+        read = core.resize.Bicubic(core.std.SetFrameProps(clip, _Matrix=vs.MATRIX_ST170_M), format=vs.RGB24,
+                                   range=vs.RANGE_FULL)
+        np.savez(output + ".npz", restored=np.array([planes(frame) for frame in rgb24.frames()]),
+                 read=np.array([planes(frame) for frame in read.frames()]))
+        result.update(input_props=props(clip.get_frame(0)), output_props=props(rgb24.get_frame(0)),
+                      notes=[message for message in messages if "untagged" in message])
     with open(output + ".json", "w") as out:
         json.dump(result, out)
 ''')
@@ -273,14 +304,14 @@ def rvrt_run_frames(tiny_export, lr_frames, tmp_path_factory):
     out = tmp_path_factory.mktemp("rvrt-run") / "out"
     done = CliRunner().invoke(run_cli, [str(export), str(lr_frames[1]), "-o", str(out), "--quiet", *WINDOW])
     assert done.exit_code == 0, done.output
-    png = np.stack([np.asarray(Image.open(path)) for path in sorted(out.iterdir())])
+    png = np.stack([np.asarray(Image.open(path)) for path in sorted(out.glob("*.png"))])
     backend = load_backend(export, threads=2)
     tiling = resolve_tiling(backend, window=4, window_overlap=2)
     frames = np.load(lr_frames[0])
     to_array = frame_to_array(None)
-    with backend:
+    with backend.open() as opened:
         floats = [frame[0] for frame in iter_restored(
-            backend.restore, lambda start, stop: np.stack([to_array(f) for f in frames[start:stop]])[None],
+            opened.restore, lambda start, stop: np.stack([to_array(f) for f in frames[start:stop]])[None],
             FRAMES, backend.config.upscale, tiling, backend.config.min_tile)]
     return png, np.stack(floats)
 
@@ -366,18 +397,84 @@ def test_bad_arguments_fail_in_one_line_naming_the_argument_before_any_frame(vs_
         "another task": "was exported for task 'sr'",
         "another tile": "exported for 48 px tiles, not 64",
         "bad window": "temporal window must be 0 (whole video) or a positive multiple of the clip size 2, got 3",
-        "missing model": "neither an export or engine directory",
+        "missing model": "onnx-missing' does not exist",
         "bad memory": "memory='lots': expected a size with its unit, e.g. 1.5G",
-        "memory too small": "memory=0.00G is too little for task 'sr' at 64x48",
-        "frame without a matrix": "is YUV without a _Matrix property",
+        "memory too small": "memory=1M is too little for task 'sr' at 64x48",
     }
     assert set(errors) == set(expected)
     for name, part in expected.items():
         assert errors[name] is not None, f"{name}: no error"
         assert part in errors[name], f"{name}: {errors[name]}"
-        if name != "frame without a matrix":      # a frame's error carries VapourSynth's traceback
-            assert errors[name].startswith("rvrt restore: ") and "\n" not in errors[name], errors[name]
+        assert errors[name].startswith("rvrt restore: ") and "\n" not in errors[name], errors[name]
     assert result["restored"] == []
+
+
+def test_untagged_yuv_gets_rvrt_runs_guess_and_rgb_ignores_a_stale_matrix(vs_env, tiny_export, lr_frames, tmp_path):
+    result, _ = harness(vs_env, "colour", tiny_export("sr")[2], lr_frames[0], tmp_path)
+    outputs = result["outputs"]
+    for name in ("no matrix", "unspecified", "rgb matrix"):
+        assert outputs[name]["equal"], name                         # read (and written) as BT.601, limited
+        assert outputs[name]["matrix"] == 6, name                   # the output says which matrix was used
+        assert len(outputs[name]["notes"]) == 1, (name, outputs[name]["notes"])   # once, not once a frame
+        assert " is untagged 64x48 YUV420P8 (no _Matrix)" in outputs[name]["notes"][0]
+        assert "read as matrix smpte170m" in outputs[name]["notes"][0]
+    assert outputs["no matrix"]["notes"][0].endswith(" read as matrix smpte170m, limited range, rvrt-run's guess "
+                                                     "by size; if that is wrong, set it with "
+                                                     "core.std.SetFrameProps(clip, _Matrix=...)")
+    assert ", limited range" not in outputs["unspecified"]["notes"][0]      # its _Range says limited
+    assert outputs["tagged"]["notes"] == [] and outputs["tagged"]["spread"] > 10
+    assert result["stale_rgb_equal"]
+    assert result["stale_rgb_props"]["_Matrix"] == 0 and result["stale_rgb_props"]["_Range"] == 1
+
+
+def untagged_h264(path, frames):
+    """(T, H, W, 3) uint8 as an H.264 file without colour tags, as many encoders leave one (swscale's
+    default conversion: BT.601, limited range)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        first = next(container.decode(video=0))
+        assert int(first.colorspace) == 2 and int(first.color_range) == 0      # unspecified
+
+
+def rvrt_run_pngs(export, source, out, *options):
+    result = CliRunner().invoke(run_cli, [str(export), str(source), "-o", str(out), "--quiet", *options])
+    assert result.exit_code == 0, result.output
+    return np.stack([np.asarray(Image.open(path)) for path in sorted(out.glob("*.png"))])
+
+
+def test_an_untagged_h264_file_against_rvrt_run(vs_env, tiny_export, lr_frames, tmp_path):
+    """The filter's RGB24 output against rvrt-run's PNGs on the same untagged H.264 file: both guess BT.601
+    (limited) for it; they differ by how YUV becomes RGB, zimg against swscale, which upsample the 4:2:0
+    chroma differently (luma recovered from either RGB agrees). The figures in docs/vapoursynth.md."""
+    export = tiny_export("sr")[2]
+    video = tmp_path / "lr.mp4"
+    untagged_h264(video, np.load(lr_frames[0]))
+    result, arrays = harness(vs_env, "video", export, video, tmp_path)
+    assert result["input_props"]["_Matrix"] == 2 and "_Range" not in result["input_props"]   # as bestsource reads it
+    assert len(result["notes"]) == 1 and "read as matrix smpte170m, limited range" in result["notes"][0]
+    assert result["output_props"]["_Matrix"] == 0 and result["output_props"]["_Range"] == 1
+    png = rvrt_run_pngs(export, video, tmp_path / "rvrt-run", *WINDOW)
+    with av.open(str(video)) as container:
+        decoded = np.stack([frame_to_rgb(frame, Colour.of_frame(frame).resolved(frame.format.name, frame.width,
+                                                                               frame.height), 8)
+                            for frame in container.decode(video=0)]).astype(float)
+    read = arrays["read"].transpose(0, 2, 3, 1).astype(float)
+    restored = arrays["restored"].transpose(0, 2, 3, 1).astype(float)
+    assert read.shape == decoded.shape == (FRAMES, HEIGHT, WIDTH, 3) and restored.shape == png.shape
+    read_gap, out_gap = np.abs(read - decoded), np.abs(restored - png)
+    # Luma recomputed from each RGB, where neither clipped a channel (clipping moves luma too).
+    unclipped = ((read > 0) & (read < 255) & (decoded > 0) & (decoded < 255)).all(-1)
+    luma_gap = np.abs((read - decoded) @ np.array([0.299, 0.587, 0.114]))[unclipped]
+    print(f"untagged H.264 {WIDTH}x{HEIGHT}: input RGB max {read_gap.max():.0f} mean {read_gap.mean():.3f}; "
+          f"unclipped luma max {luma_gap.max():.2f}; output RGB24 max {out_gap.max():.0f} mean {out_gap.mean():.3f} "
+          f"(8-bit levels)")
+    assert read_gap.max() > 8 and luma_gap.max() < 4      # they differ, and in chroma
+    assert out_gap.mean() < 4 and out_gap.max() < 64 and png.std() > 10
 
 
 VPY = textwrap.dedent("""
@@ -390,12 +487,13 @@ VPY = textwrap.dedent("""
 
 
 def test_vspipe_restores_a_video_file_end_to_end(vs_env, tiny_export, lr_frames, tmp_path):
-    """vspipe -c y4m on a script that loads an H.264 file (made with PyAV) with core.bs.VideoSource."""
+    """vspipe -c y4m on the README's script, loading an untagged H.264 file (made with PyAV) with
+    core.bs.VideoSource."""
     venv, env = vs_env
     export = tiny_export("sr")[2]
     frames = np.load(lr_frames[0])[:4, :, :48]
     video = tmp_path / "lr.mp4"
-    write_video(video, frames, frame_rate=24)
+    untagged_h264(video, frames)
     script = tmp_path / "restore.vpy"
     script.write_text(VPY.format(video=str(video), export=str(export)))
     out = tmp_path / "out.y4m"
@@ -407,12 +505,10 @@ def test_vspipe_restores_a_video_file_end_to_end(vs_env, tiny_export, lr_frames,
     assert header[0] == b"YUV4MPEG2" and {b"W192", b"H192", b"F24:1", b"C420"} <= set(header), header
     with av.open(str(out)) as container:
         luma = np.stack([frame.to_ndarray()[:192] for frame in container.decode(video=0)]).astype(float)
-    result = CliRunner().invoke(run_cli, [str(export), str(video), "-o", str(tmp_path / "rvrt-run"), "--quiet",
-                                          "--window", "4", "--threads", "2"])
-    assert result.exit_code == 0, result.output
-    rgb = np.stack([np.asarray(Image.open(path)) for path in sorted((tmp_path / "rvrt-run").iterdir())]).astype(float)
+    rgb = rvrt_run_pngs(export, video, tmp_path / "rvrt-run", "--window", "4", "--threads", "2").astype(float)
     assert luma.shape == rgb.shape[:3] == (4, 192, 192)
     # The same network on the same decoded frames, rvrt-run's output taken to BT.601 limited-range luma (the
-    # file's matrix, which the filter's YUV output keeps). zimg and swscale resample chroma differently: luma only.
+    # matrix both guess for the untagged file, which the filter's YUV output is made with). zimg and swscale
+    # resample chroma differently: luma only.
     reference = 16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255
     assert np.abs(luma - reference).mean() < 2 and luma.std() > 10
