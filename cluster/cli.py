@@ -31,6 +31,7 @@ from rvrt_engines.options import (USER_ERRORS, UserError, encoding_options, memo
 from rvrt_engines.extras import require_extra
 from rvrt_engines.progress import clock, terminal_columns
 from rvrt_engines.restore import open_source, output_writer, restore_video
+from rvrt_engines.scenes import AUTO, OFF, read_cut_file
 from rvrt_engines.video import Terminated, VideoInputError, VideoOutputError, natural_key, signals_as_exceptions
 from rvrt_engines.video.reader import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from rvrt_engines.video.writer import VIDEO_OUTPUT_SUFFIXES
@@ -234,7 +235,8 @@ def summary_lines(items: list[Item], pool: RayWindows | None, seconds: float) ->
 @click.option("--verbose", is_flag=True, help="Also show Ray's own start-up messages.")
 def main(model, inputs, output_dir, suffix, address, workers, threads, start_time, frame_limit, task, checkpoint,
          random_weights, runtime, precision, fp16, sigma, window, window_overlap, tile, tile_overlap, batch, device,
-         memory, codec, crf, lossless, bit_depth, pix_fmt, overwrite, allow_unvalidated, quiet, verbose):
+         memory, scene_cuts, codec, crf, lossless, bit_depth, pix_fmt, preset, encoder_options, overwrite,
+         allow_unvalidated, quiet, verbose):
     """Restore every INPUT (video files, folders of videos, folders of frames) with MODEL into
     OUTPUT_DIR, on a Ray cluster. Existing outputs are skipped, so a batch that was stopped
     restores only what is missing when run again.
@@ -251,9 +253,11 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, start_tim
 
             items = plan(collect_inputs(inputs), output_dir, None if suffix is None else
                          ("" if suffix == "png" else suffix))
-            encoding = dict(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt,
-                            bit_depth=int(bit_depth) if bit_depth else None)
+            encoding = dict(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt, preset=preset,
+                            encoder_options=encoder_options, bit_depth=int(bit_depth) if bit_depth else None)
             check_request(model, task=task, sigma=sigma, tile=tile)
+            if scene_cuts not in (AUTO, OFF):
+                read_cut_file(scene_cuts)       # one line, exit 2, before any file is opened
             known = known_task(model, task)
             if workers is not None and workers < 1:
                 raise UserError(f"--workers {workers}: expected at least 1")
@@ -281,7 +285,8 @@ def main(model, inputs, output_dir, suffix, address, workers, threads, start_tim
             pool = RayWindows(prepared.description, address=address, workers=workers, threads=threads,
                               verbose=verbose)
             with pool:
-                restore_all(items, pool, prepared, quiet, dict(sigma=sigma, overwrite=overwrite, **encoding))
+                restore_all(items, pool, prepared, quiet, dict(sigma=sigma, overwrite=overwrite, scene_cuts=scene_cuts,
+                                                              **encoding))
     except (Terminated, KeyboardInterrupt) as stop:
         for line in summary_lines(items, pool, time.perf_counter() - began):
             click.echo(line, err=True)

@@ -191,11 +191,11 @@ def test_square_cache_entries_keep_their_names_and_rectangular_ones_carry_both_s
     # A square tile is recorded as one int, as keys held it before rectangular tiles.
     assert key.name.startswith("sr-tile128-b1-fp32-onnxruntime-") and key.record["tile"] == 128
     source = ModelSource(SR, seed=0, config=SR.config.tiny())
-    options = dict(batch=1, precision="float32", runtime="onnxruntime")
-    square = source.key(tile=(128, 128), **options)
-    assert square == source.key(tile=128, **options) and square.tile == 128
+    options = dict(batch=1, precision="float32")
+    square = source.key(OnnxRuntime(), tile=(128, 128), **options)
+    assert square == source.key(OnnxRuntime(), tile=128, **options) and square.tile == 128
     assert square.name.startswith("sr-tile128-b1-fp32-onnxruntime-")
-    rectangular = source.key(tile=(144, 176), **options)
+    rectangular = source.key(OnnxRuntime(), tile=(144, 176), **options)
     assert rectangular.name.startswith("sr-tile144x176-b1-fp32-onnxruntime-")
     assert source.key(OnnxRuntime(), tile=(176, 144), **options).name.startswith("sr-tile176x144-")
 
