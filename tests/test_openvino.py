@@ -11,6 +11,7 @@ from conftest import random_clip
 from rvrt import get_task
 from rvrt_engines.cache import ArtefactCache
 from rvrt_engines.manifest import ArtifactError
+from rvrt_engines import precision
 from rvrt_engines.runtimes import openvino_build
 from rvrt_engines.runtimes.openvino import MODEL_CACHE, NO_BF16_ENV, OpenVino, bf16_capable
 
@@ -98,7 +99,7 @@ def test_bfloat16_keeps_the_flow_path_and_the_flow_stage_float32(sr_export, cach
 
 def test_a_stage_over_tolerance_is_refused_by_name(sr_export, tmp_path, monkeypatch):
     model, export = sr_export
-    monkeypatch.setattr(openvino_build, "FLOAT32_TOLERANCE", 0.0)
+    monkeypatch.setattr(precision, "FLOAT32_TOLERANCE", 0.0)
     record = OpenVino(precision="float32", threads=2)
     entry = record.entry(export, ArtefactCache(tmp_path))
     validation = json.loads((entry / "manifest.json").read_text())["validation"]
