@@ -79,7 +79,7 @@ def main(model, source, output, **options):
 
 def show_build_messages() -> None:
     """A first use of --runtime exports (minutes): its progress goes to stderr, line by line."""
-    log_to_stderr("rvrt_engines.cache", "rvrt_export")
+    log_to_stderr("rvrt_engines.cache", "rvrt_engines.runtimes", "rvrt_export")
 
 
 def run(model, source, output, *, task, checkpoint, random_weights, runtime, precision=None, fp16=False, sigma, tiling,
@@ -88,6 +88,8 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, pre
     check_request(model, task=task, sigma=sigma, tile=tiling["tile"])
     if workers is not None and ray is None:
         raise ValueError("--workers sets the number of Ray workers: it needs --ray (local, auto or an address)")
+    if ray is not None:
+        require_extra("cluster", "--ray")
     check_output_path(output, inputs=(source,), overwrite=overwrite)
     frame_source = open_source(source, fps, start, frames)
     # A cut list that cannot be read is refused before the model loads (an export takes minutes).
@@ -111,7 +113,6 @@ def run(model, source, output, *, task, checkpoint, random_weights, runtime, pre
     with contextlib.ExitStack() as stack:
         windows = None
         if ray is not None:
-            require_extra("cluster", "--ray")
             from rvrt_cluster import RayWindows
             # The workers open the model where they run; the driver only holds its description.
             windows = stack.enter_context(RayWindows(prepared.description, address=ray, workers=workers,

@@ -179,7 +179,7 @@ def test_a_full_size_run_stays_under_its_budget(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     plan = next(line for line in result.stderr.splitlines() if line.startswith("tiling: "))
-    assert "2 tiles 144x104: 1.18x the frame's pixels" in plan and "of 1.5 GiB (--memory)" in plan
+    assert "2 tiles 144x104: 1.18x the frame's pixels" in plan and "of 1.5G (--memory)" in plan
     assert "random weights" in result.stderr
     peak = int(report.read_text().split()[-1]) * 1024
     assert peak < 1.5 * GIB, f"peak {peak / GIB:.2f} GiB over --memory 1.5G ({plan})"

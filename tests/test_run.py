@@ -60,7 +60,8 @@ def test_frame_order_and_count_survive_windows(tmp_path):
     restore_video(eager_backend("sr", model), tmp_path / "in", out, window=4, window_overlap=2, tile=48)
     restored = read_all(out)
     assert restored.shape == (11, 192, 192, 3)
-    assert sorted(os.listdir(out)) == [f"{i:06d}.png" for i in range(11)]
+    # The frames, and the record of what made them.
+    assert sorted(os.listdir(out)) == [f"{i:06d}.png" for i in range(11)] + ["rvrt-provenance.json"]
     means = restored.reshape(11, -1).mean(1)
     assert np.all(np.diff(means) > 0)
 

@@ -44,7 +44,8 @@ def test_engine_directory_is_refused_with_the_reason(tiny_export, tmp_path):
     _, _, export_dir = tiny_export("sr")
     engines = engine_directory(export_dir, tmp_path / "engines")
     with pytest.raises(TensorRTUnavailable, match="TensorRT Python bindings not importable|no CUDA GPU"):
-        load_backend(engines)
+        with load_backend(engines).open():
+            pass
     video = tmp_path / "in.mkv"
     write_video(video, np.zeros((2, 48, 48, 3), np.uint8))
     result = CliRunner().invoke(run_cli, [str(engines), str(video), "-o", str(tmp_path / "out.mp4")])
