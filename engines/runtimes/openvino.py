@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 from ..cache import ArtefactCache, CacheKey, check_tile_and_batch
-from ..manifest import MANIFEST, ArtifactError, config_from_manifest, read_manifest, require_validated, sha256_of, \
-    tile_of
+from ..manifest import (MANIFEST, ArtifactError, config_from_manifest, holds, read_manifest, require_validated,
+                        sha256_of, tile_of)
 from ..memory_budget import MemoryModel, network_kind
 from .base import Runtime, RuntimeUnavailable, cpu_flags, cpu_identity
 
@@ -230,8 +230,7 @@ class OpenVino(Runtime):
         export_dir = Path(export_dir)
         manifest = read_manifest(export_dir)
         if not self.serves(manifest):
-            held = "TensorRT engines" if "engine" in manifest else f"{manifest['dtype']} graphs"
-            raise ArtifactError(f"{export_dir} holds {held}: --runtime openvino serves float32 exports ('rvrt-export "
+            raise ArtifactError(f"{export_dir} holds {holds(manifest)}: --runtime openvino serves float32 exports ('rvrt-export "
                                 f"onnx')")
         require_validated(manifest, export_dir, allow_unvalidated)
         record = self.resolved()
