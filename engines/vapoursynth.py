@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -98,7 +98,8 @@ def restore(clip: vs.VideoNode, model: str | os.PathLike, **options) -> vs.Video
       ``core.resize`` (a YUV format only for a YUV clip, with each input frame's matrix, range and
       chroma location);
       cache_windows [2]: restored windows kept for later requests (each window: t frames of
-      float32 (3, H*s, W*s)), counted in the memory estimate;
+      float32 (3, H*s, W*s)), counted in the memory estimate; a window that a request in flight
+      still needs is kept beyond it until that frame is done;
       scene_cuts ["auto"]: no window spans a cut (:func:`clip_cuts`): "auto" reads the clip's
       ``_SceneChangePrev``/``_SceneChangeNext`` (misc.SCDetect's, or the user's own), "off" is the
       official behaviour, else a file or a list of the frames that begin a shot.
@@ -230,11 +231,19 @@ def checked_format(clip: vs.VideoNode, value) -> vs.VideoFormat:
 
 
 class WindowCache:
-    """The last ``size`` restored windows used, by window index (least recently used dropped first)."""
+    """The last ``size`` restored windows used, by window index (least recently used dropped first).
+
+    A window that a request in flight still needs is pinned and not dropped: with several requests in
+    flight (vspipe, ``frames(prefetch=)``) a later frame can finish first and push out a window an
+    earlier one was counting on, which would then be restored again, and the next ones after it. So
+    the cache may hold more than ``size`` windows until the requests in flight that pin the least
+    recently used ones are done.
+    """
 
     def __init__(self, size: int):
         self.size = size
         self.windows: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.pins: Counter[int] = Counter()
 
     def get(self, index: int) -> np.ndarray | None:
         window = self.windows.get(index)
@@ -245,8 +254,21 @@ class WindowCache:
     def put(self, index: int, window: np.ndarray) -> None:
         self.windows[index] = window
         self.windows.move_to_end(index)
-        while len(self.windows) > self.size:
-            self.windows.popitem(last=False)
+        self.trim()
+
+    def pin(self, indices) -> None:
+        self.pins.update(indices)
+
+    def unpin(self, indices) -> None:
+        self.pins.subtract(indices)
+        self.pins = +self.pins
+        self.trim()
+
+    def trim(self) -> None:
+        # The least recently used window goes first; while a request still needs it, nothing goes, so that
+        # a newer window is not dropped in its place.
+        while len(self.windows) > self.size and (oldest := next(iter(self.windows))) not in self.pins:
+            del self.windows[oldest]
 
 
 class WindowRestorer:
@@ -255,7 +277,7 @@ class WindowRestorer:
     ``rgb`` is the input as RGB24 or RGB48; ``shifted[r]`` is it moved by r frames (frame n of
     ``shifted[r]`` is input frame n + r, clamped at the ends), for every r a window can lie at from
     a frame it holds. A window is restored under one lock, by the first request that finds it
-    missing, and each request holds the windows it uses, so the cache can drop them meanwhile.
+    missing; each request pins the windows it needs from when it is made until its frame is done.
     ``cuts`` (:func:`clip_cuts`): the frames that begin a shot; the windows are rvrt-run's,
     :func:`rvrt_engines.scenes.shot_spans`, so a frame requested anywhere is made from its own shot's
     windows only.
@@ -327,6 +349,7 @@ class WindowRestorer:
         windows = covering_windows(self.spans, n)
         with self.lock:
             held = {w: window for w in windows if (window := self.cache.get(w)) is not None}
+            self.cache.pin(windows)
         missing = [w for w in windows if w not in held]
         first = self.spans[missing[0]][0] if missing else n
         last = max((self.spans[w][1] for w in missing), default=n)
@@ -344,6 +367,9 @@ class WindowRestorer:
             rgb = blend_frame([restored[w][:, n - self.spans[w][0]] for w in windows])[0]
         except Exception as error:
             raise vs.Error(f"rvrt restore: frame {n}: {type(error).__name__}: {error}") from error
+        finally:
+            with self.lock:
+                self.cache.unpin(windows)
         out = self.core.create_video_frame(vs.RGBS, self.width, self.height)
         for plane in range(3):
             np.copyto(np.asarray(out[plane]), rgb[plane])
