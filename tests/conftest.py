@@ -4,6 +4,9 @@ import pytest
 import torch
 
 from rvrt import build_model, get_task
+from rvrt_engines.backends import load_backend
+from rvrt_engines.cache import ArtefactCache, ModelSource
+from rvrt_engines.runtimes import OnnxRuntime
 
 torch.set_num_threads(2)
 
@@ -70,6 +73,45 @@ def tiny_export(tmp_path_factory):
         return _EXPORTS[kind]
 
     return make
+
+
+CACHED_TILE = (48, 64)
+
+
+class CountingSource(ModelSource):
+    """The tiny SR model as a cache source, counting how often a build needed it."""
+
+    def __init__(self, seed: int = 0):
+        self.builds = 0
+
+        def build():
+            self.builds += 1
+            return tiny_model("sr", seed)
+
+        task = get_task("sr")
+        super().__init__(task, seed=seed, config=task.config.tiny(), build=build)
+
+
+@pytest.fixture(scope="session")
+def cached_tiny_sr(tmp_path_factory):
+    """(cache, entry, source): the tiny SR model exported once through the cache, for 48x64 tiles (batch 1),
+    by its first use. The cache, rectangular-tile and serving tests share it: none may change it."""
+    cache = ArtefactCache(tmp_path_factory.mktemp("cache"))
+    source = CountingSource()
+    return cache, OnnxRuntime().artefacts(source, tile=CACHED_TILE, batch=1, cache=cache), source
+
+
+FULL_SIZE_TILE = 40
+
+
+@pytest.fixture(scope="session")
+def full_size_sr(tmp_path_factory):
+    """(cache root, description): the official SR architecture with random weights, exported at tile 40 into
+    an empty cache by its first use, as ``rvrt-run sr --random-weights --runtime onnxruntime --tile 40``
+    makes it. The suite's one full-size export: the cache, serving and float16 tests share it."""
+    root = tmp_path_factory.mktemp("full-size-cache")
+    return root, load_backend("sr", random_weights=True, runtime="onnxruntime", tile=FULL_SIZE_TILE,
+                              cache=ArtefactCache(root))
 
 
 PLUGIN_NAME = "librvrt_gda_plugin_autoregister.so"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import random_clip, tiny_model
+from conftest import CACHED_TILE, FULL_SIZE_TILE, CountingSource, random_clip
 from rvrt import build_model, get_task
 from rvrt_engines.backends import load_backend
 from rvrt_engines.cache import SEAL, ArtefactCache, ModelSource, default_root
@@ -22,29 +22,13 @@ from rvrt_engines.runtimes.tensorrt import tensorrt_unavailable
 from rvrt_engines.manifest import ArtifactError, read_manifest
 
 TASK = get_task("sr")
-TILE = 48
+TILE = CACHED_TILE
 
 
-class CountingSource(ModelSource):
-    """The tiny SR model as a cache source, counting how often a build needed it."""
-
-    def __init__(self, seed: int = 0):
-        self.builds = 0
-
-        def build():
-            self.builds += 1
-            return tiny_model("sr", seed)
-
-        super().__init__(TASK, seed=seed, config=TASK.config.tiny(), build=build)
-
-
-@pytest.fixture(scope="module")
-def cached(tmp_path_factory):
-    """(cache, entry, source): the tiny SR model exported once through the cache."""
-    cache = ArtefactCache(tmp_path_factory.mktemp("cache"))
-    source = CountingSource()
-    entry = OnnxRuntime().artefacts(source, tile=TILE, batch=1, cache=cache)
-    return cache, entry, source
+@pytest.fixture
+def cached(cached_tiny_sr):
+    """(cache, entry, source): the tiny SR model exported once through the cache (shared, see conftest)."""
+    return cached_tiny_sr
 
 
 def key_of(source: ModelSource, runtime=OnnxRuntime(), **changes):
@@ -61,9 +45,9 @@ def copy_of(entry, cache_root):
 def test_first_use_exports_validated_graphs_and_seals_them(cached):
     cache, entry, source = cached
     assert source.builds == 1 and entry.parent == cache.root
-    assert entry.name.startswith(f"sr-tile{TILE}-b1-fp32-onnxruntime-")
+    assert entry.name.startswith("sr-tile48x64-b1-fp32-onnxruntime-")
     manifest = read_manifest(entry)
-    assert manifest["validation"]["passed"] and manifest["tile"] == TILE and manifest["checkpoint"]["seed"] == 0
+    assert manifest["validation"]["passed"] and manifest["tile"] == list(TILE) and manifest["checkpoint"]["seed"] == 0
     sealed = set(json.loads((entry / SEAL).read_text())["files"])
     assert sealed == {p.name for p in entry.iterdir()} - {SEAL} and "manifest.json" in sealed
     assert not [p for p in cache.root.iterdir() if ".partial-" in p.name]
@@ -80,7 +64,7 @@ def test_second_run_reuses_the_entry_without_building(cached):
 
 def test_cached_export_restores_like_its_eager_model(cached):
     _, entry, source = cached
-    clip = random_clip("sr", 2)
+    clip = random_clip("sr", 2, *TILE)
     with load_backend(entry).open() as backend:
         assert backend.name == "onnxruntime" and backend.random_weights and backend.directory == entry
         served = backend.restore(clip)
@@ -262,11 +246,11 @@ def test_float16_graphs_are_made_from_the_cached_float32_export(cached, tmp_path
     source = CountingSource()
     fp16 = OnnxRuntime(precision="float16").artefacts(source, tile=TILE, batch=1, cache=cache)
     manifest = read_manifest(fp16)
-    assert fp16.name.startswith(f"sr-tile{TILE}-b1-fp16-onnxruntime-") and manifest["dtype"] == "float16"
+    assert fp16.name.startswith("sr-tile48x64-b1-fp16-onnxruntime-") and manifest["dtype"] == "float16"
     assert manifest["source"]["dir"] == str((tmp_path / entry.name).resolve()) and source.builds == 1
     assert OnnxRuntime(precision="float16").artefacts(CountingSource(), tile=TILE, batch=1, cache=cache) == fp16
     with load_backend(fp16, fp16=True).open() as backend:
-        assert backend.random_weights and backend.restore(random_clip("sr", 2)).shape == (1, 2, 3, 4 * 48, 4 * 48)
+        assert backend.random_weights and backend.restore(random_clip("sr", 2, *TILE)).shape == (1, 2, 3, 4 * 48, 4 * 64)
     with pytest.raises(ArtifactError, match="holds float32 ONNX graphs, not float16: drop --fp16 or --precision"):
         load_backend(tmp_path / entry.name, fp16=True)
 
@@ -312,21 +296,21 @@ def test_an_engine_directory_may_carry_the_plan_name(cached, tmp_path):
     named = tmp_path / "sr.plan"
     shutil.copytree(entry, named)
     with load_backend(named).open() as backend:
-        assert backend.tile == (TILE, TILE) and backend.directory == named
+        assert backend.tile == TILE and backend.directory == named
     with pytest.raises(ArtifactError, match="missing.plan does not exist: pass the engine directory"):
         load_backend(tmp_path / "missing.plan")
 
 
 @pytest.mark.slow
-def test_full_size_task_runs_from_the_cache_on_first_and_later_use(tmp_path, monkeypatch):
-    monkeypatch.setenv("RVRT_CACHE", str(tmp_path))
-    first = load_backend("sr", random_weights=True, runtime="onnxruntime", tile=40)
-    assert first.name == "onnxruntime" and first.random_weights and first.tile == (40, 40)
+def test_full_size_task_runs_from_the_cache_on_first_and_later_use(full_size_sr):
+    root, first = full_size_sr
+    assert first.name == "onnxruntime" and first.random_weights and first.tile == (FULL_SIZE_TILE, FULL_SIZE_TILE)
     entry = first.directory
     made = entry.stat().st_ino
-    again = load_backend("sr", random_weights=True, runtime="onnxruntime", tile=40)
-    assert entry.parent == tmp_path and again.directory == entry and entry.stat().st_ino == made
-    clip = random_clip("sr", 2, 40, 40)
+    again = load_backend("sr", random_weights=True, runtime="onnxruntime", tile=FULL_SIZE_TILE,
+                         cache=ArtefactCache(root))
+    assert entry.parent == root and again.directory == entry and entry.stat().st_ino == made
+    clip = random_clip("sr", 2, FULL_SIZE_TILE, FULL_SIZE_TILE)
     with first.open() as backend:
         served = backend.restore(clip)
     with torch.no_grad():

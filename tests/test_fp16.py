@@ -8,15 +8,16 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from conftest import random_clip
-from rvrt import Tiling, build_model, get_task, restore_tiled
+from conftest import FULL_SIZE_TILE, random_clip
+from rvrt import Tiling, restore_tiled
 from rvrt.model import BRANCHES
 from rvrt_engines.backends import load_backend
+from rvrt_engines.cache import ArtefactCache
 from rvrt_engines import precision
 from rvrt_engines.runtimes.float16_emulation import float16_emulation
 from rvrt_export.fp16 import PrecisionPolicy, export_fp16, spec_of, to_mixed_precision
 from rvrt_engines.manifest import ArtifactError, read_manifest
-from rvrt_export.onnx_export import export_onnx, validate_stage
+from rvrt_export.onnx_export import validate_stage
 
 
 @pytest.fixture(scope="module")
@@ -163,17 +164,13 @@ def test_only_float32_exports_convert(fp16_exports, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_sr_float16_accuracy(tmp_path):
-    """The official SR architecture (random weights, offset head randomised), tile 64."""
-    task = get_task("sr")
-    model = build_model(task.id, random_weights=True, seed=0)
-    with torch.no_grad():
-        for align in model.deform_align.values():
-            align.conv_offset[-1].weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
-    torch.save({"params": model.state_dict()}, tmp_path / "weights.pth")
-    export_onnx(model, task, 64, tmp_path / "fp32", checkpoint=tmp_path / "weights.pth")
-    manifest = export_fp16(model, tmp_path / "fp32", tmp_path / "fp16")
-    records = manifest["validation"]["stages"]
+def test_full_size_sr_float16_accuracy(full_size_sr):
+    """The official SR architecture (random weights), tile 40: the float16 graphs the cache makes from the
+    full-size float32 entry, each stage validated against eager float32 on random inputs."""
+    root, _ = full_size_sr
+    fp16 = load_backend("sr", random_weights=True, runtime="onnxruntime", precision="float16",
+                        tile=FULL_SIZE_TILE, cache=ArtefactCache(root))
+    records = read_manifest(fp16.directory)["validation"]["stages"]
     assert set(records) >= set(BRANCHES)
     for name, record in records.items():
         assert record["max_abs"] <= 5e-3 * max(1.0, record["reference_peak"]), (name, record)

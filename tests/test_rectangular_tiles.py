@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import random_clip, tiny_model
+from conftest import CACHED_TILE, CountingSource, random_clip
 from rvrt import Tiling, get_task, restore_tiled
 from rvrt_cluster.cli import main as batch_cli
 from rvrt_engines.backends import load_backend
-from rvrt_engines.cache import SEAL, ArtefactCache, CacheKey, ModelSource
+from rvrt_engines.cache import SEAL, CacheKey, ModelSource
 from rvrt_engines.runtimes import OnnxRuntime
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.demo import main as demo_cli
@@ -25,28 +25,14 @@ from rvrt_engines.manifest import read_manifest, tile_of, write_manifest
 from rvrt_validate.report import validate
 
 SR = get_task("sr")
-TILE = (48, 64)
+TILE = CACHED_TILE
 
 
-class TinySource(ModelSource):
-    """The tiny SR model as a cache source, counting how often a build needed it."""
-
-    def __init__(self):
-        self.builds = 0
-
-        def build():
-            self.builds += 1
-            return tiny_model("sr")
-
-        super().__init__(SR, seed=0, config=SR.config.tiny(), build=build)
-
-
-@pytest.fixture(scope="module")
-def cached_export(tmp_path_factory):
-    """(cache, entry, source): the tiny SR model exported for 48x64 tiles (batch 1) through the cache."""
-    cache = ArtefactCache(tmp_path_factory.mktemp("cache"))
-    source = TinySource()
-    return cache, OnnxRuntime().artefacts(source, tile=TILE, batch=1, cache=cache), source
+@pytest.fixture
+def cached_export(cached_tiny_sr):
+    """(cache, entry, source): the tiny SR model exported for 48x64 tiles (batch 1) through the cache (shared,
+    see conftest)."""
+    return cached_tiny_sr
 
 
 @pytest.fixture
@@ -204,5 +190,5 @@ def test_a_rectangular_cache_entry_is_made_once_and_reused(cached_export):
     cache, entry, source = cached_export
     assert source.builds == 1 and entry.name.startswith("sr-tile48x64-b1-fp32-onnxruntime-")
     assert json.loads((entry / SEAL).read_text())["key"]["tile"] == [48, 64]
-    again = TinySource()
+    again = CountingSource()
     assert OnnxRuntime().artefacts(again, tile=[48, 64], batch=1, cache=cache) == entry and again.builds == 0

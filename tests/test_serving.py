@@ -93,13 +93,9 @@ def checked(done):
 
 
 @pytest.fixture(scope="module")
-def sr_export(tmp_path_factory, caches):
-    """A tiny-width SR export (random weights, tile 48) made by the full environment's rvrt-export."""
-    out = tmp_path_factory.mktemp("export") / "sr-tiny-tile48"
-    checked(run([*full_command("rvrt-export"), "onnx", "--task", "sr", "--tiny", "--random-weights", "--tile", "48",
-                 "-o", out], full_env(caches), cwd=out.parent, timeout=600))
-    assert (out / "manifest.json").is_file()
-    return out
+def sr_export(cached_tiny_sr):
+    """A tiny-width SR export (random weights, 48x64 tiles) made by the full environment (shared, see conftest)."""
+    return cached_tiny_sr[1]
 
 
 @pytest.fixture(scope="module")
@@ -197,20 +193,28 @@ def test_serving_install_restores_the_same_frames_as_the_full_environment(servin
 
 @needs_venv
 @pytest.mark.slow
-def test_serving_install_serves_the_task_from_what_a_full_install_cached(serving_venv, caches, lr_video, tmp_path):
-    """A full install exports and caches the task for ONNX Runtime; a serving-only install (no exporter, whose
-    versions read as absent there) then finds that very entry by the task's name and serves it, exporting
-    nothing, with the same frames."""
-    command = ["sr", lr_video, "--random-weights", "--runtime", "onnxruntime", "--tile", "48", *RUN_OPTIONS]
-    full = checked(run([*full_command("rvrt-run"), command[0], command[1], "-o", tmp_path / "full", *command[2:]],
-                       full_env(caches), cwd=tmp_path, timeout=900))
-    assert "exporting sr" in full.stderr
-    entries = sorted(p.name for p in Path(caches["RVRT_CACHE"]).iterdir() if not p.name.startswith("."))
-    served = checked(run([serving_venv / "bin" / "rvrt-run", command[0], command[1], "-o", tmp_path / "venv",
-                          *command[2:]], venv_env(serving_venv, caches), cwd=tmp_path))
-    assert "exporting" not in served.stderr and SUMMARY.search(served.stderr), served.stderr
-    assert sorted(p.name for p in Path(caches["RVRT_CACHE"]).iterdir() if not p.name.startswith(".")) == entries
-    assert np.array_equal(read_frames(tmp_path / "venv")[1], read_frames(tmp_path / "full")[1])
+def test_serving_install_serves_the_task_from_what_a_full_install_cached(serving_venv, caches, full_size_sr,
+                                                                          tmp_path):
+    """A full install exported and cached the task for ONNX Runtime on first use (the shared full-size entry); a
+    serving-only install (no exporter, whose versions read as absent there) then finds that very entry by the
+    task's name and serves it, exporting nothing, with the frames the full install gives."""
+    root, first = full_size_sr
+    video = tmp_path / "lr.mp4"
+    write_video(video, degrade(moving_photo_frames(2, 160, 160, seed=4), "sr"), frame_rate=24)   # 40x40, one tile
+    command = ["sr", video, "--random-weights", "--runtime", "onnxruntime", "--tile", str(first.tile[0]),
+               "--threads", "2"]
+    entries = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    env = {**caches, "RVRT_CACHE": str(root)}
+    full = checked(run([*full_command("rvrt-run"), *command[:2], "-o", tmp_path / "full", *command[2:]],
+                       full_env(env), cwd=tmp_path))
+    served = checked(run([serving_venv / "bin" / "rvrt-run", *command[:2], "-o", tmp_path / "venv", *command[2:]],
+                         venv_env(serving_venv, env), cwd=tmp_path))
+    for done in (full, served):
+        assert "exporting" not in done.stderr and "2 frames 40x40 -> 160x160" in done.stderr, done.stderr
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == entries
+    frames = read_frames(tmp_path / "venv")[1]
+    assert frames.shape == (2, 160, 160, 3) and frames.std() > 1
+    assert np.array_equal(frames, read_frames(tmp_path / "full")[1])
 
 
 @needs_venv
