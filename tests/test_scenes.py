@@ -243,6 +243,7 @@ import numpy as np
 import vapoursynth as vs
 from rvrt_engines.backends import load_backend
 from rvrt_engines.restore import resolve_tiling
+from rvrt_engines.scenes import shot_spans
 from rvrt_engines.vapoursynth import WindowRestorer, clip_cuts
 
 core = vs.core
@@ -270,10 +271,14 @@ def clip_of(frames, marked):
 backend = load_backend(export, threads=2)
 tiling = resolve_tiling(backend, window=4, window_overlap=2)
 result, arrays = {}, {}
+# The cuts each way of giving them finds; the frames of the two distinct outcomes (a cut at CUT, none).
 for name, clip, value in (("auto", clip_of(data, True), "auto"), ("unmarked", clip_of(data, False), "auto"),
                           ("listed", clip_of(data, False), listing), ("off", clip_of(data, True), "off")):
     messages.clear()
     cuts = clip_cuts(clip, value)
+    if name in ("unmarked", "listed"):
+        result[name] = dict(cuts=cuts, spans=shot_spans(len(data), cuts, tiling), messages=list(messages))
+        continue
     restorer = WindowRestorer(clip, backend, tiling, None, 2, cuts)
     node = restorer.output_in(core.get_video_format(vs.RGBS))
     order = [len(data) - 1, CUT, 0, CUT - 1, *range(len(data))]      # seeking first, then the rest
@@ -309,8 +314,9 @@ def test_the_vapoursynth_filter_cuts_at_the_clips_marks_or_a_file_and_seeks_with
     result = json.loads((tmp_path / "out.json").read_text())
     arrays = np.load(tmp_path / "out.npz")
     assert result["auto"]["cuts"] == result["listed"]["cuts"] == [5]
-    assert result["auto"]["spans"] == [[0, 4], [1, 5], [5, 9], [6, 10]]
+    assert result["auto"]["spans"] == result["listed"]["spans"] == [[0, 4], [1, 5], [5, 9], [6, 10]]
     assert result["unmarked"]["cuts"] == result["off"]["cuts"] == []
+    assert result["unmarked"]["spans"] == result["off"]["spans"]
     assert any("carry no _SceneChangePrev or _SceneChangeNext" in m for m in result["unmarked"]["messages"])
     assert any(m.startswith("rvrt restore: 1 scene cut, at frame 5 (the clip's scene-change marks")
                for m in result["auto"]["messages"])
@@ -318,10 +324,9 @@ def test_the_vapoursynth_filter_cuts_at_the_clips_marks_or_a_file_and_seeks_with
     assert result["bad list"].startswith("rvrt restore: scene_cuts=[2, 'x']: expected auto, off")
     write_video(tmp_path / "in", frames)
     backend = load_backend(export, threads=2)
-    for names, cuts in ((("auto", "listed"), [5]), (("off", "unmarked"), "off")):
+    for name, cuts in (("auto", [5]), ("off", "off")):
         restore_video(backend, tmp_path / "in", tmp_path / f"rvrt-run-{cuts}", window=4, window_overlap=2,
                       scene_cuts=cuts)
         png = decoded(tmp_path / f"rvrt-run-{cuts}")
-        for name in names:
-            assert np.array_equal(np.stack([to_uint8(frame) for frame in arrays[name]]), png), name
+        assert np.array_equal(np.stack([to_uint8(frame) for frame in arrays[name]]), png), name
     assert not np.array_equal(arrays["auto"], arrays["off"])
