@@ -141,3 +141,10 @@ def test_without_bfloat16_it_runs_float32_saying_so_once(sr_export, cache, monke
         assert restore(record, entry, model, clip(2)).shape == (2, 2, 3, 192, 192)
     lines = [r.getMessage() for r in caplog.records if r.name == "rvrt_engines.runtimes.openvino"]
     assert lines == ["this CPU has neither AVX512_BF16 nor AMX: OpenVINO runs float32 instead of bfloat16"]
+
+
+def test_the_precision_is_named_from_python_as_on_the_command_line():
+    assert OpenVino(precision="bf16") == OpenVino(precision="bfloat16")
+    assert OpenVino(precision="f32").precision == "float32"
+    with pytest.raises(ValueError, match="--runtime openvino --precision f16: OpenVINO serves bf16, f32"):
+        OpenVino(precision="float16")

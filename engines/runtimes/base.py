@@ -57,6 +57,8 @@ class Runtime:
     precision: str | None = None
 
     def __post_init__(self):
+        # --precision's spellings name the same precisions from Python (load_backend, the VapourSynth filter).
+        object.__setattr__(self, "precision", PRECISION_NAMES.get(self.precision, self.precision))
         if self.precision is not None and self.precision not in self.precisions:
             spelled = {name: short for short, name in PRECISION_NAMES.items()}
             raise ValueError(f"--runtime {self.name} --precision {spelled.get(self.precision, self.precision)}: "
