@@ -46,7 +46,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -238,8 +238,9 @@ class FileWindows:
     def __exit__(self, *exc):
         return False
 
-    def map(self, windows: Iterable[np.ndarray], tiling: Tiling) -> Iterator[np.ndarray]:
-        return self.pool._map(windows, tiling, self.order)
+    def map(self, windows: Iterable[np.ndarray], tiling: Tiling, spans: Sequence[tuple[int, int]] = ()
+            ) -> Iterator[np.ndarray]:
+        return self.pool._map(windows, tiling, self.order, spans)
 
 
 class RayWindows:
@@ -431,12 +432,16 @@ class RayWindows:
         the runners were made."""
         return FileWindows(self, next(self._order))
 
-    def map(self, windows: Iterable[np.ndarray], tiling: Tiling) -> Iterator[np.ndarray]:
+    def map(self, windows: Iterable[np.ndarray], tiling: Tiling, spans: Sequence[tuple[int, int]] = ()
+            ) -> Iterator[np.ndarray]:
         """Input windows (n, t, cin, H, W) in order -> restored windows (n, t, 3, H*s, W*s) in the same order,
-        restored on the workers with at most ``max_in_flight`` windows read and not yet yielded."""
-        return self._map(windows, tiling, next(self._order))
+        restored on the workers with at most ``max_in_flight`` windows read and not yet yielded. ``spans``: the
+        input frames [start, stop) of each window, as far as known when it is read (scene cuts move them off
+        the tiling's regular starts); a window that fails is named by them."""
+        return self._map(windows, tiling, next(self._order), spans)
 
-    def _map(self, windows: Iterable[np.ndarray], tiling: Tiling, order: int) -> Iterator[np.ndarray]:
+    def _map(self, windows: Iterable[np.ndarray], tiling: Tiling, order: int, spans: Sequence[tuple[int, int]] = ()
+             ) -> Iterator[np.ndarray]:
         if not self._depth:
             raise RuntimeError("RayWindows.map needs the workers: use it inside 'with RayWindows(...)'")
         source = iter(windows)
@@ -464,7 +469,7 @@ class RayWindows:
                 except WindowFailed:
                     if not exhausted and job.key[1] == read - 1:
                         exhausted = next(source, None) is None
-                    raise WindowFailed(self._failure_message(job, tiling, read if exhausted else None)) from None
+                    raise WindowFailed(self._failure_message(job, tiling, read if exhausted else None, spans)) from None
                 pending.popleft()
                 self._slots.release()
                 with self._lock:
@@ -575,12 +580,15 @@ class RayWindows:
                    and node["Resources"].get("GPU", 0) >= gpus for node in ray.nodes())
 
     @staticmethod
-    def _failure_message(job: _Job, tiling: Tiling, windows_in_video: int | None) -> str:
-        """Names the window by its input frames (counted from 0). Windows start every window - overlap frames
-        except the last, which ends on the video's last frame."""
+    def _failure_message(job: _Job, tiling: Tiling, windows_in_video: int | None,
+                         spans: Sequence[tuple[int, int]] = ()) -> str:
+        """Names the window by its input frames (counted from 0): its span where known, else from the tiling
+        (windows start every window - overlap frames except the last, which ends on the video's last frame)."""
         index = job.key[1]
         if windows_in_video == 1 and index == 0:
             where = f"window 0 (input frames 0-{job.frames - 1}, the whole video)"
+        elif index < len(spans):
+            where = f"window {index} (input frames {spans[index][0]}-{spans[index][1] - 1})"
         elif windows_in_video is not None and index == windows_in_video - 1:
             where = f"window {index} (the video's last {count_of(job.frames, 'input frame')})"
         else:

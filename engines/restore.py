@@ -76,7 +76,9 @@ class LocalWindows:
         self.backend = None
         return self._opened.__exit__(*exc)
 
-    def map(self, windows, tiling: Tiling):
+    def map(self, windows, tiling: Tiling, spans=()):
+        """``spans`` (the windows' input frames, as a window runner on other machines names a failing one) is
+        not needed here: an error stops the run where it happens."""
         config = self.description.config
         backend, on_tiles = self.backend, None
         if self.meter is not None:
@@ -335,7 +337,7 @@ def restore_video(backend: Description, source, output: str | os.PathLike, *,
         runner = windows or LocalWindows(backend, meter)
         feed = WindowFeed(source_frames, frame_to_array(sigma), tiling, starts_shot)
         with runner:
-            restored_windows = counted_windows(runner.map(feed.windows(), tiling), feed, meter,
+            restored_windows = counted_windows(runner.map(feed.windows(), tiling, feed.spans), feed, meter,
                                                None if known_cuts is not None else count)
             # A stream's length is known only at its end: blend as far as the spans known so far
             # say, and stop at the last frame (feed.count) rather than at a count given up front.

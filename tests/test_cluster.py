@@ -189,6 +189,12 @@ def test_window_failing_on_every_worker_stops_the_run_naming_it(cluster, frames,
         message = str(failure.value)
         assert message.startswith("window 0 (input frames 0-5) failed 3 times; last error on worker ")
         assert message.endswith("RuntimeError: black frame in this tile")
+        # A cut at 3 moves the windows after it off the regular starts: the failing one is named by its own span.
+        poisoned = frames.copy()
+        poisoned[5] = 0
+        write_video(tmp_path / "cut", poisoned)
+        with pytest.raises(WindowFailed, match=r"^window 1 \(input frames 3-8\) failed 3 times; last error on "):
+            restore_video(description, tmp_path / "cut", out, windows=pool, scene_cuts=[3], **OPTIONS)
         # The pool outlives a failed video: the next one is restored by the same workers.
         restore_video(description, video, tmp_path / "fine", windows=pool, **OPTIONS)
     assert list((tmp_path / "out").iterdir()) == []
