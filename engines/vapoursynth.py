@@ -236,8 +236,8 @@ class WindowCache:
     A window that a request in flight still needs is pinned and not dropped: with several requests in
     flight (vspipe, ``frames(prefetch=)``) a later frame can finish first and push out a window an
     earlier one was counting on, which would then be restored again, and the next ones after it. So
-    the cache may hold more than ``size`` windows until the requests in flight that pin the least
-    recently used ones are done.
+    the cache may hold more than ``size`` windows, at most ``size`` plus the pinned ones, until the
+    requests in flight that pin the least recently used ones are done.
     """
 
     def __init__(self, size: int):
@@ -265,10 +265,15 @@ class WindowCache:
         self.trim()
 
     def trim(self) -> None:
-        # The least recently used window goes first; while a request still needs it, nothing goes, so that
-        # a newer window is not dropped in its place.
-        while len(self.windows) > self.size and (oldest := next(iter(self.windows))) not in self.pins:
-            del self.windows[oldest]
+        # The least recently used window goes first; while a request still needs it, nothing goes (a newer
+        # window dropped in its place would be restored again), unless the pinned ones alone are over the bound:
+        # a request that never completes (its input failed) must not keep the cache from dropping anything.
+        while len(self.windows) > self.size:
+            unpinned = [index for index in self.windows if index not in self.pins]
+            pinned = len(self.windows) - len(unpinned)
+            if not unpinned or (next(iter(self.windows)) in self.pins and len(self.windows) <= self.size + pinned):
+                break
+            del self.windows[unpinned[0]]
 
 
 class WindowRestorer:

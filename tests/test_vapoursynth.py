@@ -171,6 +171,12 @@ HARNESS = textwrap.dedent('''
         held_for_frame_3 = list(cache.windows)
         cache.unpin(range(0, 2))
         result.update(held_for_frame_3=held_for_frame_3, after_frame_3=list(cache.windows))
+        # A request whose frame never comes (its input failed) keeps its window, not the cache from dropping.
+        cache = WindowCache(2)
+        cache.pin([0])
+        for w in range(6):
+            cache.put(w, np.zeros(1))
+        result["pinned_for_good"] = list(cache.windows)
     elif case == "yuv":
         clip = clip_of(data)
         checks = {}
@@ -360,6 +366,7 @@ def test_the_window_cache_is_bounded_and_playback_restores_each_window_once(fram
     # Window 0 stays while a request in flight (frame 3) still needs it, however late its turn comes.
     assert [cached for _, cached in sequential] in (["0", "0,1", "1,2"], ["0", "0,1", "0,1,2"])
     assert result["held_for_frame_3"] == [0, 1, 2] and result["after_frame_3"] == [1, 2]
+    assert result["pinned_for_good"] == [0, 4, 5]
     # Seeking 7 6 0 1 3 2 5 4 with two windows kept: window 2 is dropped for 0 and 1 and restored again for 5.
     assert restored_windows(result["seeking_restored"]) == [(2, "2"), (0, "2,0"), (1, "0,1"), (2, "1,2")]
     assert result["sequential_restored"][0].startswith("rvrt restore: window 0 (frames 0-3) restored in ")
