@@ -481,6 +481,8 @@ class RayWindows:
                 self._live.difference_update(pending)
             for job in pending:
                 _settle(job.done, error=Cancelled("its video was given up"))
+                # The failure's traceback holds this frame and so ``pending``: the inputs must not stay with it.
+                job.window = None
                 self._slots.release()
 
     def _send(self, job: _Job) -> _Job:
@@ -504,9 +506,11 @@ class RayWindows:
 
     def _restore(self, worker: _Worker, job: _Job) -> bool:
         """One window on ``worker``; False once the worker is gone (or the pool stops)."""
+        window = job.window
+        if window is None:                      # given up (its video failed) since it was queued
+            return True
         try:
-            restored, seconds, cpu_seconds, worker.stats.pid = ray.get(
-                worker.actor.restore.remote(job.window, job.tiling))
+            restored, seconds, cpu_seconds, worker.stats.pid = ray.get(worker.actor.restore.remote(window, job.tiling))
         except RayActorError as err:
             # Ray keeps the error as the call's value and raises that object again: its traceback would hold
             # these frames, and they the call's reference, so the error would never be freed.
