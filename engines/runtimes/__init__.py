@@ -59,7 +59,7 @@ def default_runtime(*, precision: str | None = None, device: str = "cpu", thread
 
 def serving_runtime(manifest: dict, directory) -> type[Runtime]:
     """The record class that serves a directory by default: the first in :data:`RUNTIMES` that serves it and
-    runs here (OpenVINO where it can, else ONNX Runtime, for ONNX graphs; TensorRT for engines)."""
+    runs here (ONNX Runtime for ONNX graphs; TensorRT for engines)."""
     serving = [record for record in RUNTIMES.values() if record.exported and record().serves(manifest)]
     if not serving:
         raise ValueError(f"{directory}: no runtime serves what its manifest describes")
