@@ -1,6 +1,7 @@
 """rvrt-run's windows on a real local Ray cluster: same frames as one process, workers killed, windows
 that fail, a driver started from a folder that shadows our packages; rvrt-batch over a folder (files
-restored at once, a segment of each, a killed batch run again), Ctrl-C and SIGTERM. Several nodes:
+restored at once, a segment of each, a killed batch run again), Ctrl-C and SIGTERM; rvrt-run --ray and
+rvrt-batch with --runtime openvino (the workers' OpenVINO gives the frames of one process). Several nodes:
 test_cluster_nodes.py."""
 
 import dataclasses
@@ -29,14 +30,21 @@ from rvrt_cluster.windows import pack_window, unpack_window
 from rvrt_cluster.cli import collect_inputs, plan, probe, restore_all
 from rvrt_cluster.cli import main as batch_cli
 from rvrt_engines.backends import Description, load_backend
+from rvrt_engines.cache import ArtefactCache
+from rvrt_engines.cli import main as run_cli
 from rvrt_engines.frontend import Prepared
 from rvrt_engines.restore import resolve_tiling, restore_video
+from rvrt_engines.runtimes import OpenVino
 from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
 from rvrt_engines.video import open_frames
 
 # Windows of 6 frames overlapping by 2 over 14 frames: spans 0-5, 4-9, 8-13. Frames of 64x48 in
 # 48 px tiles overlapping by 16: 2 tiles, one backend call per window at the export's batch of 2.
 OPTIONS = dict(window=6, window_overlap=2, tile_overlap=16)
+# The OpenVINO runs, kept short: the clip's first 4 frames in one window of two clips (the steps with GDA run).
+OPENVINO_OPTIONS = dict(frames=4, window=4, tile_overlap=16)
+OPENVINO_FLAGS = [part for name, value in OPENVINO_OPTIONS.items()
+                  for part in (f"--{name.replace('_', '-')}", str(value))]
 
 
 @pytest.fixture(scope="module")
@@ -304,6 +312,46 @@ def test_batch_restores_the_segment_asked_for(cluster, frames, tiny_export, tmp_
     restore_video(load_backend(tiny_export("sr")[2], threads=1), tmp_path / "clip.mkv", tmp_path / "reference",
                   start=0.2, frames=7, window=4, window_overlap=2, tile_overlap=16)
     assert np.array_equal(read_all(tmp_path / "out" / "clip"), read_all(tmp_path / "reference"))
+
+
+@pytest.fixture(scope="module")
+def openvino_entry(tiny_export, tmp_path_factory):
+    """The export's OpenVINO entry, served as a directory so that the workers need no cache of their own (its
+    compiled models serve any number of threads). Its cache lies at the session's temporary root, where
+    test_vapoursynth.py makes or finds the same entry: conversion and validation are paid once. Float32 on any
+    CPU: a directory given without --precision is served at its manifest's dtype."""
+    pytest.importorskip("openvino")
+    cache = ArtefactCache(tmp_path_factory.getbasetemp() / "openvino-cache")
+    return OpenVino(precision="float32").entry(tiny_export("sr")[2], cache)
+
+
+@pytest.fixture(scope="module")
+def openvino_single_process(video, openvino_entry, tmp_path_factory):
+    """The reference of the OpenVINO runs: the entry restored in this process with two threads, as their worker
+    runs it."""
+    out = tmp_path_factory.mktemp("openvino-reference") / "out"
+    restore_video(load_backend(openvino_entry, runtime="openvino", threads=2), video, out, **OPENVINO_OPTIONS)
+    return read_all(out)
+
+
+def test_rvrt_run_ray_serves_openvino_with_the_frames_of_one_process(cluster, video, openvino_entry,
+                                                                      openvino_single_process, tmp_path):
+    result = CliRunner().invoke(run_cli, [str(openvino_entry), str(video), "-o", str(tmp_path / "out"), "--runtime",
+                                          "openvino", "--ray", "local", "--workers", "1", "--threads", "2",
+                                          *OPENVINO_FLAGS])
+    assert result.exit_code == 0, result.output
+    assert "; openvino float32" in result.stderr and "fps, openvino) -> " in result.stderr
+    assert np.array_equal(read_all(tmp_path / "out"), openvino_single_process)
+
+
+def test_batch_serves_openvino_with_the_frames_of_one_process(cluster, video, openvino_entry, openvino_single_process,
+                                                              tmp_path):
+    out = tmp_path / "restored"
+    result = CliRunner().invoke(batch_cli, [str(openvino_entry), str(video), "-o", str(out), "--runtime", "openvino",
+                                            "--workers", "1", "--threads", "2", *OPENVINO_FLAGS])
+    assert result.exit_code == 0, result.output
+    assert "; openvino float32" in result.stderr and "1 done, 0 failed, 0 skipped in " in result.stdout
+    assert np.array_equal(read_all(out / video.name), openvino_single_process)
 
 
 def test_a_killed_batch_run_again_restores_only_what_is_missing(frames, tiny_export, tmp_path):

@@ -1,13 +1,14 @@
 """The VapourSynth filter (``rvrt_engines.vapoursynth.restore``) in a real VapourSynth R81 core.
 
 VapourSynth R81 has wheels for Python >= 3.12 only and this suite runs on 3.11: the tests make a
-Python >= 3.12 venv with vapoursynth==81, vapoursynth-bestsource and the checkout's own
-dependencies (no extras: the serving-only install, no PyTorch), cached across runs under
+Python >= 3.12 venv with vapoursynth==81, vapoursynth-bestsource, the [openvino] extra and the
+checkout's own dependencies (no PyTorch), cached across runs under
 ``$XDG_CACHE_HOME/rvrt-deploy/vapoursynth-venv/<key>`` (the key covers the interpreter, those
 requirements and pyproject's dependencies), and install the checkout into a per-module folder with
 that venv's pip, without extras. VapourSynth scripts and ``vspipe`` then run as real subprocesses on
-the small ONNX export that this environment makes (``conftest.tiny_export``), and their frames are
-compared with this environment's ``rvrt-run`` on the same input.
+the small ONNX export that this environment makes (``conftest.tiny_export``), and on its OpenVINO
+entry with runtime="openvino", and their frames are compared with this environment's ``rvrt-run`` on
+the same input.
 """
 
 import fcntl
@@ -30,16 +31,21 @@ from PIL import Image
 
 from rvrt.tiling import Tiling, blend_frame, blend_windows, covering_windows, iter_restored, window_spans
 from rvrt_engines.backends import load_backend
+from rvrt_engines.cache import ArtefactCache
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.restore import frame_to_array, resolve_tiling, to_uint8
+from rvrt_engines.runtimes import OpenVino
 from rvrt_engines.synthetic import moving_photo_frames
+from rvrt_engines.video import open_frames
 from rvrt_engines.video.colour import Colour, frame_to_rgb
 from test_serving import caches, checked, run, source_copy, venv_env  # noqa: F401 (caches: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-# The [vapoursynth] extra, a source filter for the vspipe test, and what installs the checkout without build isolation.
+# The [vapoursynth] extra, the [openvino] extra (the filter on runtime="openvino"), a source filter for the vspipe
+# test, and what installs the checkout without build isolation.
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-VS_REQUIREMENTS = (*PROJECT["optional-dependencies"]["vapoursynth"], "vapoursynth-bestsource==22", "setuptools>=68")
+VS_REQUIREMENTS = (*PROJECT["optional-dependencies"]["vapoursynth"], *PROJECT["optional-dependencies"]["openvino"],
+                   "vapoursynth-bestsource==22", "setuptools>=68")
 FRAMES, HEIGHT, WIDTH = 8, 48, 64        # LR: one tile high, two 48 px tiles wide (tiny SR export, batch 2)
 WINDOW = ["--window", "4", "--window-overlap", "2", "--threads", "2"]   # windows (0, 4), (2, 6), (4, 8)
 
@@ -253,6 +259,12 @@ HARNESS = textwrap.dedent('''
         result.update(outputs=outputs, stale_rgb_equal=all(
             all(np.array_equal(x, y) for x, y in zip(planes(clean.get_frame(n)), planes(read.get_frame(n))))
             for n in range(clip.num_frames)), stale_rgb_props=props(read.get_frame(0)))
+    elif case == "openvino":
+        # The registry's OpenVINO on an entry, as RGB48 for rvrt-run's 16-bit PNGs (given no cut, as in "frames").
+        clip = restore(clip_of(data), export, runtime="openvino", window=4, threads=2, format=vs.RGB48,
+                       scene_cuts="off")
+        np.savez(output + ".npz", restored=np.array([planes(frame) for frame in clip.frames()]))
+        result["tiling"] = [message for message in messages if "tiling:" in message]
     elif case == "video":
         # The README's script on an untagged H.264 file, as RGB24 to compare with rvrt-run's PNGs, and the
         # RGB both read from the same YUV (the filter's zimg conversion with the matrix it guesses).
@@ -343,7 +355,7 @@ def test_frames_equal_rvrt_runs_bit_for_bit(frames_case, rvrt_run_frames):
     assert np.array_equal(sequential, floats)                   # float32, bit for bit
     assert np.array_equal(np.stack([to_uint8(frame) for frame in sequential]), png)
     assert png.std() > 1
-    assert not result["torch_loaded"]                           # the serving-only install
+    assert not result["torch_loaded"]                           # the serving install (and OpenVINO): no PyTorch
 
 
 def test_random_access_gives_the_sequential_frames(frames_case, rvrt_run_frames):
@@ -461,10 +473,11 @@ def untagged_h264(path, frames):
         assert int(first.colorspace) == 2 and int(first.color_range) == 0      # unspecified
 
 
-def rvrt_run_pngs(export, source, out, *options):
-    result = CliRunner().invoke(run_cli, [str(export), str(source), "-o", str(out), "--quiet", *options])
+def rvrt_run_pngs(model, source, out, *options):
+    """rvrt-run's frames of SOURCE as a PNG folder, read back: (T, H, W, 3) uint8, or uint16 with --bit-depth 16."""
+    result = CliRunner().invoke(run_cli, [str(model), str(source), "-o", str(out), "--quiet", *options])
     assert result.exit_code == 0, result.output
-    return np.stack([np.asarray(Image.open(path)) for path in sorted(out.glob("*.png"))])
+    return np.stack(list(open_frames(out)))
 
 
 def test_an_untagged_h264_file_against_rvrt_run(vs_env, tiny_export, lr_frames, tmp_path):
@@ -495,6 +508,30 @@ def test_an_untagged_h264_file_against_rvrt_run(vs_env, tiny_export, lr_frames, 
           f"(8-bit levels)")
     assert read_gap.max() > 8 and luma_gap.max() < 4      # they differ, and in chroma
     assert out_gap.mean() < 4 and out_gap.max() < 64 and png.std() > 10
+
+
+@pytest.fixture(scope="module")
+def openvino_entry(tiny_export, tmp_path_factory):
+    """The export's OpenVINO entry, served as a directory so that the venv needs no cache of its own (its
+    compiled models serve any number of threads). Its cache lies at the session's temporary root, where
+    test_cluster.py makes or finds the same entry: conversion and validation are paid once. Float32 on any
+    CPU: a directory given without a precision is served at its manifest's dtype."""
+    pytest.importorskip("openvino")
+    cache = ArtefactCache(tmp_path_factory.getbasetemp() / "openvino-cache")
+    return OpenVino(precision="float32").entry(tiny_export("sr")[2], cache)
+
+
+def test_openvino_frames_equal_rvrt_runs_bit_for_bit(vs_env, openvino_entry, lr_frames, tmp_path):
+    """The filter with runtime="openvino" against rvrt-run --runtime openvino on the first 4 frames (one window),
+    both 16-bit: a difference in the network's float32 values shows there sooner than in 8 bits."""
+    np.save(tmp_path / "first.npy", np.load(lr_frames[0])[:4])
+    result, arrays = harness(vs_env, "openvino", openvino_entry, tmp_path / "first.npy", tmp_path)
+    assert len(result["tiling"]) == 1 and result["tiling"][0].endswith("; openvino float32"), result["tiling"]
+    png = rvrt_run_pngs(openvino_entry, lr_frames[1], tmp_path / "rvrt-run", "--runtime", "openvino", "--frames", "4",
+                        "--bit-depth", "16", *WINDOW)
+    restored = arrays["restored"].transpose(0, 2, 3, 1)
+    assert restored.dtype == png.dtype == np.uint16 and restored.shape == png.shape == (4, 4 * HEIGHT, 4 * WIDTH, 3)
+    assert np.array_equal(restored, png) and png.std() > 256
 
 
 VPY = textwrap.dedent("""
