@@ -18,7 +18,8 @@ from rvrt_validate.cli import main as validate_cli
 from rvrt_validate.images import GAP, LABEL_HEIGHT
 from rvrt_validate.render import decibels, render_markdown
 from rvrt_engines.runtimes import PyTorch
-from rvrt_validate.report import validate
+from rvrt_engines.runtimes.openvino import NO_BF16_ENV, OpenVino, bf16_capable
+from rvrt_validate.report import ran_instead, validate
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,16 @@ def test_report_covers_onnxruntime_both_precisions(sr_report):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     by_label = {c["label"]: c for c in report["candidates"]}
-    assert report["verdict"] == "pass" and report["summary"]["passed"] == 4
-    for label, precision in (("onnxruntime float32", "float32"), ("onnxruntime float16", "float16"),
-                             ("openvino bfloat16", "bfloat16"), ("openvino float32", "float32")):
+    measured = [("onnxruntime float32", "float32"), ("onnxruntime float16", "float16"), ("openvino float32", "float32")]
+    if bf16_capable():
+        measured.append(("openvino bfloat16", "bfloat16"))
+    else:
+        # Without the instructions OpenVINO would run float32: a bfloat16 pass would be a claim never measured.
+        assert by_label["openvino bfloat16"]["status"] == "skipped"
+        assert by_label["openvino bfloat16"]["skipped"] == ("OpenVINO bfloat16 does not run on this machine: it "
+                                                            "runs float32 here instead")
+    assert report["verdict"] == "pass" and report["summary"]["passed"] == len(measured)
+    for label, precision in measured:
         candidate = by_label[label]
         assert candidate["status"] == "pass" and candidate["precision"] == precision
         assert len(candidate["stages"]) == 11 and all(s["passed"] for s in candidate["stages"].values())
@@ -46,7 +54,8 @@ def test_report_covers_onnxruntime_both_precisions(sr_report):
     assert by_label["onnxruntime float32"]["end_to_end"]["max_abs"] < 1e-4
     assert by_label["onnxruntime float16"]["end_to_end"]["psnr_db"] > 60
     assert by_label["openvino float32"]["end_to_end"]["max_abs"] < 1e-3
-    assert by_label["openvino bfloat16"]["end_to_end"]["psnr_db"] > 40
+    if bf16_capable():
+        assert by_label["openvino bfloat16"]["end_to_end"]["psnr_db"] > 40
     assert report["clip"]["output_size"] == [288, 288]
 
 
@@ -200,3 +209,10 @@ def test_weights_must_be_the_exported_ones(tiny_export, tmp_path):
     result = runner.invoke(validate_cli, [str(export_dir), "--checkpoint", str(other), "-o", str(tmp_path / "b")])
     assert result.exit_code == 2 and "is not the one" in result.output and sha256_of(other)[:12] in result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_precision_this_cpu_would_replace_is_skipped_not_measured_under_its_name(monkeypatch):
+    monkeypatch.setenv(NO_BF16_ENV, "1")
+    assert ran_instead(OpenVino(precision="bfloat16")) == ("OpenVINO bfloat16 does not run on this machine: it runs "
+                                                           "float32 here instead")
+    assert ran_instead(OpenVino(precision="float32")) is None

@@ -88,6 +88,16 @@ def candidate_records() -> list[Runtime]:
     return records
 
 
+def ran_instead(record: Runtime) -> str | None:
+    """Why ``record`` cannot be measured here when this machine would run it in another precision (OpenVINO's
+    bfloat16 on a CPU without it runs float32): measuring that under the precision's name would claim a
+    validation that never ran."""
+    here = record.resolved().precision
+    if here == record.precision:
+        return None
+    return f"{record.label} {record.precision} does not run on this machine: it runs {here} here instead"
+
+
 def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> list[Candidate]:
     """What can be measured for ``model_dir``, and what cannot (with the reason). A float32 export's float16
     graphs are made in ``scratch`` to be measured too; an engine directory's ONNX graphs are measured beside
@@ -98,7 +108,7 @@ def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> l
         if graphs is not None and record.exported and record.precision != manifest["dtype"]:
             # Engines are validated at the precision they were built in; their graphs are measured beside them.
             continue
-        reason = record.unavailable()
+        reason = record.unavailable() or ran_instead(record)
         if reason:
             found.append(Candidate(record, skipped=reason))
         elif not record.exported:
