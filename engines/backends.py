@@ -238,8 +238,7 @@ def directory_description(path: Path, *, task: str | None, runtime: str | Runtim
         raise ArtifactError(f"{path} holds {holds(manifest)}: they run with --runtime {' or '.join(others)}; for "
                             f"--runtime {record.name}, {record.making_hint(path)}")
     if record.precision is None:
-        record = dataclasses.replace(record, precision=manifest["dtype"]) \
-            if manifest["dtype"] in record.precisions else record.resolved()
+        record = dataclasses.replace(record, precision=record.directory_precision(manifest))
     # What the directory holds is checked when it is opened; its validation record already now, before any work.
     require_validated(manifest, path, allow_unvalidated)
     return Description(spec, config_from_manifest(manifest), record, None, path, tile_of(manifest), manifest["batch"],

@@ -9,6 +9,7 @@ import torch
 
 from conftest import random_clip
 from rvrt import get_task
+from rvrt_engines.backends import load_backend
 from rvrt_engines.cache import ArtefactCache
 from rvrt_engines.manifest import ArtifactError
 from rvrt_engines import precision
@@ -141,6 +142,16 @@ def test_without_bfloat16_it_runs_float32_saying_so_once(sr_export, cache, monke
         assert restore(record, entry, model, clip(2)).shape == (2, 2, 3, 192, 192)
     lines = [r.getMessage() for r in caplog.records if r.name == "rvrt_engines.runtimes.openvino"]
     assert lines == ["this CPU has neither AVX512_BF16 nor AMX: OpenVINO runs float32 instead of bfloat16"]
+
+
+def test_a_directory_without_precision_runs_in_this_cpus_default_and_an_entry_in_its_own(sr_export, cache,
+                                                                                        monkeypatch):
+    _, export = sr_export
+    assert load_backend(export, runtime="openvino").runtime.precision == OpenVino().resolved().precision
+    entry = OpenVino(precision="float32").entry(export, cache)
+    assert load_backend(entry, runtime="openvino").runtime.precision == "float32"
+    monkeypatch.setenv(NO_BF16_ENV, "1")
+    assert load_backend(export, runtime="openvino").runtime.precision == "float32"
 
 
 def test_the_precision_is_named_from_python_as_on_the_command_line():

@@ -81,6 +81,11 @@ class Runtime:
             return dataclasses.replace(self, precision=self.precisions[0])
         return self
 
+    def directory_precision(self, manifest: dict) -> str:
+        """The precision a directory is served in when none was asked for: what its graphs hold, where this
+        runtime runs that, else this machine's default."""
+        return manifest["dtype"] if manifest["dtype"] in self.precisions else self.resolved().precision
+
     def unavailable(self) -> str | None:
         """Why this runtime cannot run in this process; None when it can."""
         return None

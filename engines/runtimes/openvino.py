@@ -101,8 +101,12 @@ def compile_ir(path: Path, *, precision: str, threads: int | None, cache_dir: Pa
 
     The model is read first and compiled from memory: OpenVINO then keys the cache by the model's content,
     where a model given by its path is keyed by the path. An entry is validated (and its graphs compiled)
-    under a temporary name before it is renamed, so only content keys find those compiled models again."""
-    config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    under a temporary name before it is renamed, so only content keys find those compiled models again.
+    Threads are not pinned to cores: every process pins from the same first cores, so two on one machine (Ray
+    workers, a batch) shared one core and took twice as long (25 s against 14 s, 2 processes of 1 thread on 2
+    cores, tiny SR; one process alone: 11-12 s pinned, 12-13 s not)."""
+    config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+              "ENABLE_CPU_PINNING": False}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     if cache_dir is not None:
@@ -187,6 +191,13 @@ class OpenVino(Runtime):
             _say_no_bf16()
         precision = "bfloat16" if capable and self.precision in (None, "bfloat16") else "float32"
         return dataclasses.replace(self, precision=precision)
+
+    def directory_precision(self, manifest: dict) -> str:
+        """An entry's own precision; for a float32 export, this machine's default (bfloat16 where the CPU has it):
+        its float32 graphs are what OpenVINO converts from, not what it must run."""
+        if "openvino" in manifest:
+            return manifest["openvino"]["precision"]
+        return self.resolved().precision
 
     def unavailable(self) -> str | None:
         if find_spec("openvino") is None:
