@@ -6,7 +6,7 @@ import torch
 from rvrt import build_model, get_task
 from rvrt_engines.backends import load_backend
 from rvrt_engines.cache import ArtefactCache, ModelSource
-from rvrt_engines.runtimes import OnnxRuntime
+from rvrt_engines.runtimes import OnnxRuntime, OpenVino
 
 torch.set_num_threads(2)
 
@@ -99,6 +99,16 @@ def cached_tiny_sr(tmp_path_factory):
     cache = ArtefactCache(tmp_path_factory.mktemp("cache"))
     source = CountingSource()
     return cache, OnnxRuntime().artefacts(source, tile=CACHED_TILE, batch=1, cache=cache), source
+
+
+@pytest.fixture(scope="session")
+def openvino_entry(tiny_export, tmp_path_factory):
+    """The tiny SR export's OpenVINO float32 entry, made once per session, served as a directory so that Ray
+    workers and the VapourSynth venv need no cache of their own (its compiled models serve any number of
+    threads). Float32 on any CPU: an entry given without --precision is served in the precision it was made in.
+    The cluster and VapourSynth tests share it: none may change it."""
+    pytest.importorskip("openvino")
+    return OpenVino(precision="float32").entry(tiny_export("sr")[2], ArtefactCache(tmp_path_factory.mktemp("openvino")))
 
 
 FULL_SIZE_TILE = 40

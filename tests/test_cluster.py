@@ -30,11 +30,9 @@ from rvrt_cluster.windows import pack_window, unpack_window
 from rvrt_cluster.cli import collect_inputs, plan, probe, restore_all
 from rvrt_cluster.cli import main as batch_cli
 from rvrt_engines.backends import Description, load_backend
-from rvrt_engines.cache import ArtefactCache
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.frontend import Prepared
 from rvrt_engines.restore import resolve_tiling, restore_video
-from rvrt_engines.runtimes import OpenVino
 from rvrt_engines.synthetic import degrade, moving_photo_frames, write_video
 from rvrt_engines.video import open_frames
 
@@ -312,17 +310,6 @@ def test_batch_restores_the_segment_asked_for(cluster, frames, tiny_export, tmp_
     restore_video(load_backend(tiny_export("sr")[2], threads=1), tmp_path / "clip.mkv", tmp_path / "reference",
                   start=0.2, frames=7, window=4, window_overlap=2, tile_overlap=16)
     assert np.array_equal(read_all(tmp_path / "out" / "clip"), read_all(tmp_path / "reference"))
-
-
-@pytest.fixture(scope="module")
-def openvino_entry(tiny_export, tmp_path_factory):
-    """The export's OpenVINO entry, served as a directory so that the workers need no cache of their own (its
-    compiled models serve any number of threads). Its cache lies at the session's temporary root, where
-    test_vapoursynth.py makes or finds the same entry: conversion and validation are paid once. Float32 on any
-    CPU: a directory given without --precision is served at its manifest's dtype."""
-    pytest.importorskip("openvino")
-    cache = ArtefactCache(tmp_path_factory.getbasetemp() / "openvino-cache")
-    return OpenVino(precision="float32").entry(tiny_export("sr")[2], cache)
 
 
 @pytest.fixture(scope="module")

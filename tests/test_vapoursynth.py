@@ -31,10 +31,8 @@ from PIL import Image
 
 from rvrt.tiling import Tiling, blend_frame, blend_windows, covering_windows, iter_restored, window_spans
 from rvrt_engines.backends import load_backend
-from rvrt_engines.cache import ArtefactCache
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.restore import frame_to_array, resolve_tiling, to_uint8
-from rvrt_engines.runtimes import OpenVino
 from rvrt_engines.synthetic import moving_photo_frames
 from rvrt_engines.video import open_frames
 from rvrt_engines.video.colour import Colour, frame_to_rgb
@@ -508,17 +506,6 @@ def test_an_untagged_h264_file_against_rvrt_run(vs_env, tiny_export, lr_frames, 
           f"(8-bit levels)")
     assert read_gap.max() > 8 and luma_gap.max() < 4      # they differ, and in chroma
     assert out_gap.mean() < 4 and out_gap.max() < 64 and png.std() > 10
-
-
-@pytest.fixture(scope="module")
-def openvino_entry(tiny_export, tmp_path_factory):
-    """The export's OpenVINO entry, served as a directory so that the venv needs no cache of its own (its
-    compiled models serve any number of threads). Its cache lies at the session's temporary root, where
-    test_cluster.py makes or finds the same entry: conversion and validation are paid once. Float32 on any
-    CPU: a directory given without a precision is served at its manifest's dtype."""
-    pytest.importorskip("openvino")
-    cache = ArtefactCache(tmp_path_factory.getbasetemp() / "openvino-cache")
-    return OpenVino(precision="float32").entry(tiny_export("sr")[2], cache)
 
 
 def test_openvino_frames_equal_rvrt_runs_bit_for_bit(vs_env, openvino_entry, lr_frames, tmp_path):
