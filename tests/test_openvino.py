@@ -3,6 +3,7 @@ validation that refuses, the compiled-model cache across runs, and bfloat16's fa
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -159,3 +160,36 @@ def test_the_precision_is_named_from_python_as_on_the_command_line():
     assert OpenVino(precision="f32").precision == "float32"
     with pytest.raises(ValueError, match="--runtime openvino --precision f16: OpenVINO serves bf16, f32"):
         OpenVino(precision="float16")
+
+
+SERVE_AND_LIST_MODULES = """
+import json, sys
+from rvrt_engines.cli import main
+status = main(sys.argv[1:], standalone_mode=False)
+print(json.dumps({"status": status, "loaded": sorted(m for m in ("onnx", "torch", "onnxscript") if m in sys.modules)}))
+"""
+
+
+def test_a_cached_run_imports_neither_onnx_nor_pytorch(sr_export, cache, tmp_path):
+    """rvrt-run on the export directory finds its entry in the cache and serves it without importing onnx
+    (0.75 s of start-up: only making an entry needs it) or PyTorch."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    _, export = sr_export
+    OpenVino(precision="float32").entry(export, cache)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index, frame in enumerate(np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)):
+        Image.fromarray(frame).save(frames / f"{index:03d}.png")
+    done = subprocess.run([sys.executable, "-c", SERVE_AND_LIST_MODULES, str(export), str(frames), "-o",
+                           str(tmp_path / "out"), "--runtime", "openvino", "--precision", "f32", "--threads", "2",
+                           "--quiet"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RVRT_CACHE": str(cache.root)})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] in (None, 0) and result["loaded"] == [], done.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2

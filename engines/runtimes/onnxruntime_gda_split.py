@@ -12,6 +12,9 @@ work channels-last: its inputs are transposed to planes just for it and its outp
 back right after (~15 ms a call here, on top of the kernel's ~22 ms). Where the graph has exactly
 that form, the cut goes around those transposes too and the kernel's channels-last entry reads
 the channels-last tensors and writes the channels-last result: the same values, moved once.
+
+onnx is imported where a graph is cut, not with this module: OpenVINO entries are cut when they are made and
+served with this module's glue alone, and importing onnx (its ml_dtypes) took 0.75 s of their start-up.
 """
 
 from __future__ import annotations
@@ -21,10 +24,6 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import onnx
-import onnx.utils
-from onnx.external_data_helper import uses_external_data
 
 from ..gda_node import ATTRIBUTES as GDA_ATTRIBUTES
 from ..gda_node import DOMAIN as GDA_DOMAIN
@@ -87,6 +86,8 @@ def _downstream(graph: onnx.GraphProto, value: str) -> set[int]:
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
+    import onnx
+
     return {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
 
 
@@ -164,6 +165,8 @@ def _channels_last_cut(graph: onnx.GraphProto, gda_index: int, producers: dict[s
 
 def split_at_gda(model: onnx.ModelProto) -> GdaSplit | None:
     """Cut ``model`` around its GDA node; None where the graph has no GDA node (or more than one)."""
+    import onnx.utils
+
     graph = model.graph
     gda_nodes = [node for node in graph.node if node.domain == GDA_DOMAIN and node.op_type == GDA_OP_TYPE]
     if len(gda_nodes) != 1:
@@ -294,6 +297,9 @@ def gda_split_session(path: str | os.PathLike, make_session, threads: int | None
     """A :class:`SplitGdaSession` for the graph at ``path``, or None where it has no GDA node or
     the kernel is unavailable (then with a warning: the caller runs the whole graph, GDA
     through its function body). ``make_session(model_bytes)`` creates an ONNX Runtime session."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
     with open(path, "rb") as stream:
         serialized = stream.read()
     # The op type is stored as plain text: without it there is nothing to split, and no need to parse.
