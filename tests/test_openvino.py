@@ -39,9 +39,11 @@ def restore(record, target, model, lq, **options):
 
 
 def compiled_models(runner):
-    """The OpenVINO compiled models of an active stage runner (both parts of a step cut around GDA)."""
+    """The OpenVINO compiled models of an active stage runner (both parts of a step cut around GDA), compiled
+    as its stage's start compiles them."""
     session = runner.session
-    return [session.before.compiled, session.after.compiled] if hasattr(session, "before") else [session.compiled]
+    parts = [session.before, session.after] if hasattr(session, "before") else [session]
+    return [part.compiled_model() for part in parts]
 
 
 def clip(frames):
