@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import random_clip
+from test_serving import MODULES_AFTER
 from rvrt import get_task
 from rvrt_engines.backends import load_backend
 from rvrt_engines.cache import ArtefactCache
@@ -164,14 +165,6 @@ def test_the_precision_is_named_from_python_as_on_the_command_line():
         OpenVino(precision="float16")
 
 
-SERVE_AND_LIST_MODULES = """
-import json, sys
-from rvrt_engines.cli import main
-status = main(sys.argv[1:], standalone_mode=False)
-print(json.dumps({"status": status, "loaded": sorted(m for m in ("onnx", "torch", "onnxscript") if m in sys.modules)}))
-"""
-
-
 def test_a_cached_run_imports_neither_onnx_nor_pytorch(sr_export, cache, tmp_path):
     """rvrt-run on the export directory finds its entry in the cache and serves it without importing onnx
     (0.75 s of start-up: only making an entry needs it) or PyTorch."""
@@ -187,7 +180,7 @@ def test_a_cached_run_imports_neither_onnx_nor_pytorch(sr_export, cache, tmp_pat
     frames.mkdir()
     for index, frame in enumerate(np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)):
         Image.fromarray(frame).save(frames / f"{index:03d}.png")
-    done = subprocess.run([sys.executable, "-c", SERVE_AND_LIST_MODULES, str(export), str(frames), "-o",
+    done = subprocess.run([sys.executable, "-c", MODULES_AFTER % (("onnx", "torch", "onnxscript"),), str(export), str(frames), "-o",
                            str(tmp_path / "out"), "--runtime", "openvino", "--precision", "f32", "--threads", "2",
                            "--quiet"], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "RVRT_CACHE": str(cache.root)})

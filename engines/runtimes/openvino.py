@@ -106,9 +106,10 @@ class OpenVinoSession:
     same stage runs again."""
 
     def __init__(self, path: Path, stage: str, phases: StagePhases, **options):
-        model = core().read_model(str(path))
-        self._inputs = [Arg(value.get_any_name()) for value in model.inputs]
-        self._outputs = [Arg(value.get_any_name()) for value in model.outputs]
+        # Read once for its names and kept for its first compile; later phases read it again.
+        self._model = core().read_model(str(path))
+        self._inputs = [Arg(value.get_any_name()) for value in self._model.inputs]
+        self._outputs = [Arg(value.get_any_name()) for value in self._model.outputs]
         self.path, self.stage, self.phases, self.options = path, stage, phases, options
         self.compiled = self.request = None
         phases.add(self)
@@ -116,7 +117,8 @@ class OpenVinoSession:
     def compiled_model(self):
         """The compiled model, compiled now unless its stage is running."""
         if self.compiled is None:
-            self.compiled = compile_ir(self.path, **self.options)
+            model, self._model = self._model or core().read_model(str(self.path)), None
+            self.compiled = compile_ir(model, **self.options)
             self.request = self.compiled.create_infer_request()
             self._index = {name: index for index, value in enumerate(self.compiled.outputs)
                            for name in value.get_names()}
@@ -138,10 +140,11 @@ class OpenVinoSession:
         return [results[self._index[name]] for name in (output_names or [arg.name for arg in self._outputs])]
 
 
-def compile_ir(path: Path, *, precision: str, threads: int | None, cache_dir: Path | None):
-    """The IR at ``path`` compiled for the CPU, through OpenVINO's compiled-model cache in ``cache_dir``.
+def compile_ir(model, *, precision: str, threads: int | None, cache_dir: Path | None):
+    """An IR ``model`` (read by ``read_model``) compiled for the CPU, through OpenVINO's compiled-model cache in
+    ``cache_dir``.
 
-    The model is read first and compiled from memory: OpenVINO then keys the cache by the model's content,
+    The model is compiled from memory, not from its path: OpenVINO then keys the cache by the model's content,
     where a model given by its path is keyed by the path. An entry is validated (and its graphs compiled)
     under a temporary name before it is renamed, so only content keys find those compiled models again.
     Threads are not pinned to cores: every process pins from the same first cores, so two on one machine (Ray
@@ -153,7 +156,7 @@ def compile_ir(path: Path, *, precision: str, threads: int | None, cache_dir: Pa
         config["INFERENCE_NUM_THREADS"] = threads
     if cache_dir is not None:
         config["CACHE_DIR"] = str(cache_dir)
-    return core().compile_model(core().read_model(str(path)), "CPU", config)
+    return core().compile_model(model, "CPU", config)
 
 
 def stage_session(entry: Path, name: str, stage: dict, phases: StagePhases, *, precision: str, threads: int | None,
