@@ -165,9 +165,10 @@ def test_the_precision_is_named_from_python_as_on_the_command_line():
         OpenVino(precision="float16")
 
 
-def test_a_cached_run_imports_neither_onnx_nor_pytorch(sr_export, cache, tmp_path):
+def test_a_cached_run_imports_neither_onnx_onnxruntime_nor_pytorch(sr_export, cache, tmp_path):
     """rvrt-run on the export directory finds its entry in the cache and serves it without importing onnx
-    (0.75 s of start-up: only making an entry needs it) or PyTorch."""
+    (0.75 s of start-up: only making an entry needs it), ONNX Runtime (only validating an entry runs it) or
+    PyTorch."""
     import subprocess
     import sys
 
@@ -180,7 +181,8 @@ def test_a_cached_run_imports_neither_onnx_nor_pytorch(sr_export, cache, tmp_pat
     frames.mkdir()
     for index, frame in enumerate(np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)):
         Image.fromarray(frame).save(frames / f"{index:03d}.png")
-    done = subprocess.run([sys.executable, "-c", MODULES_AFTER % (("onnx", "torch", "onnxscript"),), str(export), str(frames), "-o",
+    watched = ("onnx", "onnxruntime", "torch", "onnxscript")
+    done = subprocess.run([sys.executable, "-c", MODULES_AFTER % (watched,), str(export), str(frames), "-o",
                            str(tmp_path / "out"), "--runtime", "openvino", "--precision", "f32", "--threads", "2",
                            "--quiet"], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "RVRT_CACHE": str(cache.root)})

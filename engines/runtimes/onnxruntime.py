@@ -6,6 +6,8 @@ and :func:`onnxruntime_stages` puts one runner per stage behind the driver's sta
 :class:`OnnxRuntime` is the runtime's record in the registry (:mod:`rvrt_engines.runtimes`).
 Polygraphy's own ``OnnxrtRunner`` is not used here: it imports torch on every ``infer`` where
 torch is installed (``util.array.is_torch``), 1.4 s of start-up for a process that never needs it.
+onnxruntime itself is imported where a session is made or the library is asked about, not with this module:
+the registry imports this module in every process, OpenVINO's among them, which never runs a session.
 """
 
 from __future__ import annotations
@@ -15,22 +17,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-import onnxruntime as ort
-from google.protobuf.message import DecodeError
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
-
-from rvrt import run_recurrent
-from rvrt.arrays import to_numpy
 from rvrt.tiling import tile_name
 
 from ..cache import cached, check_tile_and_batch
 from ..manifest import ArtifactError, check_files, read_manifest, require_validated
 from ..memory_budget import GIB, MemoryModel, network_kind
 from .base import Runtime, cpu_identity, entered
-from .runner_stages import RunnerStages, stage_io
+from .runner_stages import OnnxRuntimeRunner, RunnerStages, run_on_numpy, stage_io
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +46,8 @@ def register_shared_cpu_allocator() -> None:
     memory is that of the largest stage instead of the sum of all (8.9 -> 1.8 GB measured,
     full-size SR, tile 64). Arena chunks grow by what is asked for, not by powers of two.
     """
+    import onnxruntime as ort
+
     memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     ort.create_and_register_allocator(memory, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
 
@@ -81,6 +81,8 @@ class SessionFromPath:
         return self.providers == ["CPUExecutionProvider"]
 
     def options(self) -> ort.SessionOptions:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -103,6 +105,9 @@ class SessionFromPath:
         """An ``onnxruntime.InferenceSession``, or a :class:`~.onnxruntime_gda_split.SplitGdaSession`
         that behaves as one. A file that is no ONNX graph (damaged, of the size its manifest
         records) raises ArtifactError naming it, not a parser's traceback."""
+        from google.protobuf.message import DecodeError
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
+
         try:
             return self._session()
         except (DecodeError, InvalidProtobuf) as error:
@@ -110,6 +115,8 @@ class SessionFromPath:
                                 f"damaged; export it again") from None
 
     def _session(self):
+        import onnxruntime as ort
+
         options = self.options()
         if self.emulate_float16:
             import onnx
@@ -127,53 +134,6 @@ class SessionFromPath:
             if split is not None:
                 return split
         return ort.InferenceSession(self.path, sess_options=options, providers=self.providers)
-
-
-class OnnxRuntimeRunner:
-    """Runs one session: numpy arrays in, numpy arrays out, with Polygraphy's runner life cycle
-    (``activate`` / ``infer`` / ``deactivate``, or ``with runner:``).
-
-    session: an ``onnxruntime.InferenceSession`` (or a session-like object such as a
-    :class:`~.onnxruntime_gda_split.SplitGdaSession`), or a loader that returns one (such as
-    :class:`SessionFromPath`), called on activation: building a runner costs nothing.
-    """
-
-    def __init__(self, session, name: str | None = None):
-        self._session = session
-        self.name = name
-        self.session = None
-        self.output_names: list[str] = []
-
-    @property
-    def is_active(self) -> bool:
-        return self.session is not None
-
-    def activate(self) -> None:
-        if self.is_active:
-            raise RuntimeError(f"runner {self.name} is active already")
-        self.session = self._session() if callable(self._session) else self._session
-        self.output_names = [output.name for output in self.session.get_outputs()]
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Input name -> array (float32, C-contiguous) to output name -> array, in graph order."""
-        if not self.is_active:
-            raise RuntimeError(f"runner {self.name} is not active: use it inside 'with runner:'")
-        return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
-
-    def deactivate(self) -> None:
-        self.session = None
-
-    def __enter__(self):
-        self.activate()
-        return self
-
-    def __exit__(self, *exc):
-        self.deactivate()
-
-
-def run_on_numpy(stages: RunnerStages, lq, device: str = "cpu"):
-    """The recurrent driver on ONNX Runtime stages: lq (any array kind) -> restored numpy array."""
-    return run_recurrent(stages, to_numpy(lq))
 
 
 def default_providers(device: str = "cpu") -> list[str]:
@@ -229,12 +189,18 @@ class OnnxRuntime(Runtime):
         return self.device.startswith("cuda")
 
     def unavailable(self) -> str | None:
-        if self.needs_gpu and "CUDAExecutionProvider" not in ort.get_available_providers():
+        if not self.needs_gpu:
+            return None
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
             return (f"--device {self.device} asked for, but this onnxruntime has no CUDA execution provider "
                     f"(install onnxruntime-gpu)")
         return None
 
     def key_fields(self) -> tuple[str, str]:
+        import onnxruntime as ort
+
         return ort.__version__, cpu_identity()
 
     def serves(self, manifest: dict) -> bool:

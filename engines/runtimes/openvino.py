@@ -185,8 +185,7 @@ def stage_session(entry: Path, name: str, stage: dict, phases: StagePhases, *, p
 def openvino_stages(entry: Path, manifest: dict, *, precision: str, threads: int | None, cache_dir: Path | None):
     """The driver's stages on an entry (a context manager: every graph is read on entry, compiled when its stage
     runs)."""
-    from .onnxruntime import OnnxRuntimeRunner
-    from .runner_stages import RunnerStages, stage_io
+    from .runner_stages import OnnxRuntimeRunner, RunnerStages, stage_io
 
     fp32_stages = tuple(manifest["openvino"]["precision_policy"]["fp32_stages"])
     phases = StagePhases()
@@ -330,7 +329,7 @@ class OpenVino(Runtime):
             yield stages
 
     def run(self, stages, lq):
-        from .onnxruntime import run_on_numpy
+        from .runner_stages import run_on_numpy
 
         return run_on_numpy(stages, lq)
 

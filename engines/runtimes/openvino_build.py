@@ -174,8 +174,9 @@ def build_entry(export_dir: Path, out: Path, *, precision: str, threads: int | N
                 policy: PrecisionPolicy = PrecisionPolicy()) -> dict:
     """Fill ``out`` (an empty folder) with the IR of every stage of ``export_dir`` and ``manifest.json``, whose
     validation record says whether each stage and the clip came within tolerance; returns the manifest."""
-    from .onnxruntime import onnxruntime_stages, run_on_numpy
+    from .onnxruntime import onnxruntime_stages
     from .openvino import MODEL_CACHE, openvino_stages
+    from .runner_stages import run_on_numpy
 
     source = read_manifest(export_dir)
     stages = {}

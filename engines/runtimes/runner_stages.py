@@ -1,15 +1,19 @@
 """Stages served by runners: one runner per stage graph, fed by the graphs' names.
 
-The same class serves ONNX Runtime sessions (this project's :class:`~.onnxruntime.OnnxRuntimeRunner`,
-numpy arrays) and TensorRT engines (Polygraphy's ``TrtRunner``, torch CUDA tensors); the
-recurrent driver (:func:`rvrt.run_recurrent`) cannot tell them from eager stages.
+The same class serves sessions with ``onnxruntime.InferenceSession``'s interface (:class:`OnnxRuntimeRunner`,
+numpy arrays: ONNX Runtime's sessions and OpenVINO's compiled graphs) and TensorRT engines (Polygraphy's
+``TrtRunner``, torch CUDA tensors); the recurrent driver (:func:`rvrt.run_recurrent`) cannot tell them from eager
+stages. Nothing here imports a runtime: OpenVINO serves its entries without loading ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from rvrt.arrays import contiguous
+import numpy as np
+
+from rvrt import run_recurrent
+from rvrt.arrays import contiguous, to_numpy
 from rvrt.config import BRANCHES
 
 
@@ -73,3 +77,50 @@ class RunnerStages:
 
     def reconstruct(self, lq, features):
         return self._run("reconstruct", [lq, *features])[0]
+
+
+class OnnxRuntimeRunner:
+    """Runs one session: numpy arrays in, numpy arrays out, with Polygraphy's runner life cycle
+    (``activate`` / ``infer`` / ``deactivate``, or ``with runner:``).
+
+    session: an ``onnxruntime.InferenceSession`` or an object with its interface (``get_outputs``, ``run``: a
+    :class:`~.onnxruntime_gda_split.SplitGdaSession`, an OpenVINO graph), or a loader that returns one (such as
+    :class:`~.onnxruntime.SessionFromPath`), called on activation: building a runner costs nothing.
+    """
+
+    def __init__(self, session, name: str | None = None):
+        self._session = session
+        self.name = name
+        self.session = None
+        self.output_names: list[str] = []
+
+    @property
+    def is_active(self) -> bool:
+        return self.session is not None
+
+    def activate(self) -> None:
+        if self.is_active:
+            raise RuntimeError(f"runner {self.name} is active already")
+        self.session = self._session() if callable(self._session) else self._session
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Input name -> array (float32, C-contiguous) to output name -> array, in graph order."""
+        if not self.is_active:
+            raise RuntimeError(f"runner {self.name} is not active: use it inside 'with runner:'")
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+
+    def deactivate(self) -> None:
+        self.session = None
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+
+def run_on_numpy(stages: RunnerStages, lq):
+    """The recurrent driver on stages that compute on numpy arrays: lq (any array kind) -> restored numpy array."""
+    return run_recurrent(stages, to_numpy(lq))
