@@ -1,9 +1,12 @@
 """OpenVINO on a tiny SR export: real OpenVINO sessions in float32 and bfloat16 against eager PyTorch, the
-validation that refuses, the compiled-model cache across runs, and bfloat16's fallback on a CPU without it."""
+validation that refuses, the entry's compiled graphs imported by every run, and bfloat16's fallback on a CPU
+without it."""
 
 import json
 import logging
 import os
+import re
+import shutil
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ from rvrt_engines.cache import ArtefactCache
 from rvrt_engines.manifest import ArtifactError
 from rvrt_engines import precision
 from rvrt_engines.runtimes import openvino_build
-from rvrt_engines.runtimes.openvino import MODEL_CACHE, NO_BF16_ENV, OpenVino, bf16_capable
+from rvrt_engines.runtimes.openvino import NO_BF16_ENV, OpenVino, bf16_capable
 
 pytest.importorskip("openvino")
 
@@ -116,20 +119,40 @@ def test_a_stage_over_tolerance_is_refused_by_name(sr_export, tmp_path, monkeypa
     assert restore(record, entry, model, lq, allow_unvalidated=True).shape == (2, 2, 3, 192, 192)
 
 
-def test_the_compiled_models_are_reused_on_a_second_run(sr_export, cache, tmp_path, monkeypatch):
-    """Served from the export directory: the entry is found in the user's cache ($RVRT_CACHE), and its
-    compiled models (made while it was validated) are loaded, not compiled again."""
+def test_a_run_compiles_nothing_it_imports_the_graphs_the_entry_was_validated_with(sr_export, cache, monkeypatch):
+    """Served from the export directory: the entry is found in the user's cache ($RVRT_CACHE) and holds the
+    compiled graphs alone (no IR, no compiled-model cache), which each run imports without reading or compiling
+    a graph, and without writing to the entry."""
+    import openvino
+
     model, export = sr_export
     monkeypatch.setenv("RVRT_CACHE", str(cache.root))
     record = OpenVino(precision="float32", threads=2)
     entry = record.entry(export, cache)
-    blobs = {path: path.stat().st_mtime_ns for path in (entry / MODEL_CACHE).iterdir()}
-    assert blobs
+    files = {path: path.stat().st_mtime_ns for path in entry.rglob("*")}
+    assert {path.suffix for path in files} == {".blob", ".json"}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a run read or compiled a graph")
+
+    monkeypatch.setattr(openvino.Core, "read_model", refuse)
+    monkeypatch.setattr(openvino.Core, "compile_model", refuse)
     for _ in range(2):
         with record.stages(export, task=TASK, config=model.config) as stages:
-            assert all(compiled.get_property("LOADED_FROM_CACHE") for runner in stages.runners.values()
-                       for compiled in compiled_models(runner))
-    assert {path: path.stat().st_mtime_ns for path in (entry / MODEL_CACHE).iterdir()} == blobs
+            assert all(compiled_models(runner) for runner in stages.runners.values())
+    assert {path: path.stat().st_mtime_ns for path in entry.rglob("*")} == files
+
+
+def test_an_entry_of_the_earlier_layout_is_refused_naming_its_export(sr_export, cache, tmp_path):
+    model, export = sr_export
+    record = OpenVino(precision="float32", threads=2)
+    earlier = shutil.copytree(record.entry(export, cache), tmp_path / "entry")
+    manifest = json.loads((earlier / "manifest.json").read_text())
+    del manifest["openvino"]["layout"]
+    (earlier / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"an OpenVINO entry of an earlier rvrt-deploy.*serve the export it was "
+                                            rf"made from \({re.escape(str(export.resolve()))}\)"):
+        restore(record, earlier, model, clip(2))
 
 
 def test_without_bfloat16_it_runs_float32_saying_so_once(sr_export, cache, monkeypatch, caplog):

@@ -3,10 +3,11 @@
 On the CPU the float32 path runs at the machine's float32 matrix-product rate; OpenVINO runs bfloat16 products
 (AVX512_BF16, AMX) at twice that or more, which ONNX Runtime's CPU provider cannot on x86 (no bfloat16 kernels).
 It serves the same ``rvrt-export onnx`` directories as ONNX Runtime, without PyTorch: on first use an export is
-made into an OpenVINO entry of the artefact cache (:mod:`.openvino_build`: IR graphs with float32 islands, cut
-around GDA, validated against ONNX Runtime float32), and every run compiles that entry's graphs through
-OpenVINO's compiled-model cache, kept inside the entry (``model_cache/``). The entry's key holds the OpenVINO
-version and the CPU's instruction-set flags, since both decide the kernels and so the validated result.
+made into an OpenVINO entry of the artefact cache (:mod:`.openvino_build`: graphs with float32 islands, cut
+around GDA, compiled once and validated against ONNX Runtime float32). The entry keeps each graph compiled (as
+OpenVINO exports a compiled model) with its input and output names, and a run imports those: it reads no graph
+and compiles nothing. The entry's key holds the OpenVINO version and the CPU's instruction-set flags, since both
+decide the kernels and so the validated result.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 ISA_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
                        "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"})
 """The flags by which oneDNN and OpenVINO's CPU plugin choose kernels."""
-MODEL_CACHE = "model_cache"
-"""The folder of an entry that holds OpenVINO's compiled models (its CACHE_DIR)."""
+ENTRY_LAYOUT = 2
+"""What an entry holds, in its key and manifest: 2, compiled graphs and their names (1: IR and OpenVINO's
+compiled-model cache, which every run read, hashed and looked up)."""
 HINTS = {"bfloat16": "bf16", "float32": "f32"}
 
 
@@ -73,7 +75,7 @@ class Arg(NamedTuple):
 
 
 class StagePhases:
-    """Keeps only the running stage's models compiled: a stage's models are compiled when the driver starts it and
+    """Keeps only the running stage's models compiled: a stage's models are imported when the driver starts it and
     freed when it starts another.
 
     OpenVINO's CPU plugin gives every compiled model its own buffers for the tensors inside its graph, allocated
@@ -81,8 +83,8 @@ class StagePhases:
     where ONNX Runtime allocates as it runs. The 15 models of full-size SR at tile 64 held 0.87 GB compiled and
     1.94 GB once each had run, against 0.96 GB for all of ONNX Runtime. The recurrent driver runs each stage in
     one phase (every flow, every extraction, each branch over all its clips, every reconstruction), so a stage's
-    models are idle until the next window or tile: compiling them again then, from the compiled-model cache,
-    costs about 0.09 s a model and window."""
+    models are idle until the next window or tile: importing them again then costs about 0.1 s a model and window,
+    and freeing them 0.03 s (full-size SR, float32, 2 cores)."""
 
     def __init__(self):
         self.sessions: dict[str, list[OpenVinoSession]] = {}
@@ -99,33 +101,31 @@ class StagePhases:
 
 
 class OpenVinoSession:
-    """One graph of an entry behind the interface of an ``onnxruntime.InferenceSession`` (``get_inputs``,
-    ``get_outputs``, ``run``), so that the ONNX Runtime runner and the GDA split's glue
-    (:class:`.onnxruntime_gda_split.SplitGdaSession`) serve it unchanged; compiled when its stage starts
-    (``phases``). Inputs are read in place; outputs are copies, since the driver keeps a step's outputs while the
-    same stage runs again."""
+    """One compiled graph of an entry behind the interface of an ``onnxruntime.InferenceSession`` (``get_inputs``,
+    ``get_outputs``, ``run``), so that the runner and the GDA split's glue
+    (:class:`.onnxruntime_gda_split.SplitGdaSession`) serve it unchanged; imported when its stage starts
+    (``phases``). record: the graph's record in the entry's manifest (its file and names). Inputs are read in
+    place; outputs are copies, since the driver keeps a step's outputs while the same stage runs again."""
 
-    def __init__(self, path: Path, stage: str, phases: StagePhases, **options):
-        # Read once for its names and kept for its first compile; later phases read it again.
-        self._model = core().read_model(str(path))
-        self._inputs = [Arg(value.get_any_name()) for value in self._model.inputs]
-        self._outputs = [Arg(value.get_any_name()) for value in self._model.outputs]
-        self.path, self.stage, self.phases, self.options = path, stage, phases, options
-        self.compiled = self.request = None
+    def __init__(self, entry: Path, record: dict, stage: str, phases: StagePhases, **options):
+        self.path = entry / record["file"]
+        self._inputs = [Arg(name) for name in record["inputs"]]
+        self._outputs = [Arg(name) for name in record["outputs"]]
+        self.stage, self.phases, self.options = stage, phases, options
+        self.compiled = self.request = self._blob = None
         phases.add(self)
 
     def compiled_model(self):
-        """The compiled model, compiled now unless its stage is running."""
+        """The compiled model, imported now unless its stage is running."""
         if self.compiled is None:
-            model, self._model = self._model or core().read_model(str(self.path)), None
-            self.compiled = compile_ir(model, **self.options)
+            self._blob, self.compiled = import_compiled(self.path, **self.options)
             self.request = self.compiled.create_infer_request()
             self._index = {name: index for index, value in enumerate(self.compiled.outputs)
                            for name in value.get_names()}
         return self.compiled
 
     def free(self) -> None:
-        self.compiled = self.request = None
+        self.compiled = self.request = self._blob = None
 
     def get_inputs(self):
         return self._inputs
@@ -140,13 +140,10 @@ class OpenVinoSession:
         return [results[self._index[name]] for name in (output_names or [arg.name for arg in self._outputs])]
 
 
-def compile_ir(model, *, precision: str, threads: int | None, cache_dir: Path | None):
-    """An IR ``model`` (read by ``read_model``) compiled for the CPU, through OpenVINO's compiled-model cache in
-    ``cache_dir``.
+def cpu_config(*, precision: str, threads: int | None) -> dict:
+    """OpenVINO CPU plugin properties of a graph, the same when it is compiled and when it is imported (the plugin
+    applies them to the imported graph: its precision, its threads).
 
-    The model is compiled from memory, not from its path: OpenVINO then keys the cache by the model's content,
-    where a model given by its path is keyed by the path. An entry is validated (and its graphs compiled)
-    under a temporary name before it is renamed, so only content keys find those compiled models again.
     Threads are not pinned to cores: every process pins from the same first cores, so two on one machine (Ray
     workers, a batch) shared one core and took twice as long (25 s against 14 s, 2 processes of 1 thread on 2
     cores, tiny SR; one process alone: 11-12 s pinned, 12-13 s not)."""
@@ -154,20 +151,34 @@ def compile_ir(model, *, precision: str, threads: int | None, cache_dir: Path | 
               "ENABLE_CPU_PINNING": False}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    if cache_dir is not None:
-        config["CACHE_DIR"] = str(cache_dir)
-    return core().compile_model(model, "CPU", config)
+    return config
+
+
+def import_compiled(path: Path, *, precision: str, threads: int | None):
+    """(mapping, compiled model): the compiled graph exported at ``path``, imported from its file mapped in memory.
+
+    Mapped rather than read: the 15 graphs of full-size SR (float32, 124 MB, 2 cores) took 1.8 s imported from
+    bytes, as long as reading and compiling them through OpenVINO's compiled-model cache, and 1.6 s mapped. The
+    plugin keeps pointing into the mapping without holding it (a process crashed once it was unmapped), so the
+    caller keeps the mapping as long as the compiled model."""
+    import numpy as np
+    import openvino as ov
+
+    # Copy on write: the plugin asks for a writable array, and writes nothing, so the pages stay the file's.
+    blob = np.memmap(path, dtype=np.uint8, mode="c")
+    return blob, core().import_model(ov.Tensor(blob, shared_memory=True), "CPU",
+                                     cpu_config(precision=precision, threads=threads))
 
 
 def stage_session(entry: Path, name: str, stage: dict, phases: StagePhases, *, precision: str, threads: int | None,
-                  cache_dir: Path | None, fp32_stages=("flow",)):
+                  fp32_stages=("flow",)):
     """A session of one stage of an entry: its compiled graph, or its two parts with the fused GDA kernel
-    between them. Stages that the precision policy keeps float32 compile as float32."""
+    between them. Stages that the precision policy keeps float32 were compiled, and are imported, as float32."""
     from .onnxruntime_gda_split import GdaKernelUnavailable, GdaSplit, SplitGdaSession, load_gda_kernel
 
-    options = dict(precision="float32" if name in fp32_stages else precision, threads=threads, cache_dir=cache_dir)
+    options = dict(precision=stage_precision(name, precision, fp32_stages), threads=threads)
     if "graph" in stage:
-        return OpenVinoSession(entry / stage["graph"]["file"], name, phases, **options)
+        return OpenVinoSession(entry, stage["graph"], name, phases, **options)
     gda = stage["gda"]
     try:
         kernel = load_gda_kernel(threads)
@@ -178,29 +189,34 @@ def stage_session(entry: Path, name: str, stage: dict, phases: StagePhases, *, p
     split = GdaSplit(before=None, after=None, gda_inputs=tuple(gda["inputs"]), gda_output=gda["output"],
                      attributes=gda["attributes"], inputs=gda["graph_inputs"], outputs=gda["graph_outputs"],
                      channels_last=gda["channels_last"])
-    return SplitGdaSession(split, OpenVinoSession(entry / stage["before"]["file"], name, phases, **options),
-                           OpenVinoSession(entry / stage["after"]["file"], name, phases, **options), kernel)
+    return SplitGdaSession(split, OpenVinoSession(entry, stage["before"], name, phases, **options),
+                           OpenVinoSession(entry, stage["after"], name, phases, **options), kernel)
 
 
-def openvino_stages(entry: Path, manifest: dict, *, precision: str, threads: int | None, cache_dir: Path | None):
-    """The driver's stages on an entry (a context manager: every graph is read on entry, compiled when its stage
-    runs)."""
+def stage_precision(name: str, precision: str, fp32_stages) -> str:
+    """The precision a stage's graphs run in: float32 for the stages the precision policy keeps float32."""
+    return "float32" if name in fp32_stages else precision
+
+
+def openvino_stages(entry: Path, manifest: dict, *, precision: str, threads: int | None):
+    """The driver's stages on an entry (a context manager: each graph is imported when its stage runs)."""
     from .runner_stages import OnnxRuntimeRunner, RunnerStages, stage_io
 
     fp32_stages = tuple(manifest["openvino"]["precision_policy"]["fp32_stages"])
     phases = StagePhases()
     runners = {name: OnnxRuntimeRunner(functools.partial(stage_session, entry, name, stage, phases, precision=precision,
-                                                         threads=threads, cache_dir=cache_dir,
-                                                         fp32_stages=fp32_stages), name=name)
+                                                         threads=threads, fp32_stages=fp32_stages), name=name)
                for name, stage in manifest["stages"].items()}
     return RunnerStages(runners, stage_io(manifest), manifest["clip_size"])
 
 
 @dataclass(frozen=True)
 class EntryKey(CacheKey):
-    """An entry's key: the export's fields, and the sha256 of the export's manifest (its graphs' digests)."""
+    """An entry's key: the export's fields, the sha256 of the export's manifest (its graphs' digests), and what
+    the entry holds (:data:`ENTRY_LAYOUT`: an entry of another layout is made anew, not misread)."""
 
     graphs: str = ""
+    layout: int = ENTRY_LAYOUT
 
 
 def refuse_unvalidated(manifest: dict, entry: Path, allow_unvalidated: bool) -> None:
@@ -319,13 +335,16 @@ class OpenVino(Runtime):
         if "openvino" not in manifest:
             target = record.entry(target, allow_unvalidated=allow_unvalidated)
             manifest = read_manifest(target)
+        if manifest["openvino"].get("layout") != ENTRY_LAYOUT:
+            raise ArtifactError(f"{target} is an OpenVINO entry of an earlier rvrt-deploy, which this one cannot "
+                                f"read: serve the export it was made from ({manifest['source']['dir']}), which makes "
+                                f"a new entry")
         built = manifest["openvino"]["precision"]
         if built != record.precision:
             raise ArtifactError(f"{target} holds OpenVINO {built} graphs, not {record.precision}: pass --precision "
                                 f"{HINTS[built]}, or serve the export they were made from")
         refuse_unvalidated(manifest, target, allow_unvalidated)
-        with openvino_stages(target, manifest, precision=record.precision, threads=record.threads,
-                             cache_dir=target / MODEL_CACHE) as stages:
+        with openvino_stages(target, manifest, precision=record.precision, threads=record.threads) as stages:
             yield stages
 
     def run(self, stages, lq):
