@@ -143,9 +143,12 @@ def main():
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Tiles per call (the graphs' batch size).")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX default-domain opset.")
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="Processes exporting stages side by side, about 1 GB of memory each [one per core, at most 4]; "
+                   "the graphs are the same whatever their number.")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="New folder for the graphs [TASK-tileTILE-fp32, e.g. sr-tile128-fp32, sr-tile144x176-fp32].")
-def export_onnx_command(task, tile, checkpoint, random_weights, seed, tiny, batch, opset, out_dir):
+def export_onnx_command(task, tile, checkpoint, random_weights, seed, tiny, batch, opset, jobs, out_dir):
     """One ONNX graph per stage + manifest.json, each validated against eager PyTorch."""
     from .onnx_export import export_onnx
 
@@ -174,7 +177,7 @@ def export_onnx_command(task, tile, checkpoint, random_weights, seed, tiny, batc
     start = time.perf_counter()
     try:
         manifest = export_onnx(model, spec, tile, out_dir, batch=batch, opset=opset, checkpoint=checkpoint,
-                               random_seed=seed if random_weights else None)
+                               random_seed=seed if random_weights else None, jobs=jobs)
     except (ValueError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     total = sum(stage["bytes"] for stage in manifest["stages"].values())

@@ -2,17 +2,25 @@
 
 import json
 import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 import onnx
 import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import random_clip
+from conftest import random_clip, tiny_model
 from rvrt import BRANCHES, Tiling, get_task, restore_tiled
 from rvrt_engines.backends import load_backend
 from rvrt_engines.runtimes.onnxruntime import onnxruntime_stages
+from rvrt.swin import shifted_window_mask
 from rvrt_export.cli import main as export_cli
+from rvrt_export.onnx_export import export_onnx, export_stage
+from rvrt_export.stages import stage_specs
 from rvrt_engines.manifest import ArtifactError, read_manifest, sha256_of
 
 from conftest import EXPORT_TILES as TILES
@@ -119,3 +127,49 @@ def test_export_folder_and_graphs_take_the_umask(exported):
     os.umask(umask)
     assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~umask)
     assert {oct(path.stat().st_mode & 0o777) for path in out.iterdir()} == {oct(0o666 & ~umask)}
+
+
+def test_a_stage_graph_does_not_depend_on_what_its_process_traced_before(tiny_export, tmp_path):
+    """The session's export ran its stages in worker processes, in whatever order they freed up; ``extract``
+    traced here, from an empty mask cache, is the same bytes."""
+    model, _, out = tiny_export("sr")
+    spec = stage_specs(model, TILES["sr"], read_manifest(out)["batch"])[0]
+    shifted_window_mask.cache_clear()
+    export_stage(model, spec, tmp_path / "extract.onnx", read_manifest(out)["opset"])
+    assert sha256_of(tmp_path / "extract.onnx") == sha256_of(out / "extract.onnx")
+
+
+def stage_workers():
+    """Pids of this process's export workers."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            parent = next(line for line in status.read_text().splitlines() if line.startswith("PPid:"))
+            command = (status.parent / "cmdline").read_bytes()
+        except (OSError, StopIteration):
+            continue
+        if int(parent.split()[1]) == os.getpid() and b"rvrt_export.stage_worker" in command:
+            pids.append(int(status.parent.name))
+    return pids
+
+
+def test_a_killed_export_worker_fails_the_export_naming_its_stage_and_leaves_nothing(tmp_path):
+    scratch_before = set(Path(tempfile.gettempdir()).glob("rvrt-export-*"))
+    killed = []
+
+    def kill_one_worker():
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for pid in stage_workers()[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    with pytest.raises(ArtifactError, match=r"stage '\w+': its export worker ended with status -9 before finishing"):
+        export_onnx(tiny_model("sr"), get_task("sr"), 48, tmp_path / "onnx", jobs=2)
+    killer.join()
+    assert killed and list(tmp_path.iterdir()) == []
+    assert stage_workers() == [], "the other worker was left running"
+    assert set(Path(tempfile.gettempdir()).glob("rvrt-export-*")) == scratch_before
