@@ -7,6 +7,7 @@ as HEIGHTxWIDTH, the batch and the threads of this worker.
 
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -21,6 +22,8 @@ from .stages import stage_specs
 
 
 def main(weights: str, staging: str, opset: str, tile: str, batch: str, threads: str) -> int:
+    # Ctrl-C reaches the whole process group: the command that started this worker stops it, and says so once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The exporter and torch print to stdout: the answers keep stdout's pipe, everything else goes to stderr.
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)

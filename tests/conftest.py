@@ -1,5 +1,7 @@
 """Shared fixtures: tiny-width models of the three architectures with random weights, random inputs."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -50,6 +52,20 @@ def gda_inputs(batch, clip, channels, height, width, groups, kernel, offset_std=
     offset = offset_std * torch.randn(batch * clip, clip * groups * kh * kw * 2, height, width, dtype=dtype,
                                       generator=gen)
     return q, kv, offset
+
+
+def stage_workers(parent: int) -> list[int]:
+    """Pids of the export workers (``rvrt_export.stage_worker``) that process ``parent`` started."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(line for line in status.read_text().splitlines() if line.startswith("PPid:"))
+            command = (status.parent / "cmdline").read_bytes()
+        except (OSError, StopIteration):
+            continue
+        if int(ppid.split()[1]) == parent and b"rvrt_export.stage_worker" in command:
+            pids.append(int(status.parent.name))
+    return pids
 
 
 _EXPORTS = {}

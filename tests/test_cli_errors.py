@@ -7,13 +7,14 @@ import os
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import tiny_model
+from conftest import stage_workers, tiny_model
 from rvrt import get_task
 from rvrt_engines.cli import main as run_cli
 from rvrt_engines.synthetic import write_video
@@ -219,20 +220,25 @@ def default_ctrl_c():
     (signal.SIGTERM, 143, "rvrt-export onnx: stopped by SIGTERM; nothing was written"),
 ])
 def test_a_stopped_export_leaves_no_folder_and_exits_128_plus_the_signal(tmp_path, signum, status, message):
+    """The signal goes to the whole process group, as a terminal sends it, while two export workers are mid-stage:
+    they leave with the command, silently, and nothing is written."""
     program = shutil.which("rvrt-export")
     if program is None:
         pytest.skip("rvrt-export is not installed as a command (pip install -e .)")
-    process = subprocess.Popen([program, "onnx", "--task", "sr", "--tiny", "--random-weights", "--tile", "40", "-o",
-                                "export"], cwd=tmp_path, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c)
+    process = subprocess.Popen([program, "onnx", "--task", "sr", "--tiny", "--random-weights", "--tile", "40",
+                                "--jobs", "2", "-o", "export"], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_ctrl_c, start_new_session=True)
     seen = []
     for line in process.stderr:
         seen.append(line)
-        if "(1/11): exporting" in line:      # the export says what it does before each stage
+        if "(1/11 done)" in line:      # the export says each stage it finished
             break
-    assert seen and seen[-1].strip() == "stage extract (1/11): exporting", seen
-    assert [p.name.startswith(".export.partial-") for p in tmp_path.iterdir()] == [True]
-    os.kill(process.pid, signum)
+    assert any(line.startswith("exporting 11 stages in 2 processes") for line in seen) and "(1/11 done)" in seen[-1]
+    workers = stage_workers(process.pid)
+    assert len(workers) == 2 and [p.name.startswith(".export.partial-") for p in tmp_path.iterdir()] == [True]
+    os.killpg(process.pid, signum)
     _, rest = process.communicate(timeout=120)
     assert process.returncode == status and message in rest, rest
-    assert "Aborted!" not in rest and "Traceback" not in rest
+    assert "Aborted!" not in rest and "Traceback" not in rest, rest
     assert not list(tmp_path.iterdir())
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]

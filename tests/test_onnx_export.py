@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import random_clip, tiny_model
+from conftest import random_clip, stage_workers, tiny_model
 from rvrt import BRANCHES, Tiling, get_task, restore_tiled
 from rvrt_engines.backends import load_backend
 from rvrt_engines.runtimes.onnxruntime import onnxruntime_stages
@@ -139,20 +139,6 @@ def test_a_stage_graph_does_not_depend_on_what_its_process_traced_before(tiny_ex
     assert sha256_of(tmp_path / "extract.onnx") == sha256_of(out / "extract.onnx")
 
 
-def stage_workers():
-    """Pids of this process's export workers."""
-    pids = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            parent = next(line for line in status.read_text().splitlines() if line.startswith("PPid:"))
-            command = (status.parent / "cmdline").read_bytes()
-        except (OSError, StopIteration):
-            continue
-        if int(parent.split()[1]) == os.getpid() and b"rvrt_export.stage_worker" in command:
-            pids.append(int(status.parent.name))
-    return pids
-
-
 def test_a_killed_export_worker_fails_the_export_naming_its_stage_and_leaves_nothing(tmp_path):
     scratch_before = set(Path(tempfile.gettempdir()).glob("rvrt-export-*"))
     killed = []
@@ -160,7 +146,7 @@ def test_a_killed_export_worker_fails_the_export_naming_its_stage_and_leaves_not
     def kill_one_worker():
         deadline = time.monotonic() + 60
         while not killed and time.monotonic() < deadline:
-            for pid in stage_workers()[:1]:
+            for pid in stage_workers(os.getpid())[:1]:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             time.sleep(0.02)
@@ -171,5 +157,5 @@ def test_a_killed_export_worker_fails_the_export_naming_its_stage_and_leaves_not
         export_onnx(tiny_model("sr"), get_task("sr"), 48, tmp_path / "onnx", jobs=2)
     killer.join()
     assert killed and list(tmp_path.iterdir()) == []
-    assert stage_workers() == [], "the other worker was left running"
+    assert stage_workers(os.getpid()) == [], "the other worker was left running"
     assert set(Path(tempfile.gettempdir()).glob("rvrt-export-*")) == scratch_before
