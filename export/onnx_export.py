@@ -104,7 +104,8 @@ def exported_stages(model: RVRT, specs: list[StageSpec], staging: Path, opset: i
     jobs = min(jobs, len(specs))
     log.info("exporting %d stages in %d processes, validating each in ONNX Runtime against eager PyTorch",
              len(specs), jobs)
-    with tempfile.TemporaryDirectory(prefix="rvrt-export-") as scratch:
+    # Beside the output, not in /tmp: a full-size model's weights are 46 MB, and the space is where the export goes.
+    with tempfile.TemporaryDirectory(prefix=f"{staging.name}-model-", dir=staging.parent) as scratch:
         weights = Path(scratch) / "model.pt"
         torch.save({"config": dataclasses.asdict(model.config), "state": model.state_dict()}, weights)
         height, width = tile_shape_of(tile)

@@ -3,10 +3,8 @@
 import json
 import os
 import signal
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import onnx
 import pytest
@@ -140,7 +138,8 @@ def test_a_stage_graph_does_not_depend_on_what_its_process_traced_before(tiny_ex
 
 
 def test_a_killed_export_worker_fails_the_export_naming_its_stage_and_leaves_nothing(tmp_path):
-    scratch_before = set(Path(tempfile.gettempdir()).glob("rvrt-export-*"))
+    """Nothing: no output, no staging folder, no scratch copy of the model (both are made beside the output),
+    no other worker."""
     killed = []
 
     def kill_one_worker():
@@ -158,4 +157,3 @@ def test_a_killed_export_worker_fails_the_export_naming_its_stage_and_leaves_not
     killer.join()
     assert killed and list(tmp_path.iterdir()) == []
     assert stage_workers(os.getpid()) == [], "the other worker was left running"
-    assert set(Path(tempfile.gettempdir()).glob("rvrt-export-*")) == scratch_before
