@@ -144,8 +144,8 @@ def main():
               help="Tiles per call (the graphs' batch size).")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX default-domain opset.")
 @click.option("--jobs", type=click.IntRange(min=1),
-              help="Processes exporting stages side by side, about 1 GB of memory each [one per core, at most 4]; "
-                   "the graphs are the same whatever their number.")
+              help="Processes exporting stages side by side, 1.2 GB of memory each for full-size SR at tile 64 "
+                   "[one per core, at most 4]; the graphs are the same whatever their number.")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="New folder for the graphs [TASK-tileTILE-fp32, e.g. sr-tile128-fp32, sr-tile144x176-fp32].")
 def export_onnx_command(task, tile, checkpoint, random_weights, seed, tiny, batch, opset, jobs, out_dir):
