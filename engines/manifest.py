@@ -79,13 +79,23 @@ def graph_record(path: Path) -> dict:
     return record
 
 
+def compiled_graphs(stage: dict) -> Iterator[tuple[str, dict]]:
+    """(what, record) of the compiled graphs a stage's record holds, each a record with its own ``file``: an
+    OpenVINO entry keeps a stage's graph, or its two parts around GDA, that way."""
+    for key, record in stage.items():
+        if isinstance(record, dict) and "file" in record:
+            yield ("compiled graph" if key == "graph" else f"compiled part {key!r}"), record
+
+
 def named_files(manifest: dict) -> Iterator[tuple[str, object]]:
     """(what, path as written) of every file a manifest names: each stage's graph, its external
-    weights and its engine, and the TensorRT plugin library."""
+    weights, its engine and its compiled graphs, and the TensorRT plugin library."""
     for name, stage in (manifest.get("stages") or {}).items():
         for field, what in (("file", "graph"), ("data", "external weights"), ("plan", "engine")):
             if field in stage:
                 yield f"the {what} of stage {name!r}", stage[field]
+        for what, record in compiled_graphs(stage):
+            yield f"the {what} of stage {name!r}", record["file"]
     engine = manifest.get("engine") or {}
     if "plugin" in engine:
         yield "the TensorRT plugin library", engine["plugin"]
@@ -135,18 +145,23 @@ def remedy(manifest: dict) -> str:
 
 def served_files(manifest: dict, directory: Path) -> Iterator[tuple[str, Path, int | None, str | None]]:
     """(what, path, recorded size, recorded sha256) of the files a runtime loads from ``directory``:
-    an export's graphs and their external weights, or an engine directory's engines and plugin
+    an export's graphs and their external weights, an OpenVINO entry's compiled graphs (no size nor
+    sha256: the cache's seal holds those), or an engine directory's engines and plugin
     (its ``file`` entries name the graphs the engines were built from, elsewhere). None where a
     manifest of an earlier version recorded nothing."""
     engines = "engine" in manifest
     for name, stage in manifest["stages"].items():
+        compiled = list(compiled_graphs(stage))
+        for what, record in compiled:
+            label = f"the {what} of stage {name!r}"
+            yield label, inside(directory, record["file"], label), record.get("bytes"), record.get("sha256")
         fields = [("plan", "plan_bytes", "plan_sha256", "engine")] if engines else [
             ("file", "bytes", "sha256", "graph"), ("data", "data_bytes", "data_sha256", "external weights")]
         for field, size, digest, what in fields:
             label = f"the {what} of stage {name!r}"
             if field in stage:
                 yield label, inside(directory, stage[field], label), stage.get(size), stage.get(digest)
-            elif field != "data":
+            elif field != "data" and not compiled:
                 raise ArtifactError(f"{directory / MANIFEST}: stage {name!r} names no {what} file; {remedy(manifest)}")
     if engines:
         label = "the TensorRT plugin library"

@@ -213,3 +213,33 @@ def test_a_cached_run_imports_neither_onnx_onnxruntime_nor_pytorch(sr_export, ca
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] in (None, 0) and result["loaded"] == [], done.stderr
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
+
+
+def test_verify_checks_an_entrys_compiled_graphs_and_none_may_lead_out_of_it(sr_export, cache, tmp_path):
+    """``rvrt-run ENTRY --verify`` checks the compiled graphs an entry's manifest names (the graph of a stage, or
+    its two parts around GDA), and a manifest naming one outside the entry is refused like an export's graph."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from rvrt_engines.cli import main as run_cli
+    from rvrt_engines.manifest import read_manifest
+    from rvrt_engines.synthetic import write_video
+
+    _, export = sr_export
+    entry = shutil.copytree(OpenVino(precision="float32").entry(export, cache), tmp_path / "entry")
+    video = tmp_path / "in.mkv"
+    write_video(video, np.zeros((2, 48, 48, 3), np.uint8))
+    result = CliRunner().invoke(run_cli, [str(entry), str(video), "-o", str(tmp_path / "out.mkv"), "--verify",
+                                          "--quiet"])
+    assert result.exit_code == 0, result.output
+    stages = read_manifest(entry)["stages"]
+    part = next(name for name, stage in stages.items() if "before" in stage)
+    (entry / stages[part]["before"]["file"]).unlink()
+    result = CliRunner().invoke(run_cli, [str(entry), str(video), "-o", str(tmp_path / "again.mkv"), "--verify"])
+    assert result.exit_code == 2 and f"(the compiled part 'before' of stage '{part}') is missing" in result.output
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["stages"]["extract"]["graph"]["file"] = "../elsewhere.blob"
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="the compiled graph of stage 'extract' is '../elsewhere.blob', a path "
+                                            "leading out of"):
+        read_manifest(entry)
