@@ -122,10 +122,11 @@ def exported_stages(model: RVRT, specs: list[StageSpec], staging: Path, opset: i
             for worker in workers:
                 if not completed:
                     worker.kill()
-                worker.wait()
+                with worker:    # closes its pipes and waits for it
+                    pass
 
 
-def ended(worker: subprocess.Popen, spec: StageSpec) -> ArtifactError:
+def _worker_ended(worker: subprocess.Popen, spec: StageSpec) -> ArtifactError:
     return ArtifactError(f"stage {spec.name!r}: its export worker ended with status {worker.wait()} before "
                          f"finishing it (see its messages above)")
 
@@ -142,7 +143,7 @@ def _take_stages(workers: list[subprocess.Popen], specs: list[StageSpec]) -> Ite
                 worker.stdin.write(working[worker].name + "\n")
                 worker.stdin.flush()
             except BrokenPipeError:
-                raise ended(worker, working[worker]) from None
+                raise _worker_ended(worker, working[worker]) from None
         else:
             worker.stdin.close()
             ready.unregister(worker.stdout)
@@ -156,7 +157,7 @@ def _take_stages(workers: list[subprocess.Popen], specs: list[StageSpec]) -> Ite
             spec = working.pop(worker)
             line = worker.stdout.readline()
             if not line:
-                raise ended(worker, spec)
+                raise _worker_ended(worker, spec)
             result = json.loads(line)
             if "error" in result:
                 raise ArtifactError(f"stage {spec.name!r}: exporting it failed: {result['error']}")
