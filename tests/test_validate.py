@@ -165,6 +165,23 @@ def test_the_report_folder_takes_the_umask(sr_report):
     assert oct((out / "report.md").stat().st_mode & 0o777) == oct(0o666 & ~umask)
 
 
+def test_a_report_measures_only_the_runtimes_and_precisions_asked_for(tiny_export, tmp_path):
+    _, checkpoint, export_dir = tiny_export("sr")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(validate_cli, [str(export_dir), "--checkpoint", str(checkpoint), "--frames", "2",
+                                               "--runtime", "onnxruntime", "--precision", "f32", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert [(c["label"], c["status"]) for c in report["candidates"]] == [("onnxruntime float32", "pass")]
+    assert report["asked"] == {"runtimes": ["onnxruntime"], "precisions": ["float32"]}
+    assert "Measured only as asked: runtime onnxruntime; precision float32; the other candidates did not run." \
+        in (out / "report.md").read_text()
+    refused = CliRunner().invoke(validate_cli, [str(export_dir), "--checkpoint", str(checkpoint), "--runtime", "onnx",
+                                                "-o", str(tmp_path / "none")])
+    assert refused.exit_code == 2 and "'onnx' is not one of 'onnxruntime', 'openvino'" in refused.output
+    assert not (tmp_path / "none").exists()
+
+
 def test_a_wrong_weight_fails_its_stage_and_the_report(tiny_export, tmp_path):
     model, _, export_dir = tiny_export("sr")
     broken = tmp_path / "broken"
@@ -173,9 +190,9 @@ def test_a_wrong_weight_fails_its_stage_and_the_report(tiny_export, tmp_path):
     weight = next(t for t in graph.graph.initializer if t.name == "model.upsampler.0.weight")
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.05, weight.name))
     onnx.save(graph, str(broken / "reconstruct.onnx"))
-    report = validate(model, broken, tmp_path / "report", frames=2)
+    report = validate(model, broken, tmp_path / "report", frames=2, runtimes=["onnxruntime"], precisions=["float32"])
     assert report["verdict"] == "fail"
-    fp32 = next(c for c in report["candidates"] if c["label"] == "onnxruntime float32")
+    [fp32] = report["candidates"]
     assert fp32["status"] == "fail" and not fp32["stages"]["reconstruct"]["passed"]
     assert all(s["passed"] for name, s in fp32["stages"].items() if name != "reconstruct")
     assert "**FAIL**" in (tmp_path / "report" / "report.md").read_text()

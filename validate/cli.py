@@ -10,6 +10,7 @@ from rvrt_engines.progress import log_to_stderr
 from rvrt_export.cli import (Command, UserError, check_output, reference_for, require_export_extra,
                              with_reference_options)
 from rvrt_engines.manifest import ArtifactError, check_files, read_manifest
+from rvrt_engines.runtimes import PRECISION_NAMES, RUNTIMES
 
 
 @click.command(cls=Command)
@@ -17,9 +18,15 @@ from rvrt_engines.manifest import ArtifactError, check_files, read_manifest
 @with_reference_options
 @click.option("--frames", type=click.IntRange(min=2), default=6, show_default=True,
               help="Frames of the generated clip (at least 2, one clip).")
+@click.option("--runtime", "runtimes", type=click.Choice(list(RUNTIMES)), multiple=True,
+              help="Measure only this runtime, in every precision it serves (repeat for several) [every runtime "
+                   "of the registry: making OpenVINO's compiled graphs or the float16 graphs takes minutes at "
+                   "full size].")
+@click.option("--precision", "precisions", type=click.Choice(list(PRECISION_NAMES)), multiple=True,
+              help="Measure only this precision, of each runtime that serves it (repeat for several) [all].")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="New folder for the report (report.json, report.md, PNGs).")
-def main(model_dir, checkpoint, random_weights, frames, out_dir):
+def main(model_dir, checkpoint, random_weights, frames, runtimes, precisions, out_dir):
     """Hold every backend and precision of MODEL_DIR (an 'rvrt-export onnx' or 'rvrt-export trt'
     directory) against eager PyTorch float32, per stage and on a restored clip. Every file of
     MODEL_DIR is first checked against the size and sha256 its manifest records.
@@ -40,7 +47,8 @@ def main(model_dir, checkpoint, random_weights, frames, out_dir):
     # A report takes minutes on a CPU: a line per stage and candidate (and float16 conversion) on stderr.
     log_to_stderr("rvrt_validate", "rvrt_export")
     try:
-        report = validate(model, model_dir, out_dir, frames=frames)
+        report = validate(model, model_dir, out_dir, frames=frames, runtimes=runtimes,
+                          precisions=[PRECISION_NAMES[name] for name in precisions])
     except (ValueError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     for candidate in report["candidates"]:

@@ -37,6 +37,12 @@ def weights_of(report: dict) -> str:
     return f"checkpoint {weights['file']}"
 
 
+def asked(chosen: dict) -> str:
+    """The candidates a report was limited to, as the options that chose them."""
+    return "; ".join(f"{what} {', '.join(chosen[key])}" for key, what in (("runtimes", "runtime"),
+                                                                          ("precisions", "precision")) if chosen[key])
+
+
 def render_markdown(report: dict) -> str:
     clip, summary = report["clip"], report["summary"]
     weights = weights_of(report)
@@ -49,7 +55,8 @@ def render_markdown(report: dict) -> str:
         f"batch {report['batch']}), {source}.",
         f"Reference: {report['reference']}. Clip: {clip['frames']} frames of {clip['input_size'][0]}x"
         f"{clip['input_size'][1]} -> {clip['output_size'][0]}x{clip['output_size'][1]}, {clip['content']}.",
-        "",
+        *([f"Measured only as asked: {asked(report['asked'])}; the other candidates did not run.", ""]
+          if any(report["asked"].values()) else [""]),
         f"**Verdict: {report['verdict'].upper()}** ({summary['passed']} passed, {summary['failed']} failed, "
         f"{summary['skipped']} skipped; skipped candidates did not run and are not counted as passing).",
         "",

@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,12 +76,16 @@ class Candidate:
                 "device": self.runtime.device, "directory": str(self.directory or ""), "skipped": self.skipped}
 
 
-def candidate_records() -> list[Runtime]:
-    """Every runtime of the registry in every precision it serves, eager PyTorch on a CUDA GPU only (on the CPU
-    it is the reference itself)."""
+def candidate_records(runtimes: Sequence[str] = (), precisions: Sequence[str] = ()) -> list[Runtime]:
+    """Every runtime of the registry in every precision it serves (only those named in ``runtimes`` and
+    ``precisions``, where given), eager PyTorch on a CUDA GPU only (on the CPU it is the reference itself)."""
     records = []
     for kind in RUNTIMES.values():
+        if runtimes and kind.name not in runtimes:
+            continue
         for precision in kind.precisions:
+            if precisions and precision not in precisions:
+                continue
             if kind.exported:
                 records.append(kind(precision=precision))
             else:
@@ -98,13 +103,14 @@ def ran_instead(record: Runtime) -> str | None:
     return f"{record.label} {record.precision} does not run on this machine: it runs {here} here instead"
 
 
-def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT) -> list[Candidate]:
-    """What can be measured for ``model_dir``, and what cannot (with the reason). A float32 export's float16
-    graphs are made in ``scratch`` to be measured too; an engine directory's ONNX graphs are measured beside
-    its engines."""
+def candidates(model_dir: Path, manifest: dict, scratch: Path, model: RVRT,
+               runtimes: Sequence[str] = (), precisions: Sequence[str] = ()) -> list[Candidate]:
+    """What can be measured for ``model_dir``, and what cannot (with the reason), of the runtimes and precisions
+    named (all when none are). A float32 export's float16 graphs are made in ``scratch`` to be measured too;
+    an engine directory's ONNX graphs are measured beside its engines."""
     graphs = source_graphs(manifest, model_dir)
     found = []
-    for record in candidate_records():
+    for record in candidate_records(runtimes, precisions):
         if graphs is not None and record.exported and record.precision != manifest["dtype"]:
             # Engines are validated at the precision they were built in; their graphs are measured beside them.
             continue
@@ -192,9 +198,11 @@ def pictures(lq: np.ndarray, reference: np.ndarray, restored: np.ndarray, scale:
             "heatmap": f"{stem}-heatmap.png", "heatmap_full_scale": scale_value}
 
 
-def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: int = 6) -> dict:
-    """Measure every candidate of ``model_dir`` against ``model`` (eager float32); write
-    ``report.json``, ``report.md`` and the PNGs to ``out_dir`` (complete or not at all)."""
+def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: int = 6,
+             runtimes: Sequence[str] = (), precisions: Sequence[str] = ()) -> dict:
+    """Measure every candidate of ``model_dir`` (of the runtimes and precisions named; all when none are) against
+    ``model`` (eager float32); write ``report.json``, ``report.md`` and the PNGs to ``out_dir`` (complete or not
+    at all)."""
     from .render import render_markdown, write_json
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -214,7 +222,7 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
         with torch.no_grad():
             reference = restore_tiled(model, lq, model.config, tiling)[0].numpy()
         results = []
-        for candidate in candidates(model_dir, manifest, Path(scratch), model):
+        for candidate in candidates(model_dir, manifest, Path(scratch), model, runtimes, precisions):
             record = candidate.record()
             if candidate.skipped:
                 record["status"] = "skipped"
@@ -243,6 +251,7 @@ def validate(model: RVRT, model_dir: str | Path, out_dir: str | Path, frames: in
             "tile": manifest["tile"],
             "batch": manifest["batch"],
             "weights": manifest["checkpoint"], "reference": "eager PyTorch float32, same tiling",
+            "asked": {"runtimes": list(runtimes), "precisions": list(precisions)},
             "clip": {"frames": frames, "input_size": [width, height], "output_size": [width * scale, height * scale],
                      "content": f"pan over a bundled photograph, degraded for {task.kind}",
                      "tiling": dataclasses.asdict(tiling)},
