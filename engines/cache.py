@@ -132,11 +132,16 @@ class ArtefactCache:
         files = seal.get("files", {})
         if MANIFEST not in files:
             return f"its {SEAL} lists no {MANIFEST}"
+        # Every file's presence and size before any hash: a missing or truncated file is found in a stat each,
+        # not after reading the others' bytes (a full-size entry holds hundreds of MB).
         for name, record in files.items():
             path = entry / name
             if not path.is_file():
                 return f"{name} is missing"
-            if path.stat().st_size != record["bytes"] or sha256_of(path) != record["sha256"]:
+            if path.stat().st_size != record["bytes"]:
+                return f"{name} differs from the file it was built with"
+        for name, record in files.items():
+            if sha256_of(entry / name) != record["sha256"]:
                 return f"{name} differs from the file it was built with"
         return None
 

@@ -140,6 +140,10 @@ def remedy(manifest: dict) -> str:
         return "build the engines again ('rvrt-export trt')"
     if manifest.get("dtype") == "float16":
         return "make the float16 graphs again ('rvrt-export fp16')"
+    made_from = (manifest.get("source") or {}).get("dir")
+    if made_from:
+        # A runtime's entry made from an export (OpenVINO's compiled graphs): serving that export again remakes it.
+        return f"serve the export it was made from ({made_from}) with the same --runtime, which makes it again"
     return "export again ('rvrt-export onnx')"
 
 

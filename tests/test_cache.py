@@ -116,6 +116,17 @@ def test_damaged_entry_is_detected_and_built_again(cached, tmp_path, damage, pro
     assert len(builds) == 1 and cache.problem(key) is None and found == tmp_path / entry.name
 
 
+def test_a_truncated_file_is_found_before_any_file_is_hashed(cached, tmp_path, monkeypatch):
+    _, entry, _ = cached
+    cache = copy_of(entry, tmp_path)
+    last = sorted(path.name for path in entry.iterdir() if path.suffix == ".onnx")[-1]
+    (tmp_path / entry.name / last).write_bytes(b"cut")
+    hashed = []
+    monkeypatch.setattr("rvrt_engines.cache.sha256_of", lambda path: hashed.append(path))
+    assert cache.problem(key_of(CountingSource())) == f"{last} differs from the file it was built with"
+    assert hashed == []
+
+
 def test_leftovers_of_a_killed_build_are_cleared(cached, tmp_path):
     _, entry, _ = cached
     cache = ArtefactCache(tmp_path)

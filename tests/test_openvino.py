@@ -237,6 +237,7 @@ def test_verify_checks_an_entrys_compiled_graphs_and_none_may_lead_out_of_it(sr_
     (entry / stages[part]["before"]["file"]).unlink()
     result = CliRunner().invoke(run_cli, [str(entry), str(video), "-o", str(tmp_path / "again.mkv"), "--verify"])
     assert result.exit_code == 2 and f"(the compiled part 'before' of stage '{part}') is missing" in result.output
+    assert f"serve the export it was made from ({export.resolve()}) with the same --runtime" in result.output
     manifest = json.loads((entry / "manifest.json").read_text())
     manifest["stages"]["extract"]["graph"]["file"] = "../elsewhere.blob"
     (entry / "manifest.json").write_text(json.dumps(manifest))
