@@ -1,7 +1,7 @@
 """ONNX Runtime: the exported stage graphs as sessions, served on numpy arrays without PyTorch.
 
 Polygraphy's shape, this project's code: :class:`SessionFromPath` is a lazy loader (it builds
-a session when called), :class:`OnnxRuntimeRunner` runs one (activate / infer / deactivate),
+a session when called), :class:`SessionRunner` runs one (activate / infer / deactivate),
 and :func:`onnxruntime_stages` puts one runner per stage behind the driver's stage interface;
 :class:`OnnxRuntime` is the runtime's record in the registry (:mod:`rvrt_engines.runtimes`).
 Polygraphy's own ``OnnxrtRunner`` is not used here: it imports torch on every ``infer`` where
@@ -25,7 +25,7 @@ from ..cache import cached, check_tile_and_batch
 from ..manifest import ArtifactError, check_files, read_manifest, require_validated
 from ..memory_budget import GIB, MemoryModel, network_kind
 from .base import Runtime, cpu_identity, entered
-from .runner_stages import OnnxRuntimeRunner, RunnerStages, run_on_numpy, stage_io
+from .runner_stages import RunnerStages, SessionRunner, run_on_numpy, stage_io
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -153,7 +153,7 @@ def onnxruntime_stages(export_dir: str | os.PathLike, device: str = "cpu", threa
     check_files(manifest, export_dir)
     providers = default_providers(device)
     emulate = manifest["dtype"] == "float16" and device == "cpu"
-    runners = {name: OnnxRuntimeRunner(SessionFromPath(export_dir / stage["file"], providers, threads, emulate,
+    runners = {name: SessionRunner(SessionFromPath(export_dir / stage["file"], providers, threads, emulate,
                                                        fused_gda), name=name)
                for name, stage in manifest["stages"].items()}
     return RunnerStages(runners, stage_io(manifest), manifest["clip_size"])

@@ -245,7 +245,7 @@ class SplitGdaSession:
     """One propagation step as two ONNX Runtime sessions and the fused GDA kernel.
 
     Looks like an ``onnxruntime.InferenceSession`` to its users (``get_inputs``,
-    ``get_outputs``, ``run``), so :class:`~.runner_stages.OnnxRuntimeRunner` serves it unchanged.
+    ``get_outputs``, ``run``), so :class:`~.runner_stages.SessionRunner` serves it unchanged.
     """
 
     def __init__(self, split: GdaSplit, before, after, kernel):

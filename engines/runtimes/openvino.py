@@ -200,11 +200,11 @@ def stage_precision(name: str, precision: str, fp32_stages) -> str:
 
 def openvino_stages(entry: Path, manifest: dict, *, precision: str, threads: int | None):
     """The driver's stages on an entry (a context manager: each graph is imported when its stage runs)."""
-    from .runner_stages import OnnxRuntimeRunner, RunnerStages, stage_io
+    from .runner_stages import RunnerStages, SessionRunner, stage_io
 
     fp32_stages = tuple(manifest["openvino"]["precision_policy"]["fp32_stages"])
     phases = StagePhases()
-    runners = {name: OnnxRuntimeRunner(functools.partial(stage_session, entry, name, stage, phases, precision=precision,
+    runners = {name: SessionRunner(functools.partial(stage_session, entry, name, stage, phases, precision=precision,
                                                          threads=threads, fp32_stages=fp32_stages), name=name)
                for name, stage in manifest["stages"].items()}
     return RunnerStages(runners, stage_io(manifest), manifest["clip_size"])

@@ -1,6 +1,6 @@
 """Stages served by runners: one runner per stage graph, fed by the graphs' names.
 
-The same class serves sessions with ``onnxruntime.InferenceSession``'s interface (:class:`OnnxRuntimeRunner`,
+The same class serves sessions with ``onnxruntime.InferenceSession``'s interface (:class:`SessionRunner`,
 numpy arrays: ONNX Runtime's sessions and OpenVINO's compiled graphs) and TensorRT engines (Polygraphy's
 ``TrtRunner``, torch CUDA tensors); the recurrent driver (:func:`rvrt.run_recurrent`) cannot tell them from eager
 stages. Nothing here imports a runtime: OpenVINO serves its entries without loading ONNX Runtime.
@@ -79,9 +79,10 @@ class RunnerStages:
         return self._run("reconstruct", [lq, *features])[0]
 
 
-class OnnxRuntimeRunner:
+class SessionRunner:
     """Runs one session: numpy arrays in, numpy arrays out, with Polygraphy's runner life cycle
-    (``activate`` / ``infer`` / ``deactivate``, or ``with runner:``).
+    (``activate`` / ``infer`` / ``deactivate``, or ``with runner:``). Named for the interface it runs, not a
+    runtime: ONNX Runtime's sessions and OpenVINO's compiled graphs both come through it.
 
     session: an ``onnxruntime.InferenceSession`` or an object with its interface (``get_outputs``, ``run``: a
     :class:`~.onnxruntime_gda_split.SplitGdaSession`, an OpenVINO graph), or a loader that returns one (such as
