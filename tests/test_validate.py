@@ -179,6 +179,10 @@ def test_a_report_measures_only_the_runtimes_and_precisions_asked_for(tiny_expor
     refused = CliRunner().invoke(validate_cli, [str(export_dir), "--checkpoint", str(checkpoint), "--runtime", "onnx",
                                                 "-o", str(tmp_path / "none")])
     assert refused.exit_code == 2 and "'onnx' is not one of 'onnxruntime', 'openvino'" in refused.output
+    unserved = CliRunner().invoke(validate_cli, [str(export_dir), "--checkpoint", str(checkpoint), "--runtime",
+                                                 "onnxruntime", "--precision", "bf16", "-o", str(tmp_path / "none")])
+    assert unserved.exit_code == 2 and unserved.output.strip().splitlines() == [
+        "Error: --runtime onnxruntime --precision bf16: ONNX Runtime serves f32, f16"]
     assert not (tmp_path / "none").exists()
 
 

@@ -35,7 +35,19 @@ def main(model_dir, checkpoint, random_weights, frames, runtimes, precisions, ou
     2 bad input, 128 + N when stopped by signal N (130 for Ctrl-C)."""
     require_export_extra("validating against eager PyTorch")
     from .render import decibels, number
-    from .report import validate
+    from .report import candidate_records, validate
+
+    precisions = [PRECISION_NAMES[name] for name in precisions]
+    if not candidate_records(runtimes, precisions):
+        # Each record refuses a precision it does not serve, naming those it does.
+        refusals = []
+        for name in runtimes:
+            for precision in precisions:
+                try:
+                    RUNTIMES[name](precision=precision)
+                except ValueError as err:
+                    refusals.append(str(err))
+        raise UserError("; ".join(refusals))
 
     try:
         manifest = read_manifest(model_dir)
@@ -47,8 +59,7 @@ def main(model_dir, checkpoint, random_weights, frames, runtimes, precisions, ou
     # A report takes minutes on a CPU: a line per stage and candidate (and float16 conversion) on stderr.
     log_to_stderr("rvrt_validate", "rvrt_export")
     try:
-        report = validate(model, model_dir, out_dir, frames=frames, runtimes=runtimes,
-                          precisions=[PRECISION_NAMES[name] for name in precisions])
+        report = validate(model, model_dir, out_dir, frames=frames, runtimes=runtimes, precisions=precisions)
     except (ValueError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     for candidate in report["candidates"]:
