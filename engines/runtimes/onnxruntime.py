@@ -154,7 +154,7 @@ def onnxruntime_stages(export_dir: str | os.PathLike, device: str = "cpu", threa
     providers = default_providers(device)
     emulate = manifest["dtype"] == "float16" and device == "cpu"
     runners = {name: SessionRunner(SessionFromPath(export_dir / stage["file"], providers, threads, emulate,
-                                                       fused_gda), name=name)
+                                                   fused_gda), name=name)
                for name, stage in manifest["stages"].items()}
     return RunnerStages(runners, stage_io(manifest), manifest["clip_size"])
 

@@ -205,7 +205,7 @@ def openvino_stages(entry: Path, manifest: dict, *, precision: str, threads: int
     fp32_stages = tuple(manifest["openvino"]["precision_policy"]["fp32_stages"])
     phases = StagePhases()
     runners = {name: SessionRunner(functools.partial(stage_session, entry, name, stage, phases, precision=precision,
-                                                         threads=threads, fp32_stages=fp32_stages), name=name)
+                                                     threads=threads, fp32_stages=fp32_stages), name=name)
                for name, stage in manifest["stages"].items()}
     return RunnerStages(runners, stage_io(manifest), manifest["clip_size"])
 
